@@ -1,0 +1,1 @@
+"""Fused Triton kernels for ntm_fast (installed as ntm_fast.kernels)."""
