@@ -160,3 +160,31 @@ def resolve(name: str, device: torch.device):
             f"Available for {device_type}: {', '.join(available_backends(device_type))}"
         )
     return _try_load(name)[0]
+
+
+# ----------------------------------------------------------------------------------------------------
+# Output allocation for kernel backends. Tests switch on poisoning so that every output buffer starts as
+# NaN: an element a kernel forgets to write then fails the comparison with the reference.
+_poison_outputs = False
+
+
+def empty_output(shape, like: torch.Tensor, dtype=None) -> torch.Tensor:
+    """torch.empty for a kernel's output (NaN-filled while `poisoned_outputs()` is active)."""
+    out = torch.empty(shape, dtype=dtype or like.dtype, device=like.device)
+    if _poison_outputs:
+        out.fill_(float("nan"))
+    return out
+
+
+class poisoned_outputs:
+    """Context manager: kernel outputs allocated through `empty_output` start as NaN."""
+
+    def __enter__(self):
+        global _poison_outputs
+        self._saved, _poison_outputs = _poison_outputs, True
+        return self
+
+    def __exit__(self, *exc):
+        global _poison_outputs
+        _poison_outputs = self._saved
+        return False
