@@ -51,6 +51,8 @@ def check_tensors(op: str, specs, sizes: dict | None = None) -> dict:
                 f"{op}: argument '{name}' must have {len(dims)} dimensions {_fmt_expected(dims, sizes)}, "
                 f"got shape {list(value.shape)}"
             )
+        # Compare against the sizes bound by earlier arguments before binding this one's, so the
+        # expected shape in the message never echoes the offending argument itself.
         for dim, size in zip(dims, value.shape):
             if dim in sizes and sizes[dim] != size:
                 raise ValueError(
@@ -59,7 +61,7 @@ def check_tensors(op: str, specs, sizes: dict | None = None) -> dict:
                 )
             if size == 0:
                 raise ValueError(f"{op}: argument '{name}' has an empty dimension {dim}: shape {list(value.shape)}")
-            sizes[dim] = size
+        sizes.update(zip(dims, value.shape))
     return sizes
 
 

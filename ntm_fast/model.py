@@ -1,0 +1,182 @@
+"""The Neural Turing Machine: a controller, R read heads and W write heads around one memory.
+
+One time step (DESIGN.md, "The math", item 8):
+    controller([x_t; r_{t-1}]) -> head parameters -> every head addresses M_{t-1} -> reads r_t
+    -> write gives M_t -> y_t = Linear([h_t; r_t]) (logits).
+The memory interaction of a step is a single `ntm_fast.ops.memory_step` call, so a fused backend covers
+all of it. Head activations (Section 3.3): key linear, β = softplus, g = sigmoid, s = softmax over the
+2S+1 shifts, γ = 1 + softplus, erase = sigmoid, add linear.
+"""
+from __future__ import annotations
+
+import math
+from typing import NamedTuple
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from .ops import ReadHeads, WriteHeads, memory_step
+
+CONTROLLERS = ("lstm", "feedforward")
+MEMORY_INITS = ("constant", "learned", "random")
+
+
+class NTMState(NamedTuple):
+    """Recurrent state between steps. controller: LSTM (h, c) [B, C] each (None for feedforward);
+    reads [B, R*M]; w_read [B, R, N]; w_write [B, W, N]; memory [B, N, M]."""
+
+    controller: tuple
+    reads: torch.Tensor
+    w_read: torch.Tensor
+    w_write: torch.Tensor
+    memory: torch.Tensor
+
+
+def _check_choice(name, value, choices):
+    if value not in choices:
+        raise ValueError(f"argument '{name}' must be one of {', '.join(map(repr, choices))}, got {value!r}")
+
+
+def _check_positive_int(name, value, minimum=1):
+    if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
+        raise ValueError(f"argument '{name}' must be an integer >= {minimum}, got {value!r}")
+
+
+class NTMCell(nn.Module):
+    """One NTM time step. `forward(x [B, X], state) -> (logits [B, Y], state, (w_read, w_write))`."""
+
+    def __init__(self, input_size, output_size, *, controller="lstm", controller_size=100, memory_slots=128,
+                 memory_width=20, read_heads=1, write_heads=1, shift_range=1, memory_init="constant",
+                 backend="auto"):
+        super().__init__()
+        for name, value, minimum in (("input_size", input_size, 1), ("output_size", output_size, 1),
+                                     ("controller_size", controller_size, 1), ("memory_slots", memory_slots, 1),
+                                     ("memory_width", memory_width, 1), ("read_heads", read_heads, 1),
+                                     ("write_heads", write_heads, 1), ("shift_range", shift_range, 0)):
+            _check_positive_int(name, value, minimum)
+        _check_choice("controller", controller, CONTROLLERS)
+        _check_choice("memory_init", memory_init, MEMORY_INITS)
+        self.input_size, self.output_size = input_size, output_size
+        self.controller_kind, self.controller_size = controller, controller_size
+        self.N, self.M, self.R, self.W, self.S = memory_slots, memory_width, read_heads, write_heads, shift_range
+        self.memory_init, self.backend = memory_init, backend
+        N, M, R, W, K, C = self.N, self.M, self.R, self.W, 2 * shift_range + 1, controller_size
+        H = R + W
+
+        ctrl_in = input_size + R * M
+        self.controller = nn.LSTMCell(ctrl_in, C) if controller == "lstm" else nn.Linear(ctrl_in, C)
+        # One linear layer emits every head parameter, grouped by kind over all heads (read heads first):
+        # [key H*M | beta H | gate H | shift H*K | gamma H | erase W*M | add W*M].
+        self.head_sizes = (H * M, H, H, H * K, H, W * M, W * M)
+        self.heads = nn.Linear(C, sum(self.head_sizes))
+        self.output = nn.Linear(C + R * M, output_size)
+
+        # Learned initial state: LSTM state, read vectors, weightings (as logits).
+        if controller == "lstm":
+            self.h0 = nn.Parameter(torch.zeros(C))
+            self.c0 = nn.Parameter(torch.zeros(C))
+        self.read0 = nn.Parameter(torch.randn(R * M) * 0.01)
+        self.w_logits0 = nn.Parameter(torch.zeros(H, N))
+        self.memory_scale = 1.0 / math.sqrt(N + M)
+        if memory_init == "learned":
+            self.memory0 = nn.Parameter(torch.empty(N, M).uniform_(-self.memory_scale, self.memory_scale))
+        elif memory_init == "constant":
+            self.register_buffer("memory0", torch.full((N, M), 1e-6))
+
+    def initial_state(self, batch_size: int) -> NTMState:
+        B, N, M, R = batch_size, self.N, self.M, self.R
+        if self.memory_init == "random":
+            memory = torch.empty(B, N, M, device=self.read0.device, dtype=self.read0.dtype)
+            memory.uniform_(-self.memory_scale, self.memory_scale)
+        else:
+            memory = self.memory0.expand(B, N, M)
+        w0 = torch.softmax(self.w_logits0, dim=-1).expand(B, -1, -1)
+        return NTMState(
+            controller=(self.h0.expand(B, -1), self.c0.expand(B, -1)) if self.controller_kind == "lstm" else None,
+            reads=self.read0.expand(B, -1),
+            w_read=w0[:, :R],
+            w_write=w0[:, R:],
+            memory=memory,
+        )
+
+    def head_parameters(self, h):
+        """Controller output h [B, C] -> activated (ReadHeads, WriteHeads)."""
+        B, M, R, W = h.shape[0], self.M, self.R, self.W
+        key, beta, gate, shift, gamma, erase, add = self.heads(h).split(self.head_sizes, dim=-1)
+        key = key.view(B, R + W, M)
+        beta, gate, gamma = F.softplus(beta), torch.sigmoid(gate), 1 + F.softplus(gamma)
+        shift = torch.softmax(shift.view(B, R + W, -1), dim=-1)
+        erase, add = torch.sigmoid(erase).view(B, W, M), add.view(B, W, M)
+        read = ReadHeads(key[:, :R], beta[:, :R], gate[:, :R], shift[:, :R], gamma[:, :R])
+        write = WriteHeads(key[:, R:], beta[:, R:], gate[:, R:], shift[:, R:], gamma[:, R:], erase, add)
+        return read, write
+
+    def forward(self, x, state: NTMState):
+        ctrl_in = torch.cat([x, state.reads], dim=-1)  # [x_t; r_{t-1}] (Section 2)
+        if self.controller_kind == "lstm":
+            h, c = self.controller(ctrl_in, state.controller)
+            controller_state = (h, c)
+        else:
+            h = torch.tanh(self.controller(ctrl_in))
+            controller_state = None
+        read_heads, write_heads = self.head_parameters(h)
+        reads, w_read, w_write, memory = memory_step(
+            state.memory, read_heads, write_heads, state.w_read, state.w_write, backend=self.backend)
+        reads = reads.reshape(x.shape[0], -1)
+        logits = self.output(torch.cat([h, reads], dim=-1))
+        return logits, NTMState(controller_state, reads, w_read, w_write, memory)
+
+
+class NTM(nn.Module):
+    """A Neural Turing Machine over sequences: `forward(x [T, B, X]) -> logits [T, B, Y]`.
+
+    With `return_trace=True` it returns `(logits, trace)` where trace holds the weightings of every step:
+    `read_weights [T, B, R, N]` and `write_weights [T, B, W, N]`.
+    """
+
+    def __init__(self, input_size, output_size, *, controller="lstm", controller_size=100, memory_slots=128,
+                 memory_width=20, read_heads=1, write_heads=1, shift_range=1, memory_init="constant",
+                 backend="auto"):
+        super().__init__()
+        self.cell = NTMCell(input_size, output_size, controller=controller, controller_size=controller_size,
+                            memory_slots=memory_slots, memory_width=memory_width, read_heads=read_heads,
+                            write_heads=write_heads, shift_range=shift_range, memory_init=memory_init,
+                            backend=backend)
+
+    @property
+    def backend(self):
+        return self.cell.backend
+
+    @backend.setter
+    def backend(self, name):
+        self.cell.backend = name
+
+    def config(self) -> dict:
+        """The constructor arguments, to rebuild this model (saved in checkpoints)."""
+        c = self.cell
+        return dict(input_size=c.input_size, output_size=c.output_size, controller=c.controller_kind,
+                    controller_size=c.controller_size, memory_slots=c.N, memory_width=c.M, read_heads=c.R,
+                    write_heads=c.W, shift_range=c.S, memory_init=c.memory_init)
+
+    def forward(self, x, return_trace: bool = False):
+        if not isinstance(x, torch.Tensor) or x.dim() != 3 or x.shape[-1] != self.cell.input_size:
+            got = list(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
+            raise ValueError(f"NTM.forward: argument 'x' must have shape [T, B, X] with X = "
+                             f"{self.cell.input_size}, got {got}")
+        param = self.cell.read0
+        if x.dtype != param.dtype or x.device != param.device:
+            raise ValueError(f"NTM.forward: argument 'x' is {x.dtype} on {x.device} but the model is "
+                             f"{param.dtype} on {param.device}")
+        state = self.cell.initial_state(x.shape[1])
+        logits, w_reads, w_writes = [], [], []
+        for x_t in x:
+            y_t, state = self.cell(x_t, state)
+            logits.append(y_t)
+            if return_trace:
+                w_reads.append(state.w_read.detach())
+                w_writes.append(state.w_write.detach())
+        logits = torch.stack(logits)
+        if return_trace:
+            return logits, {"read_weights": torch.stack(w_reads), "write_weights": torch.stack(w_writes)}
+        return logits

@@ -1,0 +1,115 @@
+"""Training: the loss falls, a resumed run reproduces the uninterrupted one exactly, an injected NaN
+gradient triggers a rollback, and a checkpoint write that dies leaves the previous checkpoint intact."""
+import csv
+import logging
+import os
+
+import pytest
+import torch
+
+from ntm_fast import train as train_mod
+from ntm_fast.train import Trainer, TrainConfig, load_checkpoint
+
+TINY = dict(controller_size=16, memory_slots=12, memory_width=6)
+
+
+def config(tmp_path, **over):
+    base = dict(steps=30, batch_size=8, max_length=4, eval_every=1000, checkpoint_every=10, out_dir=str(tmp_path),
+                backend="reference", final_eval=False, plots=False, progress=False, model=dict(TINY))
+    base.update(over)
+    return TrainConfig(**base)
+
+
+def losses(out_dir):
+    with open(os.path.join(out_dir, "metrics.csv"), newline="") as f:
+        return [(int(r["step"]), r["loss"]) for r in csv.DictReader(f)]
+
+
+def test_loss_falls(tmp_path):
+    Trainer(config(tmp_path, steps=150, optimizer="adam", lr=3e-3, max_length=3)).fit()
+    values = [float(v) for _, v in losses(tmp_path)]
+    first, last = sum(values[:15]) / 15, sum(values[-15:]) / 15
+    assert last < 0.8 * first, (first, last)
+
+
+def test_resume_after_a_kill_reproduces_the_uninterrupted_run(tmp_path):
+    Trainer(config(tmp_path / "straight")).fit()
+
+    killed = Trainer(config(tmp_path / "killed"))
+    calls = {"n": 0}
+
+    def kill_at_step_25(grad):
+        calls["n"] += 1
+        if calls["n"] == 25:
+            raise KeyboardInterrupt  # as if the process died mid-run, after the step-20 checkpoint
+        return grad
+
+    killed.model.cell.output.bias.register_hook(kill_at_step_25)
+    with pytest.raises(KeyboardInterrupt):
+        killed.fit()
+    assert load_checkpoint(str(tmp_path / "killed" / "checkpoint.pt"))["step"] == 20
+
+    resumed = Trainer(config(tmp_path / "killed"))
+    resumed.resume()
+    assert resumed.step == 20
+    resumed.fit()
+    assert losses(tmp_path / "killed") == losses(tmp_path / "straight")
+    assert [s for s, _ in losses(tmp_path / "killed")] == list(range(1, 31))
+
+
+def test_injected_nan_gradient_rolls_back_and_training_goes_on(tmp_path, caplog):
+    trainer = Trainer(config(tmp_path, steps=30))
+    lr0 = trainer.lr
+    calls = {"n": 0}
+
+    def nan_once_at_step_15(grad):
+        calls["n"] += 1
+        return grad * float("nan") if calls["n"] == 15 else grad
+
+    trainer.model.cell.heads.weight.register_hook(nan_once_at_step_15)
+    with caplog.at_level(logging.WARNING, logger="ntm_fast.train"):
+        summary = trainer.fit()
+    assert summary["rollbacks"] == 1
+    assert "rolled back to step 10" in caplog.text and "non-finite" in caplog.text
+    assert trainer.lr == pytest.approx(lr0 * 0.5)
+    assert trainer.step == 30
+    assert [s for s, _ in losses(tmp_path)] == list(range(1, 31))  # rows of the abandoned steps are gone
+    assert all(torch.isfinite(p).all() for p in trainer.model.parameters())
+
+
+def test_repeated_divergence_gives_up_with_a_clear_error(tmp_path):
+    trainer = Trainer(config(tmp_path, steps=30, max_rollbacks=2))
+    trainer.model.cell.heads.weight.register_hook(lambda g: g * float("nan"))
+    with pytest.raises(train_mod.TrainingDiverged, match="diverged 3 times"):
+        trainer.fit()
+
+
+def test_a_checkpoint_write_that_dies_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
+    trainer = Trainer(config(tmp_path, steps=10))
+    trainer.fit()
+    path = tmp_path / "checkpoint.pt"
+    before = path.read_bytes()
+
+    def dying_save(obj, f):
+        f.write(b"partial bytes")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(train_mod.torch, "save", dying_save)
+    with pytest.raises(OSError, match="disk full"):
+        trainer.save_checkpoint()
+    assert path.read_bytes() == before
+    assert not [n for n in os.listdir(tmp_path) if n.startswith(".tmp-")]  # no temporary file left
+
+
+def test_resume_refuses_a_checkpoint_of_another_model(tmp_path):
+    Trainer(config(tmp_path, steps=10)).fit()
+    other = Trainer(config(tmp_path, steps=10, model=dict(TINY, memory_slots=16)))
+    with pytest.raises(ValueError, match="holds a model"):
+        other.resume()
+
+
+def test_fit_writes_eval_and_plots(tmp_path):
+    summary = Trainer(config(tmp_path, steps=4, final_eval=True, plots=True, checkpoint_every=2)).fit()
+    assert set(summary["final_eval"]) == {"20", "40", "80", "120"}
+    for name in ("eval.json", "learning_curve.png", "weightings.png", "checkpoint.pt", "metrics.csv"):
+        assert (tmp_path / name).stat().st_size > 0
