@@ -77,7 +77,12 @@ class NTMCell(nn.Module):
             self.h0 = nn.Parameter(torch.zeros(C))
             self.c0 = nn.Parameter(torch.zeros(C))
         self.read0 = nn.Parameter(torch.randn(R * M) * 0.01)
-        self.w_logits0 = nn.Parameter(torch.zeros(H, N))
+        # Initial weightings start focused on slot 0 (learned from there). A uniform start cannot work
+        # with constant memory: every row stays identical under uniform writes, content addressing stays
+        # uniform, and shifting a uniform weighting changes nothing -- the heads could never focus.
+        w_logits0 = torch.zeros(H, N)
+        w_logits0[:, 0] = 10.0
+        self.w_logits0 = nn.Parameter(w_logits0)
         self.memory_scale = 1.0 / math.sqrt(N + M)
         if memory_init == "learned":
             self.memory0 = nn.Parameter(torch.empty(N, M).uniform_(-self.memory_scale, self.memory_scale))
