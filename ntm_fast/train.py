@@ -9,7 +9,12 @@
 * Divergence recovery: a non-finite loss or gradient, or a loss above `blowup_factor` × its running
   average for `blowup_patience` steps in a row, rolls back to the last checkpoint, multiplies the learning
   rate by `lr_decay` and says so in the log. After `max_rollbacks` rollbacks training stops with an error.
-* Metrics: one CSV row per step in `<out_dir>/metrics.csv`; evaluations in `<out_dir>/eval.json`.
+* Curriculum (optional): the maximum training length starts at `curriculum_start` and grows by
+  `curriculum_step` whenever the periodic evaluation at the current maximum reaches `curriculum_threshold`
+  errors per sequence or fewer. The current maximum is part of the checkpoint.
+* Metrics: one CSV row per step in `<out_dir>/metrics.csv` (the `bit_errors` column holds the task's
+  metric: bit errors per sequence, or the cost in bits for the n-gram task); evaluations, the final
+  generalisation evaluation over the task's `eval_points` among them, in `<out_dir>/eval.json`.
 """
 from __future__ import annotations
 
@@ -37,13 +42,17 @@ METRIC_FIELDS = ("step", "sequences", "length", "loss", "bit_errors", "lr", "sec
 @dataclass
 class TrainConfig:
     task: str = "copy"
-    steps: int = 2000
+    steps: int = 3000
     batch_size: int = 32
     optimizer: str = "rmsprop"
-    lr: float | None = None  # None: 1e-4 for RMSprop (the paper), 1e-3 for Adam
+    lr: float | None = None  # None: the task's rate for this optimizer (paper Tables 1-3), else DEFAULT_LR
     momentum: float = 0.9
     clip: float = 10.0
-    max_length: int | None = None  # cap on training sequence length (curriculum / quick runs)
+    max_length: int | None = None  # cap on training sequence length (quick runs)
+    curriculum: bool = False  # grow the maximum training length as the error falls (see the module doc)
+    curriculum_start: int | None = None  # None: the task's shortest training length
+    curriculum_step: int = 1
+    curriculum_threshold: float = 1.0  # errors per sequence at the current maximum length
     seed: int = 0
     eval_every: int = 200
     eval_batches: int = 4
@@ -77,9 +86,22 @@ class TrainConfig:
             bad("lr_decay", "in (0, 1)")
         if self.max_length is not None and self.max_length < 1:
             bad("max_length", "an integer >= 1")
+        task = make_task(self.task)  # raises for an unknown task
+        if self.curriculum:
+            lo, hi = task.train_lengths
+            if lo == hi:
+                bad("curriculum", f"off for task {self.task!r}, which trains at the one length {lo}")
+            if self.curriculum_start is not None and not lo <= self.curriculum_start <= hi:
+                bad("curriculum_start", f"within the task's training lengths {lo}..{hi}")
+            if self.curriculum_step < 1:
+                bad("curriculum_step", "an integer >= 1")
+            if not self.curriculum_threshold >= 0:
+                bad("curriculum_threshold", "a number >= 0")
         if self.device.startswith("cuda") and not torch.cuda.is_available():
             bad("device", "'cpu' on this machine (no CUDA GPU is visible)")
-        make_task(self.task)  # raises for an unknown task
+
+
+DEFAULT_LR = {"rmsprop": 1e-4, "adam": 1e-3}
 
 
 class TrainingDiverged(RuntimeError):
@@ -91,7 +113,10 @@ def atomic_save(obj, path: str):
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".pt", dir=folder)
+    umask = os.umask(0)
+    os.umask(umask)
     try:
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; give the file the mode a plain open() would
         with os.fdopen(fd, "wb") as f:
             torch.save(obj, f)
             f.flush()
@@ -133,7 +158,7 @@ class Trainer:
         model_kwargs = {**self.task.defaults.get("model", {}), **config.model}
         self.model = NTM(self.task.input_size, self.task.output_size, backend=config.backend,
                          **model_kwargs).to(self.device)
-        lr = config.lr or self.task.defaults.get("lr", {"rmsprop": 1e-4, "adam": 1e-3}[config.optimizer])
+        lr = config.lr or self.task.defaults.get("lr", {}).get(config.optimizer, DEFAULT_LR[config.optimizer])
         if config.optimizer == "rmsprop":
             # alpha 0.95 as in the NTM paper's RMSprop (Graves 2013 variant).
             self.optimizer = torch.optim.RMSprop(self.model.parameters(), lr=lr, momentum=config.momentum,
@@ -141,6 +166,9 @@ class Trainer:
         else:
             self.optimizer = torch.optim.Adam(self.model.parameters(), lr=lr)
         self.data_rng = torch.Generator().manual_seed(config.seed)
+        # The maximum training length: the curriculum's current one, or the fixed cap (None: the task's).
+        self.max_length = (config.curriculum_start or self.task.train_lengths[0]) if config.curriculum \
+            else config.max_length
         self.step = 0
         self.rollbacks = 0
         self.loss_avg = None  # running average of the loss (divergence detector)
@@ -160,6 +188,7 @@ class Trainer:
             "optimizer": self.optimizer.state_dict(),
             "train_config": dataclasses.asdict(self.config),
             "step": self.step,
+            "max_length": self.max_length,
             "rollbacks": self.rollbacks,
             "loss_avg": self.loss_avg,
             "blowup_run": self.blowup_run,
@@ -172,6 +201,7 @@ class Trainer:
         self.model.load_state_dict(ckpt["model"])
         self.optimizer.load_state_dict(ckpt["optimizer"])
         self.step, self.rollbacks = ckpt["step"], ckpt["rollbacks"]
+        self.max_length = ckpt.get("max_length", self.max_length)  # checkpoints before the curriculum lack it
         self.loss_avg, self.blowup_run = ckpt["loss_avg"], ckpt["blowup_run"]
         self.data_rng.set_state(ckpt["data_rng"])
         torch.set_rng_state(ckpt["torch_rng"])
@@ -211,10 +241,10 @@ class Trainer:
 
     # --- one step ---------------------------------------------------------------------------------------
     def train_step(self):
-        """One optimiser step on a fresh batch. Returns (loss, bit errors per sequence, length) or None
+        """One optimiser step on a fresh batch. Returns (loss, errors per sequence, length) or None
         when the step diverged (non-finite loss or gradient); the parameters are then left untouched."""
         cfg = self.config
-        length = self.task.sample_length(self.data_rng, cfg.max_length)
+        length = self.task.sample_length(self.data_rng, self.max_length)
         batch = self.task.sample(cfg.batch_size, length, self.data_rng).to(self.device)
         self.model.train()
         logits = self.model(batch.inputs)
@@ -261,9 +291,22 @@ class Trainer:
     # --- evaluation -------------------------------------------------------------------------------------
     @torch.no_grad()
     def evaluate(self, length: int, batches: int | None = None, seed: int = 12345) -> float:
-        """Mean bit errors per sequence at `length` on fixed evaluation batches (own generator)."""
+        """Mean errors per sequence (the task's metric) at `length` on fixed evaluation batches."""
         return evaluate(self.model, self.task, length, batches or self.config.eval_batches,
                         self.config.batch_size, self.device, seed)
+
+    def length_cap(self) -> int:
+        """The longest training length: the task's, or `max_length` where that is shorter."""
+        lo, hi = self.task.train_lengths
+        return hi if self.config.max_length is None else max(lo, min(self.config.max_length, hi))
+
+    def _grow_curriculum(self, length: int, eval_errors: float) -> str | None:
+        """After an evaluation at the current maximum `length`: lengthen the curriculum if it is learnt."""
+        cfg = self.config
+        if not cfg.curriculum or eval_errors > cfg.curriculum_threshold or length >= self.length_cap():
+            return None
+        self.max_length = min(self.length_cap(), length + cfg.curriculum_step)
+        return f"curriculum: maximum training length {length} -> {self.max_length}"
 
     # --- the loop ---------------------------------------------------------------------------------------
     def fit(self) -> dict:
@@ -293,11 +336,14 @@ class Trainer:
             bar.update(1)
             bar.set_postfix(loss=f"{loss:.4f}", bits=f"{errors:.2f}", lr=f"{self.lr:.2g}")
             if self.step % cfg.eval_every == 0 or self.step == cfg.steps:
-                length = self.task.train_lengths[1] if cfg.max_length is None else min(
-                    cfg.max_length, self.task.train_lengths[1])
+                length = min(self.max_length or self.length_cap(), self.length_cap())
                 eval_errors = self.evaluate(length)
                 eval_log.append({"step": self.step, "length": length, "bit_errors": eval_errors})
-                bar.write(f"step {self.step}: eval bit errors per sequence at length {length}: {eval_errors:.3f}")
+                bar.write(f"step {self.step}: eval {self.task.metric} at length {length}: {eval_errors:.3f}")
+                grown = self._grow_curriculum(length, eval_errors)
+                if grown:
+                    eval_log[-1]["curriculum"] = self.max_length
+                    bar.write(grown)
             if self.step % cfg.checkpoint_every == 0 or self.step == cfg.steps:
                 self._write_metrics(rows)
                 rows = []
@@ -307,30 +353,60 @@ class Trainer:
         summary = {"steps": self.step, "sequences": self.step * cfg.batch_size, "rollbacks": self.rollbacks,
                    "train_seconds": time.perf_counter() - start, "evaluations": eval_log}
         if cfg.final_eval:
-            summary["final_eval"] = {str(L): self.evaluate(L, batches=1) for L in self.task.eval_lengths}
-            for L, e in summary["final_eval"].items():
-                log.info("final evaluation: length %s: %.3f bit errors per sequence", L, e)
+            errors, optimal = generalization(self.model, self.task, cfg.eval_batches, cfg.batch_size, self.device)
+            summary.update(metric=self.task.metric, final_eval=errors, **({"optimal": optimal} if optimal else {}))
+            for line in describe(self.task, errors, optimal):
+                log.info("final evaluation: %s", line)
         with open(os.path.join(cfg.out_dir, "eval.json"), "w") as f:
             json.dump(summary, f, indent=2)
         if cfg.plots:
             from . import plots
 
-            plots.learning_curve(self.metrics_path, os.path.join(cfg.out_dir, "learning_curve.png"))
+            plots.learning_curve(self.metrics_path, os.path.join(cfg.out_dir, "learning_curve.png"),
+                                 metric=self.task.metric)
             plots.weightings(self.model, self.task, os.path.join(cfg.out_dir, "weightings.png"),
-                             length=min(20, self.task.train_lengths[1]), device=self.device)
+                             length=self.length_cap(), device=self.device)
+            if cfg.final_eval:
+                plots.generalization(self.task, summary["final_eval"], os.path.join(cfg.out_dir, "generalization.png"),
+                                     optimal=optimal, trained_to=self.length_cap())
         return summary
 
 
-@torch.no_grad()
-def evaluate(model, task, length, batches, batch_size, device, seed=12345) -> float:
-    """Mean bit errors per sequence of `model` on `batches` fixed batches of sequences of `length`."""
-    model.eval()
+def eval_batches(task, length, batches, batch_size, seed=12345, **sample_kwargs):
+    """The fixed evaluation batches at `length` (own generator): the same for every model and run."""
     rng = torch.Generator().manual_seed(seed + length)
+    return [task.sample(batch_size, length, rng, **sample_kwargs) for _ in range(batches)]
+
+
+@torch.no_grad()
+def evaluate(model, task, length, batches, batch_size, device, seed=12345, **sample_kwargs) -> float:
+    """Mean errors per sequence (the task's metric) of `model` on `batches` fixed batches at `length`;
+    `sample_kwargs` go to the task's `sample` (repeat copy: `repeats`)."""
+    model.eval()
     total = 0.0
     # A model with random memory init draws from torch's generator: fork it so that evaluating does not
     # change the training run's random stream (resumed runs must reproduce uninterrupted ones).
     with torch.random.fork_rng(devices=[torch.device(device)] if torch.device(device).type == "cuda" else []):
-        for _ in range(batches):
-            batch = task.sample(batch_size, length, rng).to(device)
+        for batch in eval_batches(task, length, batches, batch_size, seed, **sample_kwargs):
+            batch = batch.to(device)
             total += task.errors(model(batch.inputs), batch).mean().item()
     return total / batches
+
+
+def generalization(model, task, batches, batch_size, device, points=None) -> tuple[dict, dict]:
+    """Errors per sequence at each evaluation point (default: the task's `eval_points`), keyed by label,
+    and the optimal predictor's on the same batches where the task has one (n-grams; else empty)."""
+    errors, optimal = {}, {}
+    for label, length, kwargs in points or task.eval_points():
+        errors[label] = evaluate(model, task, length, batches, batch_size, device, **kwargs)
+        best = [task.optimal_errors(b) for b in eval_batches(task, length, batches, batch_size, **kwargs)]
+        if best[0] is not None:
+            optimal[label] = torch.cat(best).mean().item()
+    return errors, optimal
+
+
+def describe(task, errors: dict, optimal: dict) -> list[str]:
+    """One line per evaluation point: 'length   40: 0.125 bit errors per sequence'."""
+    return [f"length {label:>4}: {value:.3f} {task.metric}"
+            + (f" (optimal Bayesian estimator: {optimal[label]:.3f})" if label in optimal else "")
+            for label, value in errors.items()]

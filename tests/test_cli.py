@@ -51,3 +51,26 @@ def test_errors_are_one_line_without_traceback(argv, message, capsys, tmp_path):
 def test_help_runs_as_module():
     result = subprocess.run([sys.executable, "-m", "ntm_fast", "train", "--help"], capture_output=True, text=True)
     assert result.returncode == 0 and "--backend" in result.stdout and "--resume" in result.stdout
+
+
+def test_train_from_a_zoo_config_with_overrides_then_eval_and_both_figures(tmp_path, capsys):
+    out = tmp_path / "rc"
+    main(["train", "--config", "repeat-copy", "--steps", "2", "--batch-size", "2", "--max-length", "2",
+          "--no-curriculum", "--no-final-eval", "--out", str(out), "--no-progress", "--backend", "reference", *TINY])
+    text = capsys.readouterr().out
+    assert "config repeat-copy:" in text and "training repeat-copy" in text
+    assert json.loads((out / "eval.json").read_text())["steps"] == 2
+    main(["eval", str(out / "checkpoint.pt"), "--lengths", "1", "3", "--repeats", "4", "--batches", "1",
+          "--batch-size", "2", "--png", str(tmp_path / "g.png"), "--backend", "reference"])
+    assert "length 3 repeats=4: " in capsys.readouterr().out and (tmp_path / "g.png").stat().st_size > 0
+    main(["viz", str(out / "checkpoint.pt"), "--figure", "outputs", "--lengths", "2", "3", "--repeats", "2",
+          "--out", str(tmp_path / "o.png"), "--backend", "reference"])
+    assert (tmp_path / "o.png").stat().st_size > 0
+
+
+def test_repeats_on_another_task_is_a_one_line_error(tmp_path, capsys):
+    main(["train", "--steps", "1", "--batch-size", "2", "--max-length", "2", "--out", str(tmp_path), "--no-progress",
+          "--no-plots", "--no-final-eval", "--backend", "reference", *TINY])
+    with pytest.raises(SystemExit):
+        main(["viz", str(tmp_path / "checkpoint.pt"), "--repeats", "3"])
+    assert "--repeats applies to the repeat-copy task, not copy" in capsys.readouterr().err

@@ -113,3 +113,32 @@ def test_fit_writes_eval_and_plots(tmp_path):
     assert set(summary["final_eval"]) == {"20", "40", "80", "120"}
     for name in ("eval.json", "learning_curve.png", "weightings.png", "checkpoint.pt", "metrics.csv"):
         assert (tmp_path / name).stat().st_size > 0
+
+
+def lengths(out_dir):
+    with open(os.path.join(out_dir, "metrics.csv"), newline="") as f:
+        return [int(r["length"]) for r in csv.DictReader(f)]
+
+
+def test_curriculum_grows_the_length_and_a_resumed_run_reproduces_it(tmp_path):
+    grow_always = dict(steps=20, curriculum=True, curriculum_start=1, curriculum_threshold=1e9, eval_every=5,
+                       checkpoint_every=5, max_length=3)
+    summary = Trainer(config(tmp_path / "straight", **grow_always)).fit()
+    assert [e.get("curriculum") for e in summary["evaluations"]] == [2, 3, None, None]  # capped at max_length 3
+    assert set(lengths(tmp_path / "straight")[:5]) == {1} and max(lengths(tmp_path / "straight")) == 3
+    assert load_checkpoint(str(tmp_path / "straight" / "checkpoint.pt"))["max_length"] == 3
+
+    first = Trainer(config(tmp_path / "resumed", **dict(grow_always, steps=10)))
+    first.fit()
+    assert load_checkpoint(str(tmp_path / "resumed" / "checkpoint.pt"))["max_length"] == 3
+    resumed = Trainer(config(tmp_path / "resumed", **grow_always))
+    resumed.resume()
+    assert resumed.max_length == 3
+    resumed.fit()
+    assert losses(tmp_path / "resumed") == losses(tmp_path / "straight")
+    assert lengths(tmp_path / "resumed") == lengths(tmp_path / "straight")
+
+
+def test_curriculum_refuses_a_fixed_length_task(tmp_path):
+    with pytest.raises(ValueError, match="'curriculum' must be off for task 'ngram'"):
+        Trainer(config(tmp_path, task="ngram", curriculum=True))

@@ -1,8 +1,12 @@
 """The tasks of the NTM paper. `TASKS` maps a task name to its class; `make_task(name)` builds one."""
+from .associative_recall import AssociativeRecallTask
 from .base import Batch, Task
 from .copy import CopyTask
+from .ngram import NGramTask
+from .priority_sort import PrioritySortTask
+from .repeat_copy import RepeatCopyTask
 
-TASKS = {"copy": CopyTask}
+TASKS = {task.name: task for task in (CopyTask, RepeatCopyTask, AssociativeRecallTask, NGramTask, PrioritySortTask)}
 
 
 def make_task(name: str) -> Task:
@@ -11,4 +15,5 @@ def make_task(name: str) -> Task:
     return TASKS[name]()
 
 
-__all__ = ["Batch", "Task", "TASKS", "make_task", "CopyTask"]
+__all__ = ["Batch", "Task", "TASKS", "make_task", "CopyTask", "RepeatCopyTask", "AssociativeRecallTask",
+           "NGramTask", "PrioritySortTask"]

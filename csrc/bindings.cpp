@@ -1,0 +1,111 @@
+// Python bindings of ntm_fast._C: each function checks its tensors and runs the CPU or the CUDA kernels by
+// the memory's device. Heads arrive as lists [key, beta, gate, shift, gamma, w_prev]. The autograd and
+// torch.library registration live in ntm_fast/extension.py.
+#include <torch/extension.h>
+
+#include <vector>
+
+#include "ntm.h"
+
+namespace {
+
+using ntm::HeadTensors;
+using Tensors = std::vector<at::Tensor>;
+
+HeadTensors heads(const Tensors& t) {
+  TORCH_CHECK(t.size() == 6, "ntm_fast._C: expected 6 head tensors (key, beta, gate, shift, gamma, w_prev), got ",
+              t.size());
+  return {t[0], t[1], t[2], t[3], t[4], t[5]};
+}
+
+// Every tensor contiguous and of the memory's dtype and device; true when that device is CUDA.
+bool check(const at::Tensor& memory, std::initializer_list<Tensors> groups) {
+  TORCH_CHECK(memory.scalar_type() == at::kFloat || memory.scalar_type() == at::kDouble,
+              "ntm_fast._C: float32 or float64 tensors expected, got ", memory.scalar_type());
+  for (const Tensors& group : groups)
+    for (const at::Tensor& t : group)
+      TORCH_CHECK(t.is_contiguous() && t.scalar_type() == memory.scalar_type() && t.device() == memory.device(),
+                  "ntm_fast._C: every tensor must be contiguous, ", memory.scalar_type(), " and on ",
+                  memory.device(), "; got one of shape ", t.sizes(), ", ", t.scalar_type(), " on ", t.device());
+#ifdef NTM_WITH_CUDA
+  return memory.is_cuda();
+#else
+  TORCH_CHECK(memory.is_cpu(), "ntm_fast._C was built without CUDA; got tensors on ", memory.device());
+  return false;
+#endif
+}
+
+#ifdef NTM_WITH_CUDA
+#define NTM_RUN(on_cuda, fn, ...) ((on_cuda) ? ntm::cuda::fn(__VA_ARGS__) : ntm::cpu::fn(__VA_ARGS__))
+#else
+#define NTM_RUN(on_cuda, fn, ...) ((void)(on_cuda), ntm::cpu::fn(__VA_ARGS__))
+#endif
+
+void address_forward(const at::Tensor& memory, const Tensors& h, const at::Tensor& w) {
+  NTM_RUN(check(memory, {h, {w}}), address_forward, memory, heads(h), w);
+}
+
+void address_backward(const at::Tensor& memory, const Tensors& h, const at::Tensor& grad_w,
+                      const at::Tensor& d_memory, const Tensors& d_h) {
+  NTM_RUN(check(memory, {h, d_h, {grad_w, d_memory}}), address_backward, memory, heads(h), grad_w, d_memory,
+          heads(d_h));
+}
+
+void read_forward(const at::Tensor& memory, const at::Tensor& w, const at::Tensor& r) {
+  NTM_RUN(check(memory, {{w, r}}), read_forward, memory, w, r);
+}
+
+void read_backward(const at::Tensor& memory, const at::Tensor& w, const at::Tensor& grad_r,
+                   const at::Tensor& d_memory, const at::Tensor& d_w) {
+  NTM_RUN(check(memory, {{w, grad_r, d_memory, d_w}}), read_backward, memory, w, grad_r, d_memory, d_w);
+}
+
+void write_forward(const at::Tensor& memory, const at::Tensor& w, const at::Tensor& erase, const at::Tensor& add,
+                   const at::Tensor& out) {
+  NTM_RUN(check(memory, {{w, erase, add, out}}), write_forward, memory, w, erase, add, out);
+}
+
+void write_backward(const at::Tensor& memory, const at::Tensor& w, const at::Tensor& erase, const at::Tensor& add,
+                    const at::Tensor& grad_out, const at::Tensor& d_memory, const at::Tensor& d_w,
+                    const at::Tensor& d_erase, const at::Tensor& d_add) {
+  NTM_RUN(check(memory, {{w, erase, add, grad_out, d_memory, d_w, d_erase, d_add}}), write_backward, memory, w,
+          erase, add, grad_out, d_memory, d_w, d_erase, d_add);
+}
+
+void memory_step_forward(const at::Tensor& memory, const Tensors& rh, const Tensors& wh, const at::Tensor& erase,
+                         const at::Tensor& add, const at::Tensor& reads, const at::Tensor& w_read,
+                         const at::Tensor& w_write, const at::Tensor& new_memory) {
+  NTM_RUN(check(memory, {rh, wh, {erase, add, reads, w_read, w_write, new_memory}}), memory_step_forward, memory,
+          heads(rh), heads(wh), erase, add, reads, w_read, w_write, new_memory);
+}
+
+void memory_step_backward(const at::Tensor& memory, const Tensors& rh, const Tensors& wh, const at::Tensor& erase,
+                          const at::Tensor& add, const at::Tensor& grad_reads, const at::Tensor& grad_w_read,
+                          const at::Tensor& grad_w_write, const at::Tensor& grad_new_memory,
+                          const at::Tensor& d_memory, const Tensors& d_rh, const Tensors& d_wh,
+                          const at::Tensor& d_erase, const at::Tensor& d_add) {
+  NTM_RUN(check(memory, {rh, wh, d_rh, d_wh,
+                         {erase, add, grad_reads, grad_w_read, grad_w_write, grad_new_memory, d_memory, d_erase,
+                          d_add}}),
+          memory_step_backward, memory, heads(rh), heads(wh), erase, add, grad_reads, grad_w_read, grad_w_write,
+          grad_new_memory, d_memory, heads(d_rh), heads(d_wh), d_erase, d_add);
+}
+
+}  // namespace
+
+PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
+  m.doc() = "ntm_fast's fused NTM memory kernels (CPU, and CUDA when built with it); outputs are arguments";
+#ifdef NTM_WITH_CUDA
+  m.attr("with_cuda") = true;
+#else
+  m.attr("with_cuda") = false;
+#endif
+  m.def("address_forward", &address_forward, "Eq 5-9: w [B,H,N]");
+  m.def("address_backward", &address_backward, "gradients of address: d_memory and the head gradients");
+  m.def("read_forward", &read_forward, "Eq 2: r [B,H,M]");
+  m.def("read_backward", &read_backward, "gradients of read: d_memory, d_w");
+  m.def("write_forward", &write_forward, "Eq 3-4: new memory [B,N,M]");
+  m.def("write_backward", &write_backward, "gradients of write: d_memory, d_w, d_erase, d_add");
+  m.def("memory_step_forward", &memory_step_forward, "one step: reads, w_read, w_write, new memory");
+  m.def("memory_step_backward", &memory_step_backward, "gradients of memory_step");
+}

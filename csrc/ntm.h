@@ -1,0 +1,52 @@
+// The extension's entry points. Every tensor is contiguous, of one dtype (float32 or float64) and on one
+// device; outputs are allocated by the caller (ntm_fast/extension.py) and every element of each is written.
+// Shapes as in ntm_fast/ops.py: B batch, H heads, N slots, M slot width, K = 2S+1 shift offsets.
+#pragma once
+
+#include <ATen/ATen.h>
+
+namespace ntm {
+
+// The [B, H, ...] tensors of H heads: key [B,H,M], beta/gate/gamma [B,H], shift [B,H,K], w_prev [B,H,N]
+// (or, as an output, their gradients).
+struct HeadTensors {
+  at::Tensor key, beta, gate, shift, gamma, w_prev;
+};
+
+// Declared once per device namespace (cpu, and cuda when built with CUDA): the same functions.
+#define NTM_DECLARE_OPS                                                                                          \
+  void address_forward(const at::Tensor& memory, const HeadTensors& heads, const at::Tensor& w);                 \
+  void address_backward(const at::Tensor& memory, const HeadTensors& heads, const at::Tensor& grad_w,            \
+                        const at::Tensor& d_memory, const HeadTensors& d_heads);                                 \
+  void read_forward(const at::Tensor& memory, const at::Tensor& w, const at::Tensor& r);                         \
+  void read_backward(const at::Tensor& memory, const at::Tensor& w, const at::Tensor& grad_r,                    \
+                     const at::Tensor& d_memory, const at::Tensor& d_w);                                         \
+  void write_forward(const at::Tensor& memory, const at::Tensor& w, const at::Tensor& erase,                     \
+                     const at::Tensor& add, const at::Tensor& out);                                              \
+  void write_backward(const at::Tensor& memory, const at::Tensor& w, const at::Tensor& erase,                    \
+                      const at::Tensor& add, const at::Tensor& grad_out, const at::Tensor& d_memory,             \
+                      const at::Tensor& d_w, const at::Tensor& d_erase, const at::Tensor& d_add);                \
+  void memory_step_forward(const at::Tensor& memory, const HeadTensors& read_heads,                              \
+                           const HeadTensors& write_heads, const at::Tensor& erase, const at::Tensor& add,       \
+                           const at::Tensor& reads, const at::Tensor& w_read, const at::Tensor& w_write,         \
+                           const at::Tensor& new_memory);                                                        \
+  void memory_step_backward(const at::Tensor& memory, const HeadTensors& read_heads,                             \
+                            const HeadTensors& write_heads, const at::Tensor& erase, const at::Tensor& add,      \
+                            const at::Tensor& grad_reads, const at::Tensor& grad_w_read,                         \
+                            const at::Tensor& grad_w_write, const at::Tensor& grad_new_memory,                   \
+                            const at::Tensor& d_memory, const HeadTensors& d_read_heads,                         \
+                            const HeadTensors& d_write_heads, const at::Tensor& d_erase, const at::Tensor& d_add);
+
+namespace cpu {
+NTM_DECLARE_OPS
+}  // namespace cpu
+
+#ifdef NTM_WITH_CUDA
+namespace cuda {
+NTM_DECLARE_OPS
+}  // namespace cuda
+#endif
+
+#undef NTM_DECLARE_OPS
+
+}  // namespace ntm

@@ -1,0 +1,616 @@
+// Fused CPU kernels of the NTM memory ops (address, read, write, memory_step), forward and backward.
+//
+// Equation numbers are those of Graves, Wayne & Danihelka (2014), arXiv:1410.5401; the numerical
+// conventions (smoothed cosine, sharpening as softmax(γ·log max(w_s, tiny))) are ntm_fast/reference.py's.
+//
+// Layout: batch items run in parallel (at::parallel_for) and each item's whole op is one pass over its
+// memory, which (N×M, 10 KB at 128×20 floats) stays in L1 meanwhile. Per item the memory is first
+// transposed into the workspace as Mᵀ [M, N], so that the similarities, reads and their gradients are
+// loops over the N slots with unit stride (vectorized) rather than reductions over a short slot width M.
+// Backward recomputes the addressing intermediates (K, w_c, w_g, w_s) from the saved inputs and builds the
+// memory gradient transposed, turning it back at the end.
+#include "ntm.h"
+
+#include <ATen/Dispatch.h>
+#include <ATen/Parallel.h>
+
+#include <algorithm>
+#include <cmath>
+#include <limits>
+#include <vector>
+
+namespace ntm {
+namespace {
+
+constexpr double kCosineEps = 1e-8;  // reference.COSINE_EPS
+constexpr int64_t kGrain = 4;       // batch items per parallel task
+
+struct Sizes {
+  int64_t N, M, K;  // slots, slot width, shift offsets 2S+1
+};
+
+// One head's activated parameters for one batch item.
+template <typename T>
+struct Head {
+  const T* key;  // [M]
+  T beta, gate;
+  const T* shift;  // [K]
+  T gamma;
+  const T* w_prev;  // [N]
+};
+
+// Where one head's parameter gradients go, for one batch item.
+template <typename T>
+struct HeadGrad {
+  T* key;  // [M]
+  T* beta;
+  T* gate;
+  T* shift;  // [K]
+  T* gamma;
+  T* w_prev;  // [N]
+};
+
+// The [B, H, ...] parameter tensors of H heads, or their gradients (P = T*).
+template <typename P>
+struct Heads {
+  P key, beta, gate, shift, gamma, w_prev;
+  int64_t H;
+  int64_t row(int64_t b, int64_t h) const { return b * H + h; }
+};
+
+template <typename T, typename P = const T*>
+Heads<P> heads_of(const HeadTensors& t) {
+  return {t.key.data_ptr<T>(), t.beta.data_ptr<T>(),  t.gate.data_ptr<T>(), t.shift.data_ptr<T>(),
+          t.gamma.data_ptr<T>(), t.w_prev.data_ptr<T>(), t.key.size(1)};
+}
+
+template <typename T>
+Head<T> head_at(const Heads<const T*>& p, int64_t b, int64_t h, const Sizes& s) {
+  const int64_t r = p.row(b, h);
+  return {p.key + r * s.M, p.beta[r], p.gate[r], p.shift + r * s.K, p.gamma[r], p.w_prev + r * s.N};
+}
+
+template <typename T>
+HeadGrad<T> grad_at(const Heads<T*>& d, int64_t b, int64_t h, const Sizes& s) {
+  const int64_t r = d.row(b, h);
+  return {d.key + r * s.M, d.beta + r, d.gate + r, d.shift + r * s.K, d.gamma + r, d.w_prev + r * s.N};
+}
+
+// The addressing intermediates of one head ([N] each), kept for its backward.
+template <typename T>
+struct Trace {
+  T *cos, *w_c, *w_g, *w_s, *log_w_s, *w;
+};
+
+// Per-thread scratch for one batch item at a time: the transposed memory, upstream gradient and memory
+// gradient ([M, N] each), row norms, the traces and weighting gradients of H heads, [N] buffers.
+template <typename T>
+class Workspace {
+ public:
+  Workspace(const Sizes& s, int64_t H) : N_(s.N), MN_(s.M * s.N), H_(H), buf_(3 * MN_ + (6 + 7 * H) * N_) {}
+  T* mem_t() { return buf_.data(); }               // Mᵀ
+  T* grad_t() { return buf_.data() + MN_; }        // (dM')ᵀ, the upstream memory gradient
+  T* d_mem_t() { return buf_.data() + 2 * MN_; }  // (dM)ᵀ
+  T* mem_norm() { return slab(0); }
+  T* d_mem_norm() { return slab(1); }
+  T* scratch(int i) { return slab(2 + i); }  // i = 0..3
+  T* w() { return slab(6); }                 // [H, N]: every head's weighting
+  T* d_w() { return slab(6 + H_); }          // [H, N]: their gradients
+  Trace<T> trace(int64_t h) {
+    T* t = slab(6 + 2 * H_ + 5 * h);
+    return {t, t + N_, t + 2 * N_, t + 3 * N_, t + 4 * N_, w() + h * N_};
+  }
+
+ private:
+  T* slab(int64_t k) { return buf_.data() + 3 * MN_ + k * N_; }
+  int64_t N_, MN_, H_;
+  std::vector<T> buf_;
+};
+
+// dst [cols, rows] = srcᵀ for src [rows, cols].
+template <typename T>
+void transpose(const T* __restrict src, int64_t rows, int64_t cols, T* __restrict dst) {
+  for (int64_t r = 0; r < rows; ++r)
+    for (int64_t c = 0; c < cols; ++c) dst[c * rows + r] = src[r * cols + c];
+}
+
+// ‖M[i]‖ smoothed as in Eq 6: sqrt(Σ_m M[i,m]² + ε), from Mᵀ.
+template <typename T>
+void row_norms(const T* __restrict mem_t, const Sizes& s, T* __restrict norm) {
+  std::fill(norm, norm + s.N, T(0));
+  for (int64_t m = 0; m < s.M; ++m) {
+    const T* __restrict col = mem_t + m * s.N;
+    for (int64_t i = 0; i < s.N; ++i) norm[i] += col[i] * col[i];
+  }
+  for (int64_t i = 0; i < s.N; ++i) norm[i] = std::sqrt(norm[i] + T(kCosineEps));
+}
+
+template <typename T>
+T key_norm_of(const T* __restrict key, const Sizes& s) {
+  T kk = 0;
+  for (int64_t m = 0; m < s.M; ++m) kk += key[m] * key[m];
+  return std::sqrt(kk + T(kCosineEps));
+}
+
+// y = softmax(scale · x) over n entries.
+template <typename T>
+void scaled_softmax(const T* __restrict x, T scale, T* __restrict y, int64_t n) {
+  T mx = -std::numeric_limits<T>::infinity();
+#pragma omp simd reduction(max : mx)
+  for (int64_t i = 0; i < n; ++i) mx = std::max(mx, scale * x[i]);
+  for (int64_t i = 0; i < n; ++i) y[i] = std::exp(scale * x[i] - mx);
+  T sum = 0;
+#pragma omp simd reduction(+ : sum)
+  for (int64_t i = 0; i < n; ++i) sum += y[i];
+  const T inv = T(1) / sum;
+  for (int64_t i = 0; i < n; ++i) y[i] *= inv;
+}
+
+// Offset o with (i - j) mod N = i - o for shift j = jj - S: the circular index split into two
+// contiguous runs, i ∈ [o, N) reading i - o and i ∈ [0, o) reading i - o + N.
+inline int64_t shift_offset(int64_t jj, const Sizes& s) {
+  const int64_t j = jj - (s.K - 1) / 2;
+  return ((j % s.N) + s.N) % s.N;
+}
+
+// Eq 5-9 for one head against one memory (given as Mᵀ and its row norms): fills the trace (w last).
+template <typename T>
+void address_head(const T* __restrict mem_t, const T* __restrict mem_norm, const Head<T>& p, const Sizes& s,
+                  const Trace<T>& t) {
+  const int64_t N = s.N, M = s.M;
+  // Eq 6: K[i] = k·M[i] / (sqrt(‖k‖² + ε) · sqrt(‖M[i]‖² + ε)).
+  std::fill(t.cos, t.cos + N, T(0));
+  for (int64_t m = 0; m < M; ++m) {
+    const T km = p.key[m];
+    const T* __restrict col = mem_t + m * N;
+    for (int64_t i = 0; i < N; ++i) t.cos[i] += km * col[i];
+  }
+  const T key_norm = key_norm_of(p.key, s);
+  for (int64_t i = 0; i < N; ++i) t.cos[i] /= key_norm * mem_norm[i];
+  // Eq 5: w_c = softmax(β·K).
+  scaled_softmax(t.cos, p.beta, t.w_c, N);
+  // Eq 7: w_g = g·w_c + (1 - g)·w_prev.
+  for (int64_t i = 0; i < N; ++i) t.w_g[i] = p.gate * t.w_c[i] + (1 - p.gate) * p.w_prev[i];
+  // Eq 8: w_s[i] = Σ_j s[j+S]·w_g[(i - j) mod N].
+  std::fill(t.w_s, t.w_s + N, T(0));
+  for (int64_t jj = 0; jj < s.K; ++jj) {
+    const int64_t o = shift_offset(jj, s);
+    const T sj = p.shift[jj];
+    for (int64_t i = o; i < N; ++i) t.w_s[i] += sj * t.w_g[i - o];
+    for (int64_t i = 0; i < o; ++i) t.w_s[i] += sj * t.w_g[i - o + N];
+  }
+  // Eq 9: w = w_s^γ / Σ w_s^γ, as softmax(γ·log max(w_s, tiny)).
+  const T tiny = std::numeric_limits<T>::min();
+  for (int64_t i = 0; i < N; ++i) t.log_w_s[i] = std::log(std::max(t.w_s[i], tiny));
+  scaled_softmax(t.log_w_s, p.gamma, t.w, N);
+}
+
+// Backward of address_head for upstream gradient d_w [N]. Writes the head's gradients, adds the memory
+// gradient through the dot products to d_mem_t and the one through the row norms to d_mem_norm (the
+// caller turns d_mem_norm into a memory gradient once for all heads: add_row_norm_grad).
+template <typename T>
+void address_head_backward(const T* __restrict mem_t, const T* __restrict mem_norm, const Head<T>& p,
+                           const Sizes& s, const Trace<T>& t, const T* __restrict d_w, const HeadGrad<T>& d,
+                           T* __restrict d_mem_t, T* __restrict d_mem_norm, T* __restrict d_ws,
+                           T* __restrict d_wg) {
+  const int64_t N = s.N, M = s.M;
+  const T tiny = std::numeric_limits<T>::min();
+  // Eq 9: u = γ·log max(w_s, tiny), w = softmax(u); du = w ⊙ (dw - <w, dw>).
+  T w_dw = 0;
+#pragma omp simd reduction(+ : w_dw)
+  for (int64_t i = 0; i < N; ++i) w_dw += t.w[i] * d_w[i];
+  T d_gamma = 0;
+#pragma omp simd reduction(+ : d_gamma)
+  for (int64_t i = 0; i < N; ++i) {
+    const T du = t.w[i] * (d_w[i] - w_dw);
+    d_gamma += du * t.log_w_s[i];
+    d_ws[i] = t.w_s[i] >= tiny ? p.gamma * du / t.w_s[i] : T(0);  // the clamp passes no gradient
+  }
+  *d.gamma = d_gamma;
+  // Eq 8: d s[j+S] = Σ_i dw_s[i]·w_g[(i-j) mod N];  d w_g[n] = Σ_j s[j+S]·dw_s[(n+j) mod N].
+  std::fill(d_wg, d_wg + N, T(0));
+  for (int64_t jj = 0; jj < s.K; ++jj) {
+    const int64_t o = shift_offset(jj, s);
+    const T sj = p.shift[jj];
+    T ds = 0;
+#pragma omp simd reduction(+ : ds)
+    for (int64_t i = o; i < N; ++i) ds += d_ws[i] * t.w_g[i - o];
+#pragma omp simd reduction(+ : ds)
+    for (int64_t i = 0; i < o; ++i) ds += d_ws[i] * t.w_g[i - o + N];
+    d.shift[jj] = ds;
+    for (int64_t n = 0; n < N - o; ++n) d_wg[n] += sj * d_ws[n + o];
+    for (int64_t n = N - o; n < N; ++n) d_wg[n] += sj * d_ws[n + o - N];
+  }
+  // Eq 7: d g = Σ dw_g ⊙ (w_c - w_prev); d w_prev = (1 - g)·dw_g; d w_c = g·dw_g (kept in d_wg).
+  T d_gate = 0;
+#pragma omp simd reduction(+ : d_gate)
+  for (int64_t i = 0; i < N; ++i) {
+    d_gate += d_wg[i] * (t.w_c[i] - p.w_prev[i]);
+    d.w_prev[i] = (1 - p.gate) * d_wg[i];
+    d_wg[i] *= p.gate;
+  }
+  *d.gate = d_gate;
+  // Eq 5: z = β·K, w_c = softmax(z); dz = w_c ⊙ (dw_c - <w_c, dw_c>); dβ = <dz, K>; dK = β·dz (in d_ws).
+  T wc_dwc = 0;
+#pragma omp simd reduction(+ : wc_dwc)
+  for (int64_t i = 0; i < N; ++i) wc_dwc += t.w_c[i] * d_wg[i];
+  T d_beta = 0;
+#pragma omp simd reduction(+ : d_beta)
+  for (int64_t i = 0; i < N; ++i) {
+    const T dz = t.w_c[i] * (d_wg[i] - wc_dwc);
+    d_beta += dz * t.cos[i];
+    d_ws[i] = p.beta * dz;
+  }
+  *d.beta = d_beta;
+  // Eq 6: K[i] = dot[i] / (‖k‖·‖M[i]‖) with smoothed norms. The key gradient is summed per slot as
+  // dK[i]/‖k‖ · (M[i]/‖M[i]‖ - K[i]·k/‖k‖), the part of the unit row orthogonal to the key, so rows nearly
+  // parallel to the key (|K| → 1, where the two terms cancel) give a gradient near zero, not rounding noise.
+  const T key_norm = key_norm_of(p.key, s);
+  for (int64_t i = 0; i < N; ++i) {
+    d_mem_norm[i] -= d_ws[i] * t.cos[i] / mem_norm[i];
+    d_wg[i] = d_ws[i] / (key_norm * mem_norm[i]);  // d dot[i]
+  }
+  for (int64_t m = 0; m < M; ++m) {
+    const T km = p.key[m], k_unit = p.key[m] / key_norm;
+    const T* __restrict col = mem_t + m * N;
+    T* __restrict d_col = d_mem_t + m * N;
+    T dk = 0;
+#pragma omp simd reduction(+ : dk)
+    for (int64_t i = 0; i < N; ++i) {
+      dk += d_ws[i] * (col[i] / mem_norm[i] - t.cos[i] * k_unit);
+      d_col[i] += d_wg[i] * km;
+    }
+    d.key[m] = dk / key_norm;
+  }
+}
+
+// d M[i] += d‖M[i]‖ · M[i] / ‖M[i]‖ (the row-norm part of Eq 6's gradient, all heads at once), transposed.
+template <typename T>
+void add_row_norm_grad(const T* __restrict mem_t, const T* __restrict mem_norm, T* __restrict d_mem_norm,
+                       const Sizes& s, T* __restrict d_mem_t) {
+  for (int64_t i = 0; i < s.N; ++i) d_mem_norm[i] /= mem_norm[i];
+  for (int64_t m = 0; m < s.M; ++m)
+    for (int64_t i = 0; i < s.N; ++i) d_mem_t[m * s.N + i] += d_mem_norm[i] * mem_t[m * s.N + i];
+}
+
+// Eq 2 for H heads: r[h] = Σ_i w[h,i]·M[i].
+template <typename T>
+void read_item(const T* __restrict mem_t, const T* __restrict w, int64_t H, const Sizes& s, T* __restrict r) {
+  for (int64_t h = 0; h < H; ++h)
+    for (int64_t m = 0; m < s.M; ++m) {
+      const T* __restrict col = mem_t + m * s.N;
+      T acc = 0;
+#pragma omp simd reduction(+ : acc)
+      for (int64_t i = 0; i < s.N; ++i) acc += w[h * s.N + i] * col[i];
+      r[h * s.M + m] = acc;
+    }
+}
+
+// Backward of read_item: d_w[h,i] += <dr[h], M[i]>; dMᵀ[m,i] += Σ_h w[h,i]·dr[h,m].
+template <typename T>
+void read_item_backward(const T* __restrict mem_t, const T* __restrict w, const T* __restrict d_r, int64_t H,
+                        const Sizes& s, T* __restrict d_w, T* __restrict d_mem_t) {
+  for (int64_t h = 0; h < H; ++h)
+    for (int64_t m = 0; m < s.M; ++m) {
+      const T dr = d_r[h * s.M + m];
+      const T* __restrict col = mem_t + m * s.N;
+      T* __restrict d_col = d_mem_t + m * s.N;
+      for (int64_t i = 0; i < s.N; ++i) {
+        d_w[h * s.N + i] += dr * col[i];
+        d_col[i] += dr * w[h * s.N + i];
+      }
+    }
+}
+
+// Eq 3-4 for W heads: M'[i] = M[i] ⊙ Π_h (1 - w[h,i]·e[h]) + Σ_h w[h,i]·a[h] (all erases, then all adds).
+// Row-major: the forward has no reductions, so M and M' keep the op's layout.
+template <typename T>
+void write_item(const T* __restrict mem, const T* __restrict w, const T* __restrict erase, const T* __restrict add,
+                int64_t W, const Sizes& s, T* __restrict out) {
+  const int64_t N = s.N, M = s.M;
+  for (int64_t i = 0; i < N; ++i) {
+    T* __restrict o = out + i * M;
+    std::fill(o, o + M, T(1));
+    for (int64_t h = 0; h < W; ++h) {
+      const T wi = w[h * N + i];
+      for (int64_t m = 0; m < M; ++m) o[m] *= 1 - wi * erase[h * M + m];
+    }
+    for (int64_t m = 0; m < M; ++m) o[m] *= mem[i * M + m];
+    for (int64_t h = 0; h < W; ++h) {
+      const T wi = w[h * N + i];
+      for (int64_t m = 0; m < M; ++m) o[m] += wi * add[h * M + m];
+    }
+  }
+}
+
+// keep[i] = Π_{h ≠ skip} (1 - w[h,i]·e[h,m]) over the slots, for one column m (skip = -1: every head).
+template <typename T>
+void keep_product(const T* __restrict w, const T* __restrict erase, int64_t W, const Sizes& s, int64_t m,
+                  int64_t skip, T* __restrict keep) {
+  std::fill(keep, keep + s.N, T(1));
+  for (int64_t h = 0; h < W; ++h) {
+    if (h == skip) continue;
+    const T e = erase[h * s.M + m];
+    for (int64_t i = 0; i < s.N; ++i) keep[i] *= 1 - w[h * s.N + i] * e;
+  }
+}
+
+// Backward of write_item for the upstream gradient G = dM' (given as Gᵀ): adds to dMᵀ and d_w, writes
+// d_erase and d_add. The product over the other heads is formed directly (no division), so full erases
+// (w·e = 1) stay exact.
+template <typename T>
+void write_item_backward(const T* __restrict mem_t, const T* __restrict w, const T* __restrict erase,
+                         const T* __restrict add, const T* __restrict grad_t, int64_t W, const Sizes& s,
+                         T* __restrict d_mem_t, T* __restrict d_w, T* __restrict d_erase, T* __restrict d_add,
+                         T* __restrict keep, T* __restrict others) {
+  const int64_t N = s.N, M = s.M;
+  for (int64_t m = 0; m < M; ++m) {
+    const T* __restrict g = grad_t + m * N;
+    const T* __restrict col = mem_t + m * N;
+    T* __restrict d_col = d_mem_t + m * N;
+    keep_product(w, erase, W, s, m, -1, keep);
+    for (int64_t i = 0; i < N; ++i) d_col[i] += g[i] * keep[i];
+    for (int64_t h = 0; h < W; ++h) {
+      keep_product(w, erase, W, s, m, h, others);
+      const T e = erase[h * M + m], a = add[h * M + m];
+      const T* __restrict wh = w + h * N;
+      T* __restrict d_wh = d_w + h * N;
+      T de = 0, da = 0;
+#pragma omp simd reduction(+ : de, da)
+      for (int64_t i = 0; i < N; ++i) {
+        const T d_factor = g[i] * col[i] * others[i];  // d(1 - w·e)
+        d_wh[i] += a * g[i] - e * d_factor;
+        de -= wh[i] * d_factor;
+        da += wh[i] * g[i];
+      }
+      d_erase[h * M + m] = de;
+      d_add[h * M + m] = da;
+    }
+  }
+}
+
+Sizes sizes_of(const at::Tensor& memory, const at::Tensor& shift) {
+  return {memory.size(1), memory.size(2), shift.size(2)};
+}
+
+template <typename F>
+void for_each_item(const at::Tensor& memory, F&& f) {
+  at::parallel_for(0, memory.size(0), kGrain, f);
+}
+
+// One batch item's memory into the workspace: Mᵀ, and its row norms when addressing needs them.
+template <typename T>
+void load_memory(const T* mem, const Sizes& s, Workspace<T>& ws, bool norms) {
+  transpose(mem, s.N, s.M, ws.mem_t());
+  if (norms) row_norms(ws.mem_t(), s, ws.mem_norm());
+}
+
+// Zeroed accumulators of a backward pass: dMᵀ and d‖M[i]‖.
+template <typename T>
+void zero_grads(const Sizes& s, Workspace<T>& ws) {
+  std::fill(ws.d_mem_t(), ws.d_mem_t() + s.M * s.N, T(0));
+  std::fill(ws.d_mem_norm(), ws.d_mem_norm() + s.N, T(0));
+}
+
+// The finished memory gradient of one item, row-major, from dMᵀ (plus the row-norm part if addressed).
+template <typename T>
+void store_memory_grad(const Sizes& s, Workspace<T>& ws, bool norms, T* d_mem) {
+  if (norms) add_row_norm_grad(ws.mem_t(), ws.mem_norm(), ws.d_mem_norm(), s, ws.d_mem_t());
+  transpose(ws.d_mem_t(), s.M, s.N, d_mem);
+}
+
+}  // namespace
+
+namespace cpu {
+
+void address_forward(const at::Tensor& memory, const HeadTensors& heads, const at::Tensor& w) {
+  AT_DISPATCH_FLOATING_TYPES(memory.scalar_type(), "ntm_address_forward", [&] {
+    using T = scalar_t;
+    const Sizes s = sizes_of(memory, heads.shift);
+    const auto p = heads_of<T>(heads);
+    const T* mem = memory.data_ptr<T>();
+    T* out = w.data_ptr<T>();
+    for_each_item(memory, [&](int64_t b0, int64_t b1) {
+      Workspace<T> ws(s, p.H);
+      for (int64_t b = b0; b < b1; ++b) {
+        load_memory(mem + b * s.N * s.M, s, ws, true);
+        for (int64_t h = 0; h < p.H; ++h) {
+          Trace<T> t = ws.trace(h);
+          t.w = out + p.row(b, h) * s.N;
+          address_head(ws.mem_t(), ws.mem_norm(), head_at(p, b, h, s), s, t);
+        }
+      }
+    });
+  });
+}
+
+void address_backward(const at::Tensor& memory, const HeadTensors& heads, const at::Tensor& grad_w,
+                      const at::Tensor& d_memory, const HeadTensors& d_heads) {
+  AT_DISPATCH_FLOATING_TYPES(memory.scalar_type(), "ntm_address_backward", [&] {
+    using T = scalar_t;
+    const Sizes s = sizes_of(memory, heads.shift);
+    const auto p = heads_of<T>(heads);
+    const auto d = heads_of<T, T*>(d_heads);
+    const T *mem = memory.data_ptr<T>(), *gw = grad_w.data_ptr<T>();
+    T* dmem = d_memory.data_ptr<T>();
+    for_each_item(memory, [&](int64_t b0, int64_t b1) {
+      Workspace<T> ws(s, p.H);
+      for (int64_t b = b0; b < b1; ++b) {
+        load_memory(mem + b * s.N * s.M, s, ws, true);
+        zero_grads(s, ws);
+        for (int64_t h = 0; h < p.H; ++h) {
+          const Head<T> head = head_at(p, b, h, s);
+          address_head(ws.mem_t(), ws.mem_norm(), head, s, ws.trace(h));
+          address_head_backward(ws.mem_t(), ws.mem_norm(), head, s, ws.trace(h), gw + p.row(b, h) * s.N,
+                                grad_at(d, b, h, s), ws.d_mem_t(), ws.d_mem_norm(), ws.scratch(0), ws.scratch(1));
+        }
+        store_memory_grad(s, ws, true, dmem + b * s.N * s.M);
+      }
+    });
+  });
+}
+
+void read_forward(const at::Tensor& memory, const at::Tensor& w, const at::Tensor& r) {
+  AT_DISPATCH_FLOATING_TYPES(memory.scalar_type(), "ntm_read_forward", [&] {
+    using T = scalar_t;
+    const Sizes s{memory.size(1), memory.size(2), 1};
+    const int64_t H = w.size(1);
+    const T *mem = memory.data_ptr<T>(), *wp = w.data_ptr<T>();
+    T* rp = r.data_ptr<T>();
+    for_each_item(memory, [&](int64_t b0, int64_t b1) {
+      Workspace<T> ws(s, 0);
+      for (int64_t b = b0; b < b1; ++b) {
+        load_memory(mem + b * s.N * s.M, s, ws, false);
+        read_item(ws.mem_t(), wp + b * H * s.N, H, s, rp + b * H * s.M);
+      }
+    });
+  });
+}
+
+void read_backward(const at::Tensor& memory, const at::Tensor& w, const at::Tensor& grad_r,
+                   const at::Tensor& d_memory, const at::Tensor& d_w) {
+  AT_DISPATCH_FLOATING_TYPES(memory.scalar_type(), "ntm_read_backward", [&] {
+    using T = scalar_t;
+    const Sizes s{memory.size(1), memory.size(2), 1};
+    const int64_t H = w.size(1);
+    const T *mem = memory.data_ptr<T>(), *wp = w.data_ptr<T>(), *gr = grad_r.data_ptr<T>();
+    T *dmem = d_memory.data_ptr<T>(), *dw = d_w.data_ptr<T>();
+    for_each_item(memory, [&](int64_t b0, int64_t b1) {
+      Workspace<T> ws(s, 0);
+      for (int64_t b = b0; b < b1; ++b) {
+        T* dwb = dw + b * H * s.N;
+        load_memory(mem + b * s.N * s.M, s, ws, false);
+        zero_grads(s, ws);
+        std::fill(dwb, dwb + H * s.N, T(0));
+        read_item_backward(ws.mem_t(), wp + b * H * s.N, gr + b * H * s.M, H, s, dwb, ws.d_mem_t());
+        store_memory_grad(s, ws, false, dmem + b * s.N * s.M);
+      }
+    });
+  });
+}
+
+void write_forward(const at::Tensor& memory, const at::Tensor& w, const at::Tensor& erase, const at::Tensor& add,
+                   const at::Tensor& out) {
+  AT_DISPATCH_FLOATING_TYPES(memory.scalar_type(), "ntm_write_forward", [&] {
+    using T = scalar_t;
+    const Sizes s{memory.size(1), memory.size(2), 1};
+    const int64_t W = w.size(1), NM = s.N * s.M;
+    const T *mem = memory.data_ptr<T>(), *wp = w.data_ptr<T>(), *ep = erase.data_ptr<T>(), *ap = add.data_ptr<T>();
+    T* op = out.data_ptr<T>();
+    for_each_item(memory, [&](int64_t b0, int64_t b1) {
+      for (int64_t b = b0; b < b1; ++b)
+        write_item(mem + b * NM, wp + b * W * s.N, ep + b * W * s.M, ap + b * W * s.M, W, s, op + b * NM);
+    });
+  });
+}
+
+void write_backward(const at::Tensor& memory, const at::Tensor& w, const at::Tensor& erase, const at::Tensor& add,
+                    const at::Tensor& grad_out, const at::Tensor& d_memory, const at::Tensor& d_w,
+                    const at::Tensor& d_erase, const at::Tensor& d_add) {
+  AT_DISPATCH_FLOATING_TYPES(memory.scalar_type(), "ntm_write_backward", [&] {
+    using T = scalar_t;
+    const Sizes s{memory.size(1), memory.size(2), 1};
+    const int64_t W = w.size(1), NM = s.N * s.M;
+    const T *mem = memory.data_ptr<T>(), *wp = w.data_ptr<T>(), *ep = erase.data_ptr<T>(), *ap = add.data_ptr<T>();
+    const T* go = grad_out.data_ptr<T>();
+    T *dmem = d_memory.data_ptr<T>(), *dw = d_w.data_ptr<T>(), *de = d_erase.data_ptr<T>(), *da = d_add.data_ptr<T>();
+    for_each_item(memory, [&](int64_t b0, int64_t b1) {
+      Workspace<T> ws(s, 0);
+      for (int64_t b = b0; b < b1; ++b) {
+        T* dwb = dw + b * W * s.N;
+        load_memory(mem + b * NM, s, ws, false);
+        transpose(go + b * NM, s.N, s.M, ws.grad_t());
+        zero_grads(s, ws);
+        std::fill(dwb, dwb + W * s.N, T(0));
+        write_item_backward(ws.mem_t(), wp + b * W * s.N, ep + b * W * s.M, ap + b * W * s.M, ws.grad_t(), W, s,
+                            ws.d_mem_t(), dwb, de + b * W * s.M, da + b * W * s.M, ws.scratch(0), ws.scratch(1));
+        store_memory_grad(s, ws, false, dmem + b * NM);
+      }
+    });
+  });
+}
+
+void memory_step_forward(const at::Tensor& memory, const HeadTensors& read_heads, const HeadTensors& write_heads,
+                         const at::Tensor& erase, const at::Tensor& add, const at::Tensor& reads,
+                         const at::Tensor& w_read, const at::Tensor& w_write, const at::Tensor& new_memory) {
+  AT_DISPATCH_FLOATING_TYPES(memory.scalar_type(), "ntm_memory_step_forward", [&] {
+    using T = scalar_t;
+    const Sizes s = sizes_of(memory, read_heads.shift);
+    const auto rp = heads_of<T>(read_heads);
+    const auto wp = heads_of<T>(write_heads);
+    const int64_t R = rp.H, W = wp.H, NM = s.N * s.M;
+    const T *mem = memory.data_ptr<T>(), *ep = erase.data_ptr<T>(), *ap = add.data_ptr<T>();
+    T *rd = reads.data_ptr<T>(), *wr = w_read.data_ptr<T>(), *ww = w_write.data_ptr<T>();
+    T* nm = new_memory.data_ptr<T>();
+    for_each_item(memory, [&](int64_t b0, int64_t b1) {
+      Workspace<T> ws(s, R + W);
+      for (int64_t b = b0; b < b1; ++b) {
+        load_memory(mem + b * NM, s, ws, true);
+        // Every head addresses M_{t-1}; the reads (Eq 2) happen before the write (Eq 3-4).
+        for (int64_t h = 0; h < R; ++h) {
+          Trace<T> t = ws.trace(h);
+          t.w = wr + rp.row(b, h) * s.N;
+          address_head(ws.mem_t(), ws.mem_norm(), head_at(rp, b, h, s), s, t);
+        }
+        for (int64_t h = 0; h < W; ++h) {
+          Trace<T> t = ws.trace(R + h);
+          t.w = ww + wp.row(b, h) * s.N;
+          address_head(ws.mem_t(), ws.mem_norm(), head_at(wp, b, h, s), s, t);
+        }
+        read_item(ws.mem_t(), wr + b * R * s.N, R, s, rd + b * R * s.M);
+        write_item(mem + b * NM, ww + b * W * s.N, ep + b * W * s.M, ap + b * W * s.M, W, s, nm + b * NM);
+      }
+    });
+  });
+}
+
+void memory_step_backward(const at::Tensor& memory, const HeadTensors& read_heads, const HeadTensors& write_heads,
+                          const at::Tensor& erase, const at::Tensor& add, const at::Tensor& grad_reads,
+                          const at::Tensor& grad_w_read, const at::Tensor& grad_w_write,
+                          const at::Tensor& grad_new_memory, const at::Tensor& d_memory,
+                          const HeadTensors& d_read_heads, const HeadTensors& d_write_heads,
+                          const at::Tensor& d_erase, const at::Tensor& d_add) {
+  AT_DISPATCH_FLOATING_TYPES(memory.scalar_type(), "ntm_memory_step_backward", [&] {
+    using T = scalar_t;
+    const Sizes s = sizes_of(memory, read_heads.shift);
+    const auto rp = heads_of<T>(read_heads);
+    const auto wp = heads_of<T>(write_heads);
+    const auto dr = heads_of<T, T*>(d_read_heads);
+    const auto dw = heads_of<T, T*>(d_write_heads);
+    const int64_t R = rp.H, W = wp.H, NM = s.N * s.M;
+    const T *mem = memory.data_ptr<T>(), *ep = erase.data_ptr<T>(), *ap = add.data_ptr<T>();
+    const T *g_reads = grad_reads.data_ptr<T>(), *g_wr = grad_w_read.data_ptr<T>();
+    const T *g_ww = grad_w_write.data_ptr<T>(), *g_mem = grad_new_memory.data_ptr<T>();
+    T *dmem = d_memory.data_ptr<T>(), *de = d_erase.data_ptr<T>(), *da = d_add.data_ptr<T>();
+    for_each_item(memory, [&](int64_t b0, int64_t b1) {
+      Workspace<T> ws(s, R + W);
+      for (int64_t b = b0; b < b1; ++b) {
+        load_memory(mem + b * NM, s, ws, true);
+        transpose(g_mem + b * NM, s.N, s.M, ws.grad_t());
+        zero_grads(s, ws);
+        for (int64_t h = 0; h < R; ++h) address_head(ws.mem_t(), ws.mem_norm(), head_at(rp, b, h, s), s, ws.trace(h));
+        for (int64_t h = 0; h < W; ++h)
+          address_head(ws.mem_t(), ws.mem_norm(), head_at(wp, b, h, s), s, ws.trace(R + h));
+        // d w = the upstream gradient + what the read and the write pass back.
+        T* d_w = ws.d_w();
+        std::copy(g_wr + b * R * s.N, g_wr + (b + 1) * R * s.N, d_w);
+        std::copy(g_ww + b * W * s.N, g_ww + (b + 1) * W * s.N, d_w + R * s.N);
+        read_item_backward(ws.mem_t(), ws.w(), g_reads + b * R * s.M, R, s, d_w, ws.d_mem_t());
+        write_item_backward(ws.mem_t(), ws.w() + R * s.N, ep + b * W * s.M, ap + b * W * s.M, ws.grad_t(), W, s,
+                            ws.d_mem_t(), d_w + R * s.N, de + b * W * s.M, da + b * W * s.M, ws.scratch(2),
+                            ws.scratch(3));
+        for (int64_t h = 0; h < R; ++h)
+          address_head_backward(ws.mem_t(), ws.mem_norm(), head_at(rp, b, h, s), s, ws.trace(h), d_w + h * s.N,
+                                grad_at(dr, b, h, s), ws.d_mem_t(), ws.d_mem_norm(), ws.scratch(0), ws.scratch(1));
+        for (int64_t h = 0; h < W; ++h)
+          address_head_backward(ws.mem_t(), ws.mem_norm(), head_at(wp, b, h, s), s, ws.trace(R + h),
+                                d_w + (R + h) * s.N, grad_at(dw, b, h, s), ws.d_mem_t(), ws.d_mem_norm(),
+                                ws.scratch(0), ws.scratch(1));
+        store_memory_grad(s, ws, true, dmem + b * NM);
+      }
+    });
+  });
+}
+
+}  // namespace cpu
+}  // namespace ntm

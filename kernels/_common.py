@@ -1,0 +1,97 @@
+"""What every kernel module shares: tile sizes, the compute dtype, scratch buffers and launch options.
+
+Tiles. A program owns BLOCK_B batch rows and walks the N memory slots in tiles of BLOCK_N; a slot is
+always loaded whole, padded to BLOCK_M = next power of two of M and masked (tl.arange needs powers of
+two). One memory tile is [BLOCK_B, BLOCK_N, BLOCK_M] elements, at most `TILE_ELEMENTS` of them: on a GPU
+that keeps a tile in registers; under the interpreter, whose cost is per operation and not per element,
+the budget is large so that a small test runs as few programs and loop trips as possible.
+
+Precision. Kernels load every input as DTYPE (float64 for float64 inputs, float32 otherwise: the
+interpreter's bf16 arithmetic is wrong, and fp16/bf16 need fp32 accumulation anyway) and store outputs in
+the input dtype.
+"""
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from ntm_fast.backends import triton_interpreted
+from ntm_fast.reference import COSINE_EPS
+
+EPS = tl.constexpr(COSINE_EPS)  # smoothing of the cosine similarity, as in the reference
+
+# Elements of one [BLOCK_B, BLOCK_N, BLOCK_M] memory tile (tests lower it to force N tiling).
+TILE_ELEMENTS = 2**16 if triton_interpreted() else 4096
+
+
+def pow2(n: int) -> int:
+    return triton.next_power_of_2(max(int(n), 1))
+
+
+def tiles(B: int, N: int, M: int) -> dict:
+    """BLOCK_B, BLOCK_N, BLOCK_M (constexpr launch arguments) for a [B, N, M] memory."""
+    block_m = pow2(M)
+    block_n = min(pow2(N), max(1, TILE_ELEMENTS // block_m))
+    block_b = min(pow2(B), max(1, TILE_ELEMENTS // (block_n * block_m)))
+    return dict(BLOCK_B=block_b, BLOCK_N=block_n, BLOCK_M=block_m)
+
+
+def launch(memory: torch.Tensor):
+    """(grid, keyword arguments) shared by every kernel over this [B, N, M] memory: sizes, the compute
+    DTYPE, tile sizes and num_warps."""
+    B, N, M = memory.shape
+    blocks = tiles(B, N, M)
+    dtype = tl.float64 if memory.dtype == torch.float64 else tl.float32
+    return (triton.cdiv(B, blocks["BLOCK_B"]),), dict(B=B, N=N, M=M, DTYPE=dtype, num_warps=4, **blocks)
+
+
+def shift_args(dtype: torch.dtype, N: int, S: int) -> dict:
+    """Addressing's extra launch arguments. TINY is the clamp of the sharpening log (the reference's
+    finfo(dtype).tiny of the *input* dtype); WRAP is a multiple of N above 2S, added before `% N` so
+    shifted slot indices stay non-negative."""
+    return dict(S=S, WRAP=N * (2 * S // N + 1), TINY=torch.finfo(dtype).tiny)
+
+
+def compute_dtype(dtype: torch.dtype) -> torch.dtype:
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def contiguous(*tensors):
+    return [t.contiguous() for t in tensors]
+
+
+def scratch(rows: int, B: int, N: int, like: torch.Tensor) -> torch.Tensor:
+    """Per-call workspace of `rows` [B, N] vectors in the compute dtype (never saved for backward)."""
+    return torch.empty((rows, B, N), dtype=compute_dtype(like.dtype), device=like.device)
+
+
+@triton.jit
+def load_head(ptr, rows, h, H, cols, B, C, DTYPE: tl.constexpr):
+    """The [BLOCK_B, BLOCK_C] block of head h (of H) in a contiguous [B, H, C] tensor, zero padded, as DTYPE."""
+    mask = (rows < B)[:, None] & (cols < C)[None, :]
+    return tl.load(ptr + (rows * H + h)[:, None] * C + cols[None, :], mask=mask, other=0.0).to(DTYPE)
+
+
+@triton.jit
+def store_head(ptr, value, rows, h, H, cols, B, C):
+    mask = (rows < B)[:, None] & (cols < C)[None, :]
+    tl.store(ptr + (rows * H + h)[:, None] * C + cols[None, :], value, mask=mask)
+
+
+@triton.jit
+def memory_offsets(rows, slots, cols, B, N, M):
+    """Offsets and mask of the [BLOCK_B, BLOCK_N, BLOCK_M] tile of a contiguous [B, N, M] tensor."""
+    offsets = (rows[:, None, None] * N + slots[None, :, None]) * M + cols[None, None, :]
+    mask = (rows < B)[:, None, None] & (slots < N)[None, :, None] & (cols < M)[None, None, :]
+    return offsets, mask
+
+
+@triton.jit
+def store_heads(ptr, acc, rows, B, H, C, BLOCK_H: tl.constexpr, BLOCK_C: tl.constexpr):
+    """Store acc [BLOCK_B, BLOCK_H, BLOCK_C] into the rows of a contiguous [B, H, C] tensor."""
+    heads = tl.arange(0, BLOCK_H)
+    cols = tl.arange(0, BLOCK_C)
+    offsets = (rows[:, None, None] * H + heads[None, :, None]) * C + cols[None, None, :]
+    mask = (rows < B)[:, None, None] & (heads < H)[None, :, None] & (cols < C)[None, None, :]
+    tl.store(ptr + offsets, acc, mask=mask)

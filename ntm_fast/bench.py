@@ -1,0 +1,556 @@
+"""`ntm-fast bench`: every available backend and `torch.compile(reference)` on the same inputs, side by side.
+
+Contenders: the backends that run on the device (`available_backends`; the Triton interpreter on CPU is
+never one) plus ``compile``, the reference ops under `torch.compile` (for the whole step: the reference
+model with its `NTMCell` compiled, one graph per time step reused over the sequence).
+
+Cases: each op (`address` over all R+W heads, `read`, `write`, `memory_step`) and the whole training step
+(copy task at a fixed length, so `torch.compile` compiles once), forward (no grad) and forward+backward
+(the op's input gradients for fixed random cotangents; for the step: forward, loss, backward, gradient
+clipping and the RMSprop update), over every batch size × slot count asked for.
+
+Each contender runs in its own process (on the CPU, eager ops ran ~16× slower in a process where
+`torch.compile` had run), checks its outputs (and gradients) against the reference on the same inputs,
+and is timed only if they agree: warm-up calls, then the median of repetitions; on CUDA,
+`triton.testing.do_bench` (CUDA events). The same `measure` and workload builders serve `ntm-fast
+profile` and the pytest-benchmark suite in `benchmarks/`.
+"""
+from __future__ import annotations
+
+import csv
+import dataclasses
+import datetime
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+
+from . import reference
+from .backends import BACKENDS, available_backends, resolve, unavailable_reason
+from .ops import ReadHeads, WriteHeads
+
+OPS = ("address", "read", "write", "memory_step")
+STEP = "step"
+MODES = ("fwd", "fwd+bwd")
+COMPILE = "compile"  # the contender torch.compile(reference)
+COMPILE_CHOICES = ("off", "ops", "all")  # which cases the compile contender runs
+# Agreement with the reference required before timing (float32; the step accumulates over 2L+1 steps).
+TOLERANCE = {"op": dict(rtol=1e-4, atol=1e-5), STEP: dict(rtol=1e-3, atol=1e-4)}
+CSV_FIELDS = ("op", "mode", "batch", "slots", "contender", "status", "median_ms", "seq_per_s", "speedup",
+              "compile_s", "reps", "max_error", "threads")
+
+
+@dataclass(frozen=True)
+class Case:
+    op: str  # one of OPS or STEP
+    mode: str  # one of MODES
+    batch: int
+    slots: int
+
+
+@dataclass(frozen=True)
+class Settings:
+    """What stays fixed over the sweep: the model shape and the timing policy."""
+
+    width: int = 20
+    read_heads: int = 1
+    write_heads: int = 1
+    shift_range: int = 1
+    controller_size: int = 100
+    length: int = 20  # copy-task sequence length of the whole-step cases (2L+1 time steps)
+    device: str = "cpu"
+    warmup: int = 2
+    reps: int = 10
+    budget_s: float = 1.0  # stop repeating after this long (but never below 3 repetitions)
+    threads: int | None = None
+    seed: int = 0
+
+
+class Disagreement(RuntimeError):
+    """A contender's outputs or gradients differ from the reference's on the same inputs."""
+
+
+# ---- timing: the one helper every benchmark and the profiler use ------------------------------------------
+@dataclass(frozen=True)
+class Timing:
+    median_s: float
+    reps: int | None  # None: triton.testing.do_bench chose
+
+
+def measure(fn: Callable, device, *, warmup: int = 2, reps: int = 10, budget_s: float = 1.0) -> Timing:
+    """Median wall time of `fn()`.
+
+    CUDA: `triton.testing.do_bench` (CUDA events, its own warm-up and repetition count). CPU: `warmup`
+    calls, then up to `reps` timed calls, stopping early once `budget_s` has passed (at least 3 calls).
+    """
+    if torch.device(device).type == "cuda":
+        import triton.testing
+
+        return Timing(triton.testing.do_bench(fn, return_mode="median") / 1e3, None)
+    for _ in range(warmup):
+        fn()
+    times, deadline = [], time.perf_counter() + budget_s
+    while len(times) < reps and (len(times) < 3 or time.perf_counter() < deadline):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return Timing(statistics.median(times), len(times))
+
+
+def synchronized(fn: Callable, device) -> Callable:
+    """`fn` followed by a CUDA synchronize on CUDA devices (for timers that do not use CUDA events)."""
+    if torch.device(device).type != "cuda":
+        return fn
+
+    def run():
+        out = fn()
+        torch.cuda.synchronize()
+        return out
+
+    return run
+
+
+# ---- workloads ---------------------------------------------------------------------------------------------
+def _as_tuple(x):
+    return tuple(x) if isinstance(x, (tuple, list)) else (x,)
+
+
+def forward_only(fn: Callable, inputs) -> Callable:
+    """A callable running `fn(*inputs)` without autograd; returns the outputs as a tuple."""
+
+    def run():
+        with torch.no_grad():
+            return _as_tuple(fn(*inputs))
+
+    return run
+
+
+def forward_backward(fn: Callable, inputs, params=(), seed: int = 0) -> Callable:
+    """A callable running `fn(*inputs)` and its backward for fixed random cotangents (drawn on the first
+    call from `seed`); returns the outputs followed by the gradients of `inputs` and `params`."""
+    leaves = [x.detach().requires_grad_() for x in inputs]
+    wrt = leaves + list(params)
+    cotangents = []
+
+    def run():
+        outs = _as_tuple(fn(*leaves))
+        if not cotangents:
+            gen = torch.Generator().manual_seed(seed)
+            cotangents.extend(torch.randn(o.shape, generator=gen, dtype=o.dtype).to(o.device) for o in outs)
+        return outs + torch.autograd.grad(outs, wrt, cotangents, materialize_grads=True)
+
+    return run
+
+
+def op_inputs(op: str, batch: int, slots: int, s: Settings) -> list:
+    """The flat input tensors of `op` (see OP_CALLS), with head parameters activated by the model's own
+    `NTMCell.head_parameters` from a random controller output. Seeded: every contender gets the same."""
+    from .model import NTMCell
+
+    gen = torch.Generator().manual_seed(s.seed)
+    R, W, N, M = s.read_heads, s.write_heads, slots, s.width
+    with torch.random.fork_rng(devices=[]):  # the layer initialisation draws from torch's generator
+        torch.manual_seed(s.seed)
+        cell = NTMCell(1, 1, controller="feedforward", controller_size=s.controller_size, memory_slots=N,
+                       memory_width=M, read_heads=R, write_heads=W, shift_range=s.shift_range)
+    with torch.no_grad():
+        rh, wh = cell.head_parameters(torch.randn(batch, s.controller_size, generator=gen))
+    memory = torch.randn(batch, N, M, generator=gen) * cell.memory_scale * 4
+    w_prev = torch.softmax(torch.randn(batch, R + W, N, generator=gen) * 3, dim=-1)
+    if op == "address":  # all R+W heads in one call, as memory_step addresses them
+        inputs = [memory, *(torch.cat([a, b], dim=1) for a, b in zip(rh, wh[:5])), w_prev]
+    elif op == "read":
+        inputs = [memory, w_prev[:, :R]]
+    elif op == "write":
+        inputs = [memory, w_prev[:, R:], wh.erase, wh.add]
+    else:
+        inputs = [memory, *rh, *wh, w_prev[:, :R], w_prev[:, R:]]
+    return [x.contiguous().to(s.device) for x in inputs]
+
+
+# How each op is called on an ops object (a backend module or the compiled reference) with flat inputs.
+OP_CALLS = {
+    "address": lambda ops, *a: ops.address(*a),
+    "read": lambda ops, *a: ops.read(*a),
+    "write": lambda ops, *a: ops.write(*a),
+    "memory_step": lambda ops, *a: ops.memory_step(a[0], ReadHeads(*a[1:6]), WriteHeads(*a[6:13]), *a[13:]),
+}
+
+
+class _CompiledReference:
+    """The reference ops, each under torch.compile."""
+
+    def __init__(self):
+        for op in OPS:
+            setattr(self, op, torch.compile(getattr(reference, op)))
+
+
+def training_step(trainer, batch) -> tuple:
+    """(train_step, gradients, update) for `trainer`'s model and optimizer on a fixed batch.
+
+    `gradients()` runs forward, loss and backward and returns (loss, *parameter gradients); `update()`
+    clips the gradients and steps the optimizer; `train_step()` does both.
+    """
+    model, task, params = trainer.model, trainer.task, list(trainer.model.parameters())
+
+    def gradients():
+        model.zero_grad(set_to_none=True)
+        loss = task.loss(model(batch.inputs), batch)
+        loss.backward()
+        return (loss.detach(), *(p.grad for p in params))
+
+    def update():
+        torch.nn.utils.clip_grad_value_(params, trainer.config.clip)
+        trainer.optimizer.step()
+
+    def train_step():
+        gradients()
+        update()
+
+    return train_step, gradients, update
+
+
+def step_trainer(contender: str, batch_size: int, device, *, task: str = "copy", model: dict, seed: int = 0):
+    """A `Trainer` (seeded: the same initial weights for every contender) whose model uses `contender`;
+    `model` holds NTM keyword arguments."""
+    from .train import TrainConfig, Trainer
+
+    config = TrainConfig(task=task, batch_size=batch_size, seed=seed, device=str(device), progress=False,
+                         backend="reference" if contender == COMPILE else contender, model=model,
+                         out_dir=os.path.join(tempfile.gettempdir(), "ntm-fast-bench"))  # never written
+    trainer = Trainer(config)
+    if contender == COMPILE:
+        trainer.model.cell.compile()
+    return trainer
+
+
+def workload(contender: str, case: Case, s: Settings) -> tuple:
+    """(timed, check) callables for `contender` on `case`: `timed()` is what is measured, `check()` returns
+    the tensors compared with the reference (outputs; for fwd+bwd also gradients)."""
+    if case.op == STEP:
+        model = dict(controller_size=s.controller_size, memory_slots=case.slots, memory_width=s.width,
+                     read_heads=s.read_heads, write_heads=s.write_heads, shift_range=s.shift_range)
+        trainer = step_trainer(contender, case.batch, s.device, model=model, seed=s.seed)
+        batch = trainer.task.sample(case.batch, s.length, torch.Generator().manual_seed(s.seed)).to(s.device)
+        if case.mode == "fwd":
+            def forward_loss(x):
+                logits = trainer.model(x)
+                return logits, trainer.task.loss(logits, batch)
+
+            check = forward_only(forward_loss, [batch.inputs])
+            return check, check
+        return training_step(trainer, batch)[:2]
+    ops = _CompiledReference() if contender == COMPILE else resolve(contender, torch.device(s.device))
+    call = OP_CALLS[case.op]
+    inputs = op_inputs(case.op, case.batch, case.slots, s)
+    wrap = forward_only if case.mode == "fwd" else forward_backward
+    check = wrap(lambda *a: call(ops, *a), inputs)
+    return check, check
+
+
+def _max_error(got, want, rtol, atol) -> tuple:
+    """(largest absolute difference, whether every tensor agrees within the tolerance)."""
+    worst, ok = 0.0, len(got) == len(want)
+    for g, w in zip(got, want):
+        if g.shape != w.shape:
+            return float("inf"), False
+        g, w = g.detach(), w.detach()
+        diff = (g.float() - w.float()).abs()
+        worst = max(worst, float(diff.max()) if diff.numel() else 0.0)
+        ok = ok and bool(torch.allclose(g, w, rtol=rtol, atol=atol))
+    return worst, ok
+
+
+def prepare(contender: str, case: Case, s: Settings) -> tuple:
+    """(timed callable, first-call seconds, max abs error vs the reference) for a contender that agrees
+    with the reference on `case`; raises Disagreement otherwise."""
+    if contender == COMPILE:
+        torch._dynamo.reset()  # a fresh compilation per case: no recompile limit, static shapes
+    timed, check = workload(contender, case, s)
+    start = time.perf_counter()
+    got = synchronized(check, s.device)()
+    first_call_s = time.perf_counter() - start
+    if contender == "reference":
+        return timed, first_call_s, 0.0
+    want = workload("reference", case, s)[1]()
+    error, ok = _max_error(got, want, **TOLERANCE[STEP if case.op == STEP else "op"])
+    if not ok:
+        what = "outputs" if case.mode == "fwd" else "outputs or gradients"
+        raise Disagreement(f"{what} differ from the reference (max abs error {error:.3g})")
+    return timed, first_call_s, error
+
+
+def run_contender(contender: str, cases, s: Settings, progress: bool = False) -> list:
+    """Check and time `contender` on every case in this process; one result dict per case."""
+    from tqdm.auto import tqdm
+
+    if s.threads:
+        torch.set_num_threads(s.threads)
+    rows = []
+    for case in tqdm(cases, desc=contender, disable=not progress, dynamic_ncols=True, leave=False):
+        row = {**dataclasses.asdict(case), "contender": contender, "threads": torch.get_num_threads()}
+        try:
+            timed, first_call_s, error = prepare(contender, case, s)
+            timing = measure(timed, s.device, warmup=s.warmup, reps=s.reps, budget_s=s.budget_s)
+            row.update(status="ok", median_ms=timing.median_s * 1e3, reps=timing.reps, max_error=error)
+            if case.op == STEP:
+                row["seq_per_s"] = case.batch / timing.median_s
+            if contender == COMPILE:
+                row["compile_s"] = max(0.0, first_call_s - timing.median_s)
+        except Disagreement as err:
+            row["status"] = f"refused: {err}"
+        except Exception as err:  # a failing contender (out of memory at a large size, a bug) is reported
+            row["status"] = f"error: {type(err).__name__}: {str(err).splitlines()[0]}"
+        rows.append(row)
+    return rows
+
+
+def run_isolated(contender: str, cases, s: Settings, progress: bool = False) -> list:
+    """`run_contender` in a fresh Python process (progress goes to this process's stderr)."""
+    spec = {"contender": contender, "cases": [dataclasses.asdict(c) for c in cases],
+            "settings": dataclasses.asdict(s), "progress": progress}
+    package_root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [package_root, os.environ.get("PYTHONPATH")]))}
+    with tempfile.TemporaryDirectory() as tmp:
+        result = os.path.join(tmp, "result.json")
+        proc = subprocess.run([sys.executable, "-m", "ntm_fast.bench", json.dumps(spec), result], env=env,
+                              stdout=subprocess.DEVNULL, stderr=None if progress else subprocess.PIPE, text=True)
+        if proc.returncode == 0:
+            with open(result) as f:
+                return json.load(f)
+    why = (proc.stderr or "").strip().splitlines()[-1:] or [f"exit code {proc.returncode}"]
+    return [{**dataclasses.asdict(c), "contender": contender, "status": f"error: worker failed: {why[0]}"}
+            for c in cases]
+
+
+def _worker(argv):
+    spec_json, result_path = argv
+    spec = json.loads(spec_json)
+    rows = run_contender(spec["contender"], [Case(**c) for c in spec["cases"]], Settings(**spec["settings"]),
+                         spec["progress"])
+    with open(result_path, "w") as f:
+        json.dump(rows, f)
+
+
+# ---- the sweep ---------------------------------------------------------------------------------------------
+def default_contenders(device) -> list:
+    """The backends worth timing on `device`: available ones, without the Triton interpreter on CPU."""
+    device_type = torch.device(device).type
+    return [n for n in available_backends(device_type) if n != "triton" or device_type == "cuda"]
+
+
+def check_contenders(names, device) -> list:
+    """Validate user-named backends (ValueError with the reason for an unknown or unavailable one)."""
+    device_type = torch.device(device).type
+    for name in names:
+        if name not in BACKENDS:
+            raise ValueError(f"unknown backend {name!r}; known: {', '.join(BACKENDS)}")
+        if name == "triton" and device_type != "cuda":
+            raise ValueError("backend 'triton' runs on CPU tensors only under the Triton interpreter, "
+                             "which is a test tool, not a contender; benchmark it with --device cuda")
+        reason = unavailable_reason(name, device_type)
+        if reason is not None:
+            raise ValueError(f"backend {name!r} is unavailable for {device_type} tensors: {reason}")
+    return list(dict.fromkeys(["reference", *names]))  # the reference is always timed: ratios need it
+
+
+def add_speedups(rows) -> list:
+    """speedup = reference median / contender median on the same case (>1: faster than the reference)."""
+    key = lambda r: (r["op"], r["mode"], r["batch"], r["slots"])  # noqa: E731
+    ref = {key(r): r["median_ms"] for r in rows if r["contender"] == "reference" and r["status"] == "ok"}
+    for r in rows:
+        if r["status"] == "ok" and key(r) in ref:
+            r["speedup"] = ref[key(r)] / r["median_ms"]
+    return rows
+
+
+def _cpu_name() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            return next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+    except (OSError, StopIteration):
+        return platform.processor() or platform.machine()
+
+
+def environment(device) -> dict:
+    try:
+        import triton
+    except ImportError:
+        triton = None
+    info = {"date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
+            "machine": f"{_cpu_name()}, {os.cpu_count()} CPU cores, {platform.platform()}",
+            "python": platform.python_version(), "torch": torch.__version__,
+            "triton": triton.__version__ if triton else None,
+            "device": str(device)}
+    if torch.device(device).type == "cuda":
+        info["gpu"] = torch.cuda.get_device_name(device)
+    return info
+
+
+def format_table(rows) -> str:
+    head = f"{'op':<11} {'mode':<7} {'B':>5} {'N':>5}  {'contender':<10} {'time':>10} {'seq/s':>8} " \
+           f"{'vs ref':>7} {'compile':>8}  status"
+    lines = [head, "-" * len(head)]
+    for r in rows:
+        ok = r["status"] == "ok"
+        lines.append(
+            f"{r['op']:<11} {r['mode']:<7} {r['batch']:>5} {r['slots']:>5}  {r['contender']:<10} "
+            + (f"{r['median_ms']:>7.3f} ms" if ok else f"{'-':>10}")
+            + (f" {r['seq_per_s']:>8.1f}" if "seq_per_s" in r else f" {'':>8}")
+            + (f" {r['speedup']:>6.2f}x" if "speedup" in r else f" {'':>7}")
+            + (f" {r['compile_s']:>7.1f}s" if "compile_s" in r else f" {'':>8}")
+            + ("" if ok else f"  {r['status']}"))
+    return "\n".join(lines)
+
+
+def write_csv(rows, path):
+    with open(path, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=CSV_FIELDS, extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+def plot(rows, path):
+    """Time (ops) or sequences/s (step) against batch size, one line per contender (and slot count)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.ticker import NullLocator, ScalarFormatter
+
+    panels = list(dict.fromkeys((r["op"], r["mode"]) for r in rows))
+    cols = 2
+    fig, axes = plt.subplots((len(panels) + cols - 1) // cols, cols, figsize=(11, 3.2 * ((len(panels) + 1) // 2)),
+                             squeeze=False)
+    several_n = len({r["slots"] for r in rows}) > 1
+    for ax, (op, mode) in zip(axes.flat, panels):
+        series = {}
+        for r in rows:
+            if (r["op"], r["mode"]) == (op, mode) and r["status"] == "ok":
+                label = r["contender"] + (f" N={r['slots']}" if several_n else "")
+                series.setdefault(label, []).append((r["batch"], r["seq_per_s"] if op == STEP else r["median_ms"]))
+        for label, points in series.items():
+            ax.plot(*zip(*sorted(points)), marker="o", label=label)
+        ax.set(title=f"{op} ({mode})", xlabel="batch size B", xscale="log", yscale="log",
+               ylabel="sequences/s" if op == STEP else "time (ms)")
+        ax.set_xticks(sorted({r["batch"] for r in rows}))
+        ax.xaxis.set_major_formatter(ScalarFormatter())
+        ax.xaxis.set_minor_locator(NullLocator())
+        ax.legend(fontsize=8)
+    for ax in axes.flat[len(panels):]:
+        ax.set_visible(False)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def run_bench(contenders, compile_cases: str, cases, s: Settings, progress=True) -> list:
+    """Every contender in its own process; `compile_cases` (off/ops/all) picks the compile contender's cases."""
+    rows = []
+    runs = [(c, list(cases)) for c in contenders]
+    if compile_cases != "off":
+        runs.append((COMPILE, [c for c in cases if compile_cases == "all" or c.op != STEP]))
+    for i, (contender, its_cases) in enumerate(runs, 1):
+        if progress:
+            print(f"[{i}/{len(runs)}] {contender}: {len(its_cases)} cases", file=sys.stderr, flush=True)
+        rows += run_isolated(contender, its_cases, s, progress)
+    order = {c: i for i, (c, _) in enumerate(runs)}
+    rows.sort(key=lambda r: ((OPS + (STEP,)).index(r["op"]), MODES.index(r["mode"]), r["slots"], r["batch"],
+                             order[r["contender"]]))
+    return add_speedups(rows)
+
+
+# ---- the command -------------------------------------------------------------------------------------------
+def add_bench_parser(sub):
+    p = sub.add_parser("bench", help="time every backend against the reference",
+                       description="Time every available backend and torch.compile(reference) on the same "
+                                   "inputs, per op and per whole training step (copy task), forward and "
+                                   "forward+backward, over batch sizes x slot counts. Each contender runs in its "
+                                   "own process and is timed only if it agrees with the reference. Prints a "
+                                   "table and writes bench.csv, bench.json and bench.png into --out.")
+    p.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
+    p.add_argument("--backends", nargs="*", default=None,
+                   help="backends to time besides the reference (default: every one available on the device; "
+                        "none: the reference alone)")
+    p.add_argument("--compile", choices=COMPILE_CHOICES, default="ops",
+                   help="torch.compile(reference) as a contender: off, ops (default; the per-op cases) or all "
+                        "(also the whole step: slow to compile on a CPU)")
+    p.add_argument("--ops", nargs="+", choices=OPS + (STEP,), default=list(OPS + (STEP,)),
+                   help="cases to run (default: all four ops and the whole step)")
+    p.add_argument("--modes", nargs="+", choices=MODES, default=list(MODES), help="default: fwd fwd+bwd")
+    p.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 32, 256], help="B values (default 1 32 256)")
+    p.add_argument("--slots", type=int, nargs="+", default=[128], help="memory slots N values (default 128)")
+    p.add_argument("--memory-width", type=int, default=20, help="slot width M (default 20)")
+    p.add_argument("--read-heads", type=int, default=1, help="read heads R (default 1)")
+    p.add_argument("--write-heads", type=int, default=1, help="write heads W (default 1)")
+    p.add_argument("--shift-range", type=int, default=1, help="shift range S (default 1)")
+    p.add_argument("--controller-size", type=int, default=100, help="LSTM units of the step's model (default 100)")
+    p.add_argument("--length", type=int, default=20, help="copy-task length L of the step cases (default 20)")
+    p.add_argument("--warmup", type=int, default=2, help="untimed calls before timing, CPU (default 2)")
+    p.add_argument("--reps", type=int, default=10, help="timed calls per case, CPU; the median is reported "
+                                                        "(default 10)")
+    p.add_argument("--budget", type=float, default=1.0,
+                   help="seconds per case after which repetitions stop, CPU (at least 3 are taken; default 1)")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads per contender (default: torch's)")
+    p.add_argument("--out", default="bench-results", help="output folder (default bench-results)")
+    p.add_argument("--no-plot", action="store_true", help="skip bench.png")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.set_defaults(func=cmd_bench)
+
+
+def _positive(name, values, minimum=1):
+    for v in values:
+        if v < minimum:
+            raise ValueError(f"--{name} must be >= {minimum}, got {v}")
+
+
+def cmd_bench(args):
+    start = time.perf_counter()
+    for name, values, minimum in (("batch-sizes", args.batch_sizes, 1), ("slots", args.slots, 1),
+                                  ("memory-width", [args.memory_width], 1), ("read-heads", [args.read_heads], 1),
+                                  ("write-heads", [args.write_heads], 1), ("shift-range", [args.shift_range], 0),
+                                  ("controller-size", [args.controller_size], 1), ("length", [args.length], 1),
+                                  ("warmup", [args.warmup], 0), ("reps", [args.reps], 1),
+                                  ("threads", [] if args.threads is None else [args.threads], 1)):
+        _positive(name, values, minimum)
+    if args.budget <= 0:
+        raise ValueError(f"--budget must be positive, got {args.budget}")
+    if args.device.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError("--device cuda asked for, but no CUDA GPU is visible")
+    contenders = check_contenders(args.backends if args.backends is not None
+                                  else default_contenders(args.device), args.device)
+    s = Settings(width=args.memory_width, read_heads=args.read_heads, write_heads=args.write_heads,
+                 shift_range=args.shift_range, controller_size=args.controller_size, length=args.length,
+                 device=args.device, warmup=args.warmup, reps=args.reps, budget_s=args.budget, threads=args.threads)
+    cases = [Case(op, mode, b, n) for op in args.ops for mode in args.modes for n in args.slots
+             for b in args.batch_sizes]
+    rows = run_bench(contenders, args.compile, cases, s, progress=not args.no_progress)
+    wall_s = time.perf_counter() - start
+    threads = sorted({r["threads"] for r in rows if "threads" in r})
+    meta = {**environment(args.device), "threads": threads, "wall_s": round(wall_s, 1),
+            "settings": dataclasses.asdict(s), "command": "ntm-fast " + " ".join(sys.argv[1:])}
+    print(f"ntm-fast bench on {args.device}, torch {meta['torch']}, {', '.join(map(str, threads))} thread(s); "
+          f"M={s.width} R={s.read_heads} W={s.write_heads} S={s.shift_range}, step: copy L={s.length} "
+          f"(fwd+bwd step includes the optimizer); vs ref = reference time / contender time")
+    print(format_table(rows))
+    os.makedirs(args.out, exist_ok=True)
+    write_csv(rows, os.path.join(args.out, "bench.csv"))
+    with open(os.path.join(args.out, "bench.json"), "w") as f:
+        json.dump({"meta": meta, "results": rows}, f, indent=2)
+    files = ["bench.csv", "bench.json"]
+    if not args.no_plot:
+        plot(rows, os.path.join(args.out, "bench.png"))
+        files.append("bench.png")
+    print(f"{len(rows)} results in {wall_s:.0f} s; wrote {', '.join(os.path.join(args.out, f) for f in files)}")
+
+
+if __name__ == "__main__":
+    _worker(sys.argv[1:])

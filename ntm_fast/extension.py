@@ -1,0 +1,279 @@
+"""The optional C++/CUDA extension ``ntm_fast._C``: backends ``cpp`` (CPU) and ``cuda``.
+
+Loading. A ``ntm_fast._C`` built ahead of time (``NTM_FAST_BUILD_EXT=1 pip install --no-build-isolation .``)
+is used when it imports. Otherwise the sources in ``csrc/`` (shipped as ``ntm_fast/csrc`` when installed)
+are built on first use with ``torch.utils.cpp_extension.load`` (ninja) into a directory under torch's
+extension root (``TORCH_EXTENSIONS_DIR``) keyed by the sources, flags and versions, so later processes load
+the cached build. A failed build raises ``BackendUnavailable`` with the compiler's first errors: ``auto``
+then falls back to the reference with one warning, and a backend asked for by name raises that reason.
+
+Ops. Each op is a ``torch.library`` custom op (``ntm_fast::address``, ``ntm_fast::read``,
+``ntm_fast::write``, ``ntm_fast::memory_step``) with a fake (meta) implementation, and an autograd formula
+that saves the op's inputs and calls a second custom op (``ntm_fast::address_backward`` ...) running the
+fused backward kernel, which recomputes the addressing intermediates. ``torch.compile`` sees both as opaque
+ops. Outputs are allocated here (``backends.empty_output``) and filled by the kernels.
+"""
+import functools
+import hashlib
+import os
+import subprocess
+import sys
+import types
+from typing import List, Tuple
+
+import torch
+from torch import Tensor
+
+from .backends import BackendUnavailable, empty_output
+
+_PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__))
+# Installed: csrc/ ships inside the package; from a source checkout it sits beside ntm_fast/.
+CSRC = next((d for d in (os.path.join(_PACKAGE_DIR, "csrc"), os.path.join(os.path.dirname(_PACKAGE_DIR), "csrc"))
+             if os.path.isdir(d)), os.path.join(_PACKAGE_DIR, "csrc"))
+CPU_SOURCES = ("ntm_cpu.cpp", "bindings.cpp")
+CUDA_SOURCES = ("ntm_cuda.cpp", "ntm_cuda_kernels.cu")
+# -march=native: the extension is built on (and for) the machine that runs it. OpenMP for at::parallel_for.
+CXX_FLAGS = ["-O3", "-march=native", "-fopenmp"]
+NVCC_FLAGS = ["-O3", "-lineinfo"]
+
+
+def sources(with_cuda: bool) -> List[str]:
+    names = CPU_SOURCES + (CUDA_SOURCES if with_cuda else ())
+    return [os.path.join(CSRC, name) for name in names]
+
+
+def cxx_flags(with_cuda: bool) -> List[str]:
+    return CXX_FLAGS + (["-DNTM_WITH_CUDA"] if with_cuda else [])
+
+
+def _error_summary(err: Exception) -> str:
+    """The compiler's first error lines (or the exception's last line), short enough for one warning."""
+    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+    errors = [line for line in lines if "error:" in line]  # compiler diagnostics, not the echoed commands
+    summary = "; ".join((errors or lines[-1:])[:3])
+    return (summary[:600] + " ...") if len(summary) > 600 else summary
+
+
+def build(with_cuda: bool):
+    """Build (or load the cached build of) the extension from ``CSRC``; BackendUnavailable if that fails."""
+    from torch.utils import cpp_extension
+
+    if with_cuda and cpp_extension.CUDA_HOME is None:
+        raise BackendUnavailable("no CUDA toolkit found (set CUDA_HOME) to build the CUDA kernels")
+    name = "ntm_fast_C_cuda" if with_cuda else "ntm_fast_C"
+    srcs, flags = sources(with_cuda), cxx_flags(with_cuda)
+    # Everything the compile command depends on, so two interpreters or torch installs never share a build.
+    key = hashlib.sha256(repr((srcs, flags, NVCC_FLAGS, torch.__version__, torch.__file__, sys.executable, sys.version,
+                               os.environ.get("CXX"))).encode())
+    for path in srcs + [os.path.join(CSRC, "ntm.h"), os.path.join(CSRC, "ntm_cuda_kernels.h")]:
+        if os.path.exists(path):
+            with open(path, "rb") as f:
+                key.update(f.read())
+    build_dir = os.path.join(cpp_extension.get_default_build_root(), f"{name}_{key.hexdigest()[:16]}")
+    os.makedirs(build_dir, exist_ok=True)
+    if not os.path.exists(os.path.join(build_dir, name + ".so")):
+        print(f"ntm_fast: building the {'C++/CUDA' if with_cuda else 'C++'} extension (once; about 30-60 s) in "
+              f"{build_dir}", file=sys.stderr, flush=True)
+    try:
+        return cpp_extension.load(name, srcs, extra_cflags=flags, extra_ldflags=["-fopenmp"],
+                                  extra_cuda_cflags=NVCC_FLAGS, build_directory=build_dir, verbose=False)
+    except (RuntimeError, OSError, ImportError, subprocess.CalledProcessError) as err:
+        raise BackendUnavailable(f"building the extension failed: {_error_summary(err)}") from None
+
+
+@functools.lru_cache(maxsize=None)
+def _module(with_cuda: bool):
+    """The prebuilt ntm_fast._C if it imports (and has CUDA when asked for), else the on-demand build."""
+    try:
+        from . import _C
+
+        if _C.with_cuda or not with_cuda:
+            return _C
+    except ImportError:
+        pass  # not built ahead of time, or built for another torch: build here
+    return build(with_cuda)
+
+
+def _kernels(memory: Tensor):
+    return _module(memory.device.type == "cuda")
+
+
+def _contiguous(*tensors):
+    return [t.contiguous() for t in tensors]
+
+
+def _like(tensors, memory):
+    return [empty_output(t.shape, memory) for t in tensors]
+
+
+# --- address (Eq 5-9) ------------------------------------------------------------------------------------
+@torch.library.custom_op("ntm_fast::address", mutates_args=())
+def _address(memory: Tensor, key: Tensor, beta: Tensor, gate: Tensor, shift: Tensor, gamma: Tensor,
+             w_prev: Tensor) -> Tensor:
+    memory, *heads = _contiguous(memory, key, beta, gate, shift, gamma, w_prev)
+    w = empty_output(w_prev.shape, memory)
+    _kernels(memory).address_forward(memory, heads, w)
+    return w
+
+
+@_address.register_fake
+def _(memory, key, beta, gate, shift, gamma, w_prev):
+    return torch.empty_like(w_prev)
+
+
+@torch.library.custom_op("ntm_fast::address_backward", mutates_args=())
+def _address_backward(grad_w: Tensor, memory: Tensor, key: Tensor, beta: Tensor, gate: Tensor, shift: Tensor,
+                      gamma: Tensor, w_prev: Tensor) -> List[Tensor]:
+    grad_w, memory, *heads = _contiguous(grad_w, memory, key, beta, gate, shift, gamma, w_prev)
+    d_memory, *d_heads = _like([memory, *heads], memory)
+    _kernels(memory).address_backward(memory, heads, grad_w, d_memory, d_heads)
+    return [d_memory, *d_heads]
+
+
+@_address_backward.register_fake
+def _(grad_w, *inputs):
+    return [torch.empty_like(t) for t in inputs]
+
+
+# --- read (Eq 2) -----------------------------------------------------------------------------------------
+@torch.library.custom_op("ntm_fast::read", mutates_args=())
+def _read(memory: Tensor, w: Tensor) -> Tensor:
+    memory, w = _contiguous(memory, w)
+    r = empty_output((w.shape[0], w.shape[1], memory.shape[2]), memory)
+    _kernels(memory).read_forward(memory, w, r)
+    return r
+
+
+@_read.register_fake
+def _(memory, w):
+    return memory.new_empty((w.shape[0], w.shape[1], memory.shape[2]))
+
+
+@torch.library.custom_op("ntm_fast::read_backward", mutates_args=())
+def _read_backward(grad_r: Tensor, memory: Tensor, w: Tensor) -> List[Tensor]:
+    grad_r, memory, w = _contiguous(grad_r, memory, w)
+    d_memory, d_w = _like([memory, w], memory)
+    _kernels(memory).read_backward(memory, w, grad_r, d_memory, d_w)
+    return [d_memory, d_w]
+
+
+@_read_backward.register_fake
+def _(grad_r, memory, w):
+    return [torch.empty_like(memory), torch.empty_like(w)]
+
+
+# --- write (Eq 3-4) --------------------------------------------------------------------------------------
+@torch.library.custom_op("ntm_fast::write", mutates_args=())
+def _write(memory: Tensor, w: Tensor, erase: Tensor, add: Tensor) -> Tensor:
+    memory, w, erase, add = _contiguous(memory, w, erase, add)
+    out = empty_output(memory.shape, memory)
+    _kernels(memory).write_forward(memory, w, erase, add, out)
+    return out
+
+
+@_write.register_fake
+def _(memory, w, erase, add):
+    return torch.empty_like(memory)
+
+
+@torch.library.custom_op("ntm_fast::write_backward", mutates_args=())
+def _write_backward(grad_out: Tensor, memory: Tensor, w: Tensor, erase: Tensor, add: Tensor) -> List[Tensor]:
+    grad_out, memory, w, erase, add = _contiguous(grad_out, memory, w, erase, add)
+    grads = _like([memory, w, erase, add], memory)
+    _kernels(memory).write_backward(memory, w, erase, add, grad_out, *grads)
+    return grads
+
+
+@_write_backward.register_fake
+def _(grad_out, *inputs):
+    return [torch.empty_like(t) for t in inputs]
+
+
+# --- memory_step: every head addresses M_{t-1}, then the reads and the write -----------------------------
+# Flat arguments: memory, the read heads (key, beta, gate, shift, gamma, w_read_prev), the write heads (key,
+# beta, gate, shift, gamma, w_write_prev), erase, add.
+@torch.library.custom_op("ntm_fast::memory_step", mutates_args=())
+def _memory_step(memory: Tensor, r_key: Tensor, r_beta: Tensor, r_gate: Tensor, r_shift: Tensor, r_gamma: Tensor,
+                 w_read_prev: Tensor, w_key: Tensor, w_beta: Tensor, w_gate: Tensor, w_shift: Tensor,
+                 w_gamma: Tensor, w_write_prev: Tensor, erase: Tensor,
+                 add: Tensor) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
+    memory, *rest = _contiguous(memory, r_key, r_beta, r_gate, r_shift, r_gamma, w_read_prev, w_key, w_beta,
+                                w_gate, w_shift, w_gamma, w_write_prev, erase, add)
+    read_heads, write_heads, (erase, add) = rest[:6], rest[6:12], rest[12:]
+    B, R, M = r_key.shape
+    reads = empty_output((B, R, M), memory)
+    w_read, w_write, new_memory = _like([w_read_prev, w_write_prev, memory], memory)
+    _kernels(memory).memory_step_forward(memory, read_heads, write_heads, erase, add, reads, w_read, w_write,
+                                         new_memory)
+    return reads, w_read, w_write, new_memory
+
+
+@_memory_step.register_fake
+def _(memory, r_key, r_beta, r_gate, r_shift, r_gamma, w_read_prev, w_key, w_beta, w_gate, w_shift, w_gamma,
+      w_write_prev, erase, add):
+    return (torch.empty_like(r_key), torch.empty_like(w_read_prev), torch.empty_like(w_write_prev),
+            torch.empty_like(memory))
+
+
+@torch.library.custom_op("ntm_fast::memory_step_backward", mutates_args=())
+def _memory_step_backward(grad_reads: Tensor, grad_w_read: Tensor, grad_w_write: Tensor, grad_memory: Tensor,
+                          memory: Tensor, r_key: Tensor, r_beta: Tensor, r_gate: Tensor, r_shift: Tensor,
+                          r_gamma: Tensor, w_read_prev: Tensor, w_key: Tensor, w_beta: Tensor, w_gate: Tensor,
+                          w_shift: Tensor, w_gamma: Tensor, w_write_prev: Tensor, erase: Tensor,
+                          add: Tensor) -> List[Tensor]:
+    grad_reads, grad_w_read, grad_w_write, grad_memory, memory, *rest = _contiguous(
+        grad_reads, grad_w_read, grad_w_write, grad_memory, memory, r_key, r_beta, r_gate, r_shift, r_gamma,
+        w_read_prev, w_key, w_beta, w_gate, w_shift, w_gamma, w_write_prev, erase, add)
+    d_memory, *d_rest = _like([memory, *rest], memory)
+    _kernels(memory).memory_step_backward(memory, rest[:6], rest[6:12], rest[12], rest[13], grad_reads,
+                                          grad_w_read, grad_w_write, grad_memory, d_memory, d_rest[:6],
+                                          d_rest[6:12], d_rest[12], d_rest[13])
+    return [d_memory, *d_rest]
+
+
+@_memory_step_backward.register_fake
+def _(grad_reads, grad_w_read, grad_w_write, grad_memory, *inputs):
+    return [torch.empty_like(t) for t in inputs]
+
+
+# --- autograd: save the inputs, run the fused backward op ------------------------------------------------
+def _save_inputs(ctx, inputs, output):
+    ctx.save_for_backward(*inputs)
+
+
+def _backward_with(backward_op):
+    def backward(ctx, *grads):
+        return tuple(backward_op(*grads, *ctx.saved_tensors))
+
+    return backward
+
+
+for _op, _backward_op in ((_address, _address_backward), (_read, _read_backward), (_write, _write_backward),
+                          (_memory_step, _memory_step_backward)):
+    _op.register_autograd(_backward_with(_backward_op), setup_context=_save_inputs)
+
+
+# --- the backend object ----------------------------------------------------------------------------------
+def _memory_step_call(memory, read_heads, write_heads, w_read_prev, w_write_prev):
+    r, w = read_heads, write_heads
+    return _memory_step(memory, r.key, r.beta, r.gate, r.shift, r.gamma, w_read_prev, w.key, w.beta, w.gate,
+                        w.shift, w.gamma, w_write_prev, w.erase, w.add)
+
+
+OPS = types.SimpleNamespace(address=_address, read=_read, write=_write, memory_step=_memory_step_call)
+
+
+def load_cpp():
+    """The ``cpp`` backend's ops (building the extension on first use); BackendUnavailable if it can't."""
+    _module(False)
+    return OPS
+
+
+def load_cuda():
+    """The ``cuda`` backend's ops; BackendUnavailable without a CUDA build of torch, a GPU or a toolkit."""
+    if torch.version.cuda is None:
+        raise BackendUnavailable(f"torch {torch.__version__} is a CPU-only build")
+    if not torch.cuda.is_available():
+        raise BackendUnavailable("no CUDA GPU is visible")
+    _module(True)
+    return OPS

@@ -1,0 +1,89 @@
+"""`ntm-fast bench`: the refusal to time a contender that disagrees with the reference, the contender list,
+CLI argument errors, and one tiny end-to-end run writing its files. No timing assertions."""
+import json
+import types
+
+import pytest
+
+from ntm_fast import backends, reference
+from ntm_fast.backends import BACKENDS, Backend
+from ntm_fast.bench import Case, Settings, check_contenders, default_contenders, run_contender
+from ntm_fast.cli import main
+
+TINY = Settings(width=4, controller_size=6, length=2, warmup=0, reps=3, budget_s=0.01)
+
+
+def _doubled_add_gradient(memory, w, erase, add):
+    """The reference write with the right output but twice the gradient with respect to `add`."""
+    return reference.write(memory, w, erase, add.detach() + 2 * (add - add.detach()))
+
+
+WRONG = types.SimpleNamespace(address=reference.address, read=lambda memory, w: 1.01 * reference.read(memory, w),
+                              write=_doubled_add_gradient, memory_step=reference.memory_step)
+
+
+@pytest.fixture
+def backend_cache():
+    """Backend loads are cached per process: forget them around a test that swaps backends."""
+    backends._try_load.cache_clear()
+    yield
+    backends._try_load.cache_clear()
+
+
+@pytest.fixture
+def wrong_backend(monkeypatch, backend_cache):
+    monkeypatch.setitem(BACKENDS, "wrong", Backend("wrong", "deliberately wrong", lambda: ("cpu",), lambda: WRONG))
+    return "wrong"
+
+
+def test_a_disagreeing_contender_is_refused_not_timed(wrong_backend):
+    cases = [Case("read", "fwd", 2, 5), Case("write", "fwd", 2, 5), Case("write", "fwd+bwd", 2, 5),
+             Case("address", "fwd+bwd", 2, 5)]
+    rows = {(r["op"], r["mode"]): r for r in run_contender(wrong_backend, cases, TINY)}
+    assert rows["read", "fwd"]["status"].startswith("refused: outputs differ from the reference")
+    assert rows["write", "fwd+bwd"]["status"].startswith("refused: outputs or gradients differ")
+    for refused in (rows["read", "fwd"], rows["write", "fwd+bwd"]):
+        assert "median_ms" not in refused
+    for agreeing in (rows["write", "fwd"], rows["address", "fwd+bwd"]):  # right outputs and gradients
+        assert agreeing["status"] == "ok" and agreeing["median_ms"] > 0 and agreeing["max_error"] == 0
+
+
+def test_the_triton_interpreter_is_never_a_cpu_contender(monkeypatch, backend_cache):
+    interpreted = Backend("triton", "stands in for the interpreter", lambda: ("cuda", "cpu"), lambda: reference)
+    monkeypatch.setattr(backends, "BACKENDS", {"reference": BACKENDS["reference"], "triton": interpreted})
+    assert backends.available_backends("cpu") == ["reference", "triton"]
+    assert "triton" not in default_contenders("cpu") and "reference" in default_contenders("cpu")
+    with pytest.raises(ValueError, match="only under the Triton interpreter"):
+        check_contenders(["triton"], "cpu")
+    assert check_contenders([], "cpu") == ["reference"]  # ratios always need the reference
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["--backends", "nope"], "unknown backend 'nope'"),
+    (["--backends", "cuda"], "backend 'cuda' is unavailable for cpu tensors"),
+    (["--batch-sizes", "4", "0"], "--batch-sizes must be >= 1, got 0"),
+    (["--slots", "-3"], "--slots must be >= 1, got -3"),
+    (["--reps", "0"], "--reps must be >= 1, got 0"),
+    (["--threads", "0"], "--threads must be >= 1, got 0"),
+    (["--budget", "0"], "--budget must be positive"),
+])
+def test_bench_argument_errors(argv, message, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["bench", *argv])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
+
+
+def test_bench_end_to_end(tmp_path, capsys):
+    out = tmp_path / "bench"
+    main(["bench", "--backends", "--compile", "off", "--ops", "read", "step", "--batch-sizes", "1", "2",
+          "--slots", "8", "--memory-width", "4", "--controller-size", "6", "--length", "2", "--warmup", "0",
+          "--reps", "3", "--budget", "0.01", "--threads", "1", "--out", str(out), "--no-progress"])
+    text = capsys.readouterr().out
+    assert "1 thread(s)" in text and "step        fwd+bwd     2     8  reference" in text
+    data = json.loads((out / "bench.json").read_text())
+    assert data["meta"]["threads"] == [1] and len(data["results"]) == 8  # 2 ops x 2 modes x 2 batch sizes
+    assert all(r["status"] == "ok" and r["speedup"] == 1.0 for r in data["results"])
+    assert all(r["seq_per_s"] > 0 for r in data["results"] if r["op"] == "step")
+    assert (out / "bench.csv").read_text().count("\n") == 9 and (out / "bench.png").stat().st_size > 0

@@ -1,0 +1,164 @@
+"""The C++/CUDA extension itself: torch.library registration (opcheck), non-contiguous inputs, torch.compile,
+a failing build, and an nvcc compile check of every CUDA source (registers and spills printed).
+
+Its numerics against the reference are tested in test_backend_equivalence.py (backends "cpp" and "cuda").
+"""
+import os
+import re
+import shutil
+import subprocess
+import time
+
+import pytest
+import torch
+
+import cases
+from ntm_fast import extension, ops
+from ntm_fast.backends import BackendUnavailable, unavailable_reason
+
+REQUIRED = {b for b in os.environ.get("NTM_FAST_REQUIRE_BACKENDS", "").split(",") if b}
+
+
+@pytest.fixture(scope="module")
+def cpp():
+    reason = unavailable_reason("cpp", "cpu")
+    if reason is not None:
+        if "cpp" in REQUIRED:
+            pytest.fail(f"backend 'cpp' is required (NTM_FAST_REQUIRE_BACKENDS) but unavailable: {reason}")
+        pytest.skip(f"backend 'cpp' unavailable: {reason}")
+    return extension.OPS
+
+
+def _grad_leaves(tensors):
+    return [t.detach().clone().requires_grad_(True) for t in tensors]
+
+
+def _op_args(op):
+    """Small float64 arguments of each custom op (forward ops with grad-requiring inputs)."""
+    address = cases.address_inputs(2, 7, 3, 2, 1)
+    step = cases.memory_step_inputs(2, 7, 3, 1, 2, 1)
+    r, w = step["read_heads"], step["write_heads"]
+    step_args = [step["memory"], *r, step["w_read_prev"], *w[:5], step["w_write_prev"], w.erase, w.add]
+    write = cases.write_inputs(2, 7, 3, 2)
+    read = cases.read_inputs(2, 7, 3, 2)
+    args = {
+        "address": list(address.values()),
+        "read": list(read.values()),
+        "write": list(write.values()),
+        "memory_step": step_args,
+    }[op]
+    return _grad_leaves(args)
+
+
+FORWARD_OPS = {"address": extension._address, "read": extension._read, "write": extension._write,
+               "memory_step": extension._memory_step}
+BACKWARD_OPS = {"address": extension._address_backward, "read": extension._read_backward,
+                "write": extension._write_backward, "memory_step": extension._memory_step_backward}
+
+
+@pytest.mark.parametrize("op", list(FORWARD_OPS))
+def test_opcheck_forward(cpp, op):
+    torch.library.opcheck(FORWARD_OPS[op], _op_args(op))
+
+
+@pytest.mark.parametrize("op", list(BACKWARD_OPS))
+def test_opcheck_backward(cpp, op):
+    inputs = [t.detach() for t in _op_args(op)]
+    with torch.no_grad():
+        outputs = FORWARD_OPS[op](*inputs)
+    outputs = outputs if isinstance(outputs, tuple) else (outputs,)
+    grads = [torch.randn_like(o) for o in outputs]
+    torch.library.opcheck(BACKWARD_OPS[op], [*grads, *inputs])
+
+
+def test_non_contiguous_inputs(cpp):
+    """Transposed, sliced and broadcast (expanded) inputs give what their contiguous copies give."""
+    inputs = cases.memory_step_inputs(3, 33, 20, 2, 1, 1)
+    memory = inputs["memory"][:1].expand(3, -1, -1)  # as NTMCell.initial_state passes it
+    key = inputs["read_heads"].key.transpose(0, 1).contiguous().transpose(0, 1)
+    wide = torch.cat([inputs["w_read_prev"], inputs["w_read_prev"]], dim=-1)[..., ::2]
+    strided = dict(inputs, memory=memory, read_heads=inputs["read_heads"]._replace(key=key), w_read_prev=wide)
+    dense = {k: (type(v)(*[t.contiguous() for t in v]) if isinstance(v, tuple) else v.contiguous())
+             for k, v in strided.items()}
+    for got, want in zip(ops.memory_step(**strided, backend="cpp"), ops.memory_step(**dense, backend="reference")):
+        torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-12)
+
+
+def test_torch_compile(cpp):
+    """torch.compile of a function using the cpp ops traces through them (no graph break, fake kernels) and
+    gives the eager values and gradients. Compiling takes tens of seconds on a 2-core machine."""
+    inputs = cases.memory_step_inputs(2, 7, 3, 1, 1, 1, dtype=torch.float32)
+
+    def loss(memory, read_heads, write_heads, w_read_prev, w_write_prev):
+        reads, w_read, w_write, new_memory = cpp.memory_step(memory, read_heads, write_heads, w_read_prev,
+                                                             w_write_prev)
+        w = cpp.address(new_memory, read_heads.key, read_heads.beta, read_heads.gate, read_heads.shift,
+                        read_heads.gamma, w_read)
+        return (reads.sum() + (w * w_write).sum() + cpp.read(new_memory, w).square().sum()
+                + cpp.write(new_memory, w_write, write_heads.erase, write_heads.add).sum())
+
+    def run(fn):
+        leaves = _grad_leaves(cases.flat_tensors(inputs))
+        value = fn(**cases.rebuild(inputs, leaves))
+        return value.detach(), torch.autograd.grad(value, leaves)
+
+    torch._dynamo.reset()
+    start = time.perf_counter()
+    compiled = run(torch.compile(loss, backend="aot_eager", fullgraph=True))
+    print(f"torch.compile (aot_eager, fullgraph) + first run: {time.perf_counter() - start:.1f} s")
+    eager = run(loss)
+    torch.testing.assert_close(compiled[0], eager[0])
+    for got, want in zip(compiled[1], eager[1]):
+        torch.testing.assert_close(got, want)
+
+
+def test_failing_build_raises_backend_unavailable(tmp_path, monkeypatch):
+    """A build that fails (here: sources that do not compile) raises BackendUnavailable with the compiler's
+    error, which is what `auto` logs when it falls back and what backend='cpp' raises."""
+    pytest.importorskip("ninja")
+    src = tmp_path / "csrc"
+    src.mkdir()
+    for name in extension.CPU_SOURCES:
+        (src / name).write_text("#error ntm_fast test: deliberately broken source\n")
+    monkeypatch.setattr(extension, "CSRC", str(src))
+    monkeypatch.setenv("TORCH_EXTENSIONS_DIR", str(tmp_path / "build"))
+    with pytest.raises(BackendUnavailable, match="deliberately broken source"):
+        extension.build(with_cuda=False)
+
+
+# "Compiling entry function 'NAME' for 'sm_90'", then "N bytes spill stores, M bytes spill loads", then
+# "Used R registers" for each kernel in ptxas -v output.
+_ENTRY = re.compile(r"Compiling entry function '(\w+)'")
+_SPILLS = re.compile(r"(\d+) bytes spill stores, (\d+) bytes spill loads")
+_REGISTERS = re.compile(r"Used (\d+) registers")
+
+
+def _kernel_name(mangled):
+    """'..._GLOBAL__N_...27memory_step_backward_kernelIfEE...' -> 'memory_step_backward_kernel<float>'."""
+    match = re.search(r"([a-z_]+_kernel)I([fd])E", mangled)
+    return f"{match.group(1)}<{'float' if match.group(2) == 'f' else 'double'}>" if match else mangled
+
+
+@pytest.mark.parametrize("source", [s for s in extension.CUDA_SOURCES if s.endswith(".cu")])
+def test_cuda_sources_compile(source, tmp_path):
+    nvcc = shutil.which("nvcc")
+    if nvcc is None:
+        pytest.skip("nvcc is not on the PATH: the CUDA sources cannot be compile-checked here")
+    cmd = [nvcc, "-c", "-arch=sm_90", "-Xptxas", "-v", *extension.NVCC_FLAGS, os.path.join(extension.CSRC, source),
+           "-o", str(tmp_path / "out.o")]
+    result = subprocess.run(cmd, capture_output=True, text=True)
+    log = result.stdout + result.stderr
+    assert result.returncode == 0, f"{' '.join(cmd)} failed:\n{log}"
+    assert "warning" not in log.lower(), log
+    kernels, name, spills = {}, None, None
+    for line in log.splitlines():
+        if match := _ENTRY.search(line):
+            name = _kernel_name(match.group(1))
+        elif match := _SPILLS.search(line):
+            spills = (int(match.group(1)), int(match.group(2)))
+        elif (match := _REGISTERS.search(line)) and name is not None:
+            kernels[name] = (int(match.group(1)), *spills)
+    assert kernels, f"ptxas reported no kernels:\n{log}"
+    print(f"\n{source} (sm_90): registers, spill stores/loads (bytes)")
+    for kernel, (registers, stores, loads) in sorted(kernels.items()):
+        print(f"  {kernel:36s} {registers:4d} registers  {stores:3d}/{loads:3d} spilled")
