@@ -20,6 +20,7 @@ from __future__ import annotations
 import csv
 import dataclasses
 import datetime
+import functools
 import json
 import os
 import platform
@@ -72,6 +73,10 @@ class Settings:
     budget_s: float = 1.0  # stop repeating after this long (but never below 3 repetitions)
     threads: int | None = None
     seed: int = 0
+    compile_backend: str = "inductor"  # torch.compile backend of the compile contender
+    # False: a fresh static-shape compilation per case; True: dynamic shapes, one compilation per op and mode
+    # (and for the step, per cell graph) serves every case of the process
+    compile_dynamic: bool = False
 
 
 class Disagreement(RuntimeError):
@@ -152,19 +157,33 @@ def forward_backward(fn: Callable, inputs, params=(), seed: int = 0) -> Callable
 
 def op_inputs(op: str, batch: int, slots: int, s: Settings) -> list:
     """The flat input tensors of `op` (see OP_CALLS), with head parameters activated by the model's own
-    `NTMCell.head_parameters` from a random controller output. Seeded: every contender gets the same."""
+    `NTMCell.head_parameters` from a random controller output. Seeded: every contender gets the same.
+    Fresh copies on `s.device` of the last draw, which is kept (on the CPU): the reference check and the
+    other ops and contenders at the same sizes do not draw again."""
+    drawn = _drawn_inputs(batch, slots, s.read_heads, s.write_heads, s.width, s.shift_range, s.controller_size,
+                          s.seed)
+    return [x.to(s.device, copy=True) for x in _op_inputs_of(op, *drawn, s.read_heads)]
+
+
+@functools.lru_cache(maxsize=1)
+def _drawn_inputs(batch, slots, R, W, M, S, controller_size, seed) -> tuple:
+    """(read heads, write heads, memory, previous weightings) on the CPU, as drawn for `op_inputs`."""
     from .model import NTMCell
 
-    gen = torch.Generator().manual_seed(s.seed)
-    R, W, N, M = s.read_heads, s.write_heads, slots, s.width
+    gen = torch.Generator().manual_seed(seed)
+    N = slots
     with torch.random.fork_rng(devices=[]):  # the layer initialisation draws from torch's generator
-        torch.manual_seed(s.seed)
-        cell = NTMCell(1, 1, controller="feedforward", controller_size=s.controller_size, memory_slots=N,
-                       memory_width=M, read_heads=R, write_heads=W, shift_range=s.shift_range)
+        torch.manual_seed(seed)
+        cell = NTMCell(1, 1, controller="feedforward", controller_size=controller_size, memory_slots=N,
+                       memory_width=M, read_heads=R, write_heads=W, shift_range=S)
     with torch.no_grad():
-        rh, wh = cell.head_parameters(torch.randn(batch, s.controller_size, generator=gen))
+        rh, wh = cell.head_parameters(torch.randn(batch, controller_size, generator=gen))
     memory = torch.randn(batch, N, M, generator=gen) * cell.memory_scale * 4
     w_prev = torch.softmax(torch.randn(batch, R + W, N, generator=gen) * 3, dim=-1)
+    return rh, wh, memory, w_prev
+
+
+def _op_inputs_of(op, rh, wh, memory, w_prev, R) -> list:
     if op == "address":  # all R+W heads in one call, as memory_step addresses them
         inputs = [memory, *(torch.cat([a, b], dim=1) for a, b in zip(rh, wh[:5])), w_prev]
     elif op == "read":
@@ -173,7 +192,7 @@ def op_inputs(op: str, batch: int, slots: int, s: Settings) -> list:
         inputs = [memory, w_prev[:, R:], wh.erase, wh.add]
     else:
         inputs = [memory, *rh, *wh, w_prev[:, :R], w_prev[:, R:]]
-    return [x.contiguous().to(s.device) for x in inputs]
+    return [x.contiguous() for x in inputs]
 
 
 # How each op is called on an ops object (a backend module or the compiled reference) with flat inputs.
@@ -188,9 +207,15 @@ OP_CALLS = {
 class _CompiledReference:
     """The reference ops, each under torch.compile."""
 
-    def __init__(self):
+    def __init__(self, backend: str = "inductor", dynamic: bool | None = None):
         for op in OPS:
-            setattr(self, op, torch.compile(getattr(reference, op)))
+            setattr(self, op, torch.compile(getattr(reference, op), backend=backend, dynamic=dynamic))
+
+
+@functools.lru_cache(maxsize=None)
+def _dynamic_compiled_reference(backend: str) -> _CompiledReference:
+    """One dynamic-shape compiled reference per backend, kept over the cases of a process."""
+    return _CompiledReference(backend, dynamic=True)
 
 
 def training_step(trainer, batch) -> tuple:
@@ -218,9 +243,10 @@ def training_step(trainer, batch) -> tuple:
     return train_step, gradients, update
 
 
-def step_trainer(contender: str, batch_size: int, device, *, task: str = "copy", model: dict, seed: int = 0):
+def step_trainer(contender: str, batch_size: int, device, *, task: str = "copy", model: dict, seed: int = 0,
+                 compile_options: dict | None = None):
     """A `Trainer` (seeded: the same initial weights for every contender) whose model uses `contender`;
-    `model` holds NTM keyword arguments."""
+    `model` holds NTM keyword arguments; `compile_options` those of the compile contender's `cell.compile`."""
     from .train import TrainConfig, Trainer
 
     config = TrainConfig(task=task, batch_size=batch_size, seed=seed, device=str(device), progress=False,
@@ -228,7 +254,7 @@ def step_trainer(contender: str, batch_size: int, device, *, task: str = "copy",
                          out_dir=os.path.join(tempfile.gettempdir(), "ntm-fast-bench"))  # never written
     trainer = Trainer(config)
     if contender == COMPILE:
-        trainer.model.cell.compile()
+        trainer.model.cell.compile(**(compile_options or {}))
     return trainer
 
 
@@ -238,7 +264,8 @@ def workload(contender: str, case: Case, s: Settings) -> tuple:
     if case.op == STEP:
         model = dict(controller_size=s.controller_size, memory_slots=case.slots, memory_width=s.width,
                      read_heads=s.read_heads, write_heads=s.write_heads, shift_range=s.shift_range)
-        trainer = step_trainer(contender, case.batch, s.device, model=model, seed=s.seed)
+        trainer = step_trainer(contender, case.batch, s.device, model=model, seed=s.seed,
+                               compile_options=dict(backend=s.compile_backend, dynamic=s.compile_dynamic or None))
         batch = trainer.task.sample(case.batch, s.length, torch.Generator().manual_seed(s.seed)).to(s.device)
         if case.mode == "fwd":
             def forward_loss(x):
@@ -248,7 +275,11 @@ def workload(contender: str, case: Case, s: Settings) -> tuple:
             check = forward_only(forward_loss, [batch.inputs])
             return check, check
         return training_step(trainer, batch)[:2]
-    ops = _CompiledReference() if contender == COMPILE else resolve(contender, torch.device(s.device))
+    if contender == COMPILE:
+        ops = (_dynamic_compiled_reference(s.compile_backend) if s.compile_dynamic
+               else _CompiledReference(s.compile_backend))
+    else:
+        ops = resolve(contender, torch.device(s.device))
     call = OP_CALLS[case.op]
     inputs = op_inputs(case.op, case.batch, case.slots, s)
     wrap = forward_only if case.mode == "fwd" else forward_backward
@@ -272,7 +303,7 @@ def _max_error(got, want, rtol, atol) -> tuple:
 def prepare(contender: str, case: Case, s: Settings) -> tuple:
     """(timed callable, first-call seconds, max abs error vs the reference) for a contender that agrees
     with the reference on `case`; raises Disagreement otherwise."""
-    if contender == COMPILE:
+    if contender == COMPILE and not s.compile_dynamic:
         torch._dynamo.reset()  # a fresh compilation per case: no recompile limit, static shapes
     timed, check = workload(contender, case, s)
     start = time.perf_counter()

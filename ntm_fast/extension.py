@@ -98,7 +98,7 @@ def _kernels(memory: Tensor):
     return _module(memory.device.type == "cuda")
 
 
-def _contiguous(*tensors):
+def _contiguous(tensors):
     return [t.contiguous() for t in tensors]
 
 
@@ -106,39 +106,35 @@ def _like(tensors, memory):
     return [empty_output(t.shape, memory) for t in tensors]
 
 
+# Heads travel as Tensor[] arguments: read heads [key, beta, gate, shift, gamma, w_prev] (as the kernels take
+# them), write heads the same plus [erase, add]. Few schema arguments keep the custom-op call cheap.
+
 # --- address (Eq 5-9) ------------------------------------------------------------------------------------
 @torch.library.custom_op("ntm_fast::address", mutates_args=())
-def _address(memory: Tensor, key: Tensor, beta: Tensor, gate: Tensor, shift: Tensor, gamma: Tensor,
-             w_prev: Tensor) -> Tensor:
-    memory, *heads = _contiguous(memory, key, beta, gate, shift, gamma, w_prev)
-    w = empty_output(w_prev.shape, memory)
+def _address(memory: Tensor, heads: List[Tensor]) -> Tensor:
+    memory, heads = memory.contiguous(), _contiguous(heads)
+    w = empty_output(heads[5].shape, memory)
     _kernels(memory).address_forward(memory, heads, w)
     return w
 
 
 @_address.register_fake
-def _(memory, key, beta, gate, shift, gamma, w_prev):
-    return torch.empty_like(w_prev)
+def _(memory, heads):
+    return torch.empty_like(heads[5])
 
 
 @torch.library.custom_op("ntm_fast::address_backward", mutates_args=())
-def _address_backward(grad_w: Tensor, memory: Tensor, key: Tensor, beta: Tensor, gate: Tensor, shift: Tensor,
-                      gamma: Tensor, w_prev: Tensor) -> List[Tensor]:
-    grad_w, memory, *heads = _contiguous(grad_w, memory, key, beta, gate, shift, gamma, w_prev)
+def _address_backward(grads: List[Tensor], memory: Tensor, heads: List[Tensor]) -> List[Tensor]:
+    (grad_w,), memory, heads = _contiguous(grads), memory.contiguous(), _contiguous(heads)
     d_memory, *d_heads = _like([memory, *heads], memory)
     _kernels(memory).address_backward(memory, heads, grad_w, d_memory, d_heads)
     return [d_memory, *d_heads]
 
 
-@_address_backward.register_fake
-def _(grad_w, *inputs):
-    return [torch.empty_like(t) for t in inputs]
-
-
 # --- read (Eq 2) -----------------------------------------------------------------------------------------
 @torch.library.custom_op("ntm_fast::read", mutates_args=())
 def _read(memory: Tensor, w: Tensor) -> Tensor:
-    memory, w = _contiguous(memory, w)
+    memory, w = _contiguous([memory, w])
     r = empty_output((w.shape[0], w.shape[1], memory.shape[2]), memory)
     _kernels(memory).read_forward(memory, w, r)
     return r
@@ -150,22 +146,17 @@ def _(memory, w):
 
 
 @torch.library.custom_op("ntm_fast::read_backward", mutates_args=())
-def _read_backward(grad_r: Tensor, memory: Tensor, w: Tensor) -> List[Tensor]:
-    grad_r, memory, w = _contiguous(grad_r, memory, w)
+def _read_backward(grads: List[Tensor], memory: Tensor, w: Tensor) -> List[Tensor]:
+    grad_r, memory, w = _contiguous([*grads, memory, w])
     d_memory, d_w = _like([memory, w], memory)
     _kernels(memory).read_backward(memory, w, grad_r, d_memory, d_w)
     return [d_memory, d_w]
 
 
-@_read_backward.register_fake
-def _(grad_r, memory, w):
-    return [torch.empty_like(memory), torch.empty_like(w)]
-
-
 # --- write (Eq 3-4) --------------------------------------------------------------------------------------
 @torch.library.custom_op("ntm_fast::write", mutates_args=())
 def _write(memory: Tensor, w: Tensor, erase: Tensor, add: Tensor) -> Tensor:
-    memory, w, erase, add = _contiguous(memory, w, erase, add)
+    memory, w, erase, add = _contiguous([memory, w, erase, add])
     out = empty_output(memory.shape, memory)
     _kernels(memory).write_forward(memory, w, erase, add, out)
     return out
@@ -177,73 +168,70 @@ def _(memory, w, erase, add):
 
 
 @torch.library.custom_op("ntm_fast::write_backward", mutates_args=())
-def _write_backward(grad_out: Tensor, memory: Tensor, w: Tensor, erase: Tensor, add: Tensor) -> List[Tensor]:
-    grad_out, memory, w, erase, add = _contiguous(grad_out, memory, w, erase, add)
-    grads = _like([memory, w, erase, add], memory)
-    _kernels(memory).write_backward(memory, w, erase, add, grad_out, *grads)
-    return grads
-
-
-@_write_backward.register_fake
-def _(grad_out, *inputs):
-    return [torch.empty_like(t) for t in inputs]
+def _write_backward(grads: List[Tensor], memory: Tensor, w: Tensor, erase: Tensor, add: Tensor) -> List[Tensor]:
+    grad_out, memory, w, erase, add = _contiguous([*grads, memory, w, erase, add])
+    d_inputs = _like([memory, w, erase, add], memory)
+    _kernels(memory).write_backward(memory, w, erase, add, grad_out, *d_inputs)
+    return d_inputs
 
 
 # --- memory_step: every head addresses M_{t-1}, then the reads and the write -----------------------------
-# Flat arguments: memory, the read heads (key, beta, gate, shift, gamma, w_read_prev), the write heads (key,
-# beta, gate, shift, gamma, w_write_prev), erase, add.
 @torch.library.custom_op("ntm_fast::memory_step", mutates_args=())
-def _memory_step(memory: Tensor, r_key: Tensor, r_beta: Tensor, r_gate: Tensor, r_shift: Tensor, r_gamma: Tensor,
-                 w_read_prev: Tensor, w_key: Tensor, w_beta: Tensor, w_gate: Tensor, w_shift: Tensor,
-                 w_gamma: Tensor, w_write_prev: Tensor, erase: Tensor,
-                 add: Tensor) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
-    memory, *rest = _contiguous(memory, r_key, r_beta, r_gate, r_shift, r_gamma, w_read_prev, w_key, w_beta,
-                                w_gate, w_shift, w_gamma, w_write_prev, erase, add)
-    read_heads, write_heads, (erase, add) = rest[:6], rest[6:12], rest[12:]
-    B, R, M = r_key.shape
+def _memory_step(memory: Tensor, read_heads: List[Tensor],
+                 write_heads: List[Tensor]) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
+    memory, read_heads, write_heads = memory.contiguous(), _contiguous(read_heads), _contiguous(write_heads)
+    (B, R, M), w_read_prev, w_write_prev = read_heads[0].shape, read_heads[5], write_heads[5]
     reads = empty_output((B, R, M), memory)
     w_read, w_write, new_memory = _like([w_read_prev, w_write_prev, memory], memory)
-    _kernels(memory).memory_step_forward(memory, read_heads, write_heads, erase, add, reads, w_read, w_write,
-                                         new_memory)
+    _kernels(memory).memory_step_forward(memory, read_heads, write_heads[:6], *write_heads[6:], reads, w_read,
+                                         w_write, new_memory)
     return reads, w_read, w_write, new_memory
 
 
 @_memory_step.register_fake
-def _(memory, r_key, r_beta, r_gate, r_shift, r_gamma, w_read_prev, w_key, w_beta, w_gate, w_shift, w_gamma,
-      w_write_prev, erase, add):
-    return (torch.empty_like(r_key), torch.empty_like(w_read_prev), torch.empty_like(w_write_prev),
+def _(memory, read_heads, write_heads):
+    key, w_read_prev, w_write_prev = read_heads[0], read_heads[5], write_heads[5]
+    return (torch.empty_like(key), torch.empty_like(w_read_prev), torch.empty_like(w_write_prev),
             torch.empty_like(memory))
 
 
 @torch.library.custom_op("ntm_fast::memory_step_backward", mutates_args=())
-def _memory_step_backward(grad_reads: Tensor, grad_w_read: Tensor, grad_w_write: Tensor, grad_memory: Tensor,
-                          memory: Tensor, r_key: Tensor, r_beta: Tensor, r_gate: Tensor, r_shift: Tensor,
-                          r_gamma: Tensor, w_read_prev: Tensor, w_key: Tensor, w_beta: Tensor, w_gate: Tensor,
-                          w_shift: Tensor, w_gamma: Tensor, w_write_prev: Tensor, erase: Tensor,
-                          add: Tensor) -> List[Tensor]:
-    grad_reads, grad_w_read, grad_w_write, grad_memory, memory, *rest = _contiguous(
-        grad_reads, grad_w_read, grad_w_write, grad_memory, memory, r_key, r_beta, r_gate, r_shift, r_gamma,
-        w_read_prev, w_key, w_beta, w_gate, w_shift, w_gamma, w_write_prev, erase, add)
-    d_memory, *d_rest = _like([memory, *rest], memory)
-    _kernels(memory).memory_step_backward(memory, rest[:6], rest[6:12], rest[12], rest[13], grad_reads,
-                                          grad_w_read, grad_w_write, grad_memory, d_memory, d_rest[:6],
-                                          d_rest[6:12], d_rest[12], d_rest[13])
-    return [d_memory, *d_rest]
+def _memory_step_backward(grads: List[Tensor], memory: Tensor, read_heads: List[Tensor],
+                          write_heads: List[Tensor]) -> List[Tensor]:
+    grads, memory = _contiguous(grads), memory.contiguous()
+    read_heads, write_heads = _contiguous(read_heads), _contiguous(write_heads)
+    d_memory, *d_heads = _like([memory, *read_heads, *write_heads], memory)
+    d_read, d_write = d_heads[:6], d_heads[6:]
+    _kernels(memory).memory_step_backward(memory, read_heads, write_heads[:6], *write_heads[6:], *grads, d_memory,
+                                          d_read, d_write[:6], *d_write[6:])
+    return [d_memory, *d_heads]
 
 
-@_memory_step_backward.register_fake
-def _(grad_reads, grad_w_read, grad_w_write, grad_memory, *inputs):
-    return [torch.empty_like(t) for t in inputs]
+# --- fakes of the backward ops: one gradient per forward input, flat -------------------------------------
+def _fake_input_grads(grads, *inputs):
+    return [torch.empty_like(t) for x in inputs for t in (x if isinstance(x, (list, tuple)) else [x])]
+
+
+for _backward_op in (_address_backward, _read_backward, _write_backward, _memory_step_backward):
+    _backward_op.register_fake(_fake_input_grads)
 
 
 # --- autograd: save the inputs, run the fused backward op ------------------------------------------------
 def _save_inputs(ctx, inputs, output):
-    ctx.save_for_backward(*inputs)
+    ctx.layout = [len(x) if isinstance(x, (list, tuple)) else None for x in inputs]
+    ctx.save_for_backward(*[t for x in inputs for t in (x if isinstance(x, (list, tuple)) else [x])])
+
+
+def _saved_inputs(ctx):
+    """ctx.saved_tensors regrouped as the op's arguments (Tensor[] arguments as lists)."""
+    flat = iter(ctx.saved_tensors)
+    return [next(flat) if n is None else [next(flat) for _ in range(n)] for n in ctx.layout]
 
 
 def _backward_with(backward_op):
     def backward(ctx, *grads):
-        return tuple(backward_op(*grads, *ctx.saved_tensors))
+        d_flat = iter(backward_op(list(grads), *_saved_inputs(ctx)))
+        return tuple(next(d_flat) if n is None else [next(d_flat) for _ in range(n)] for n in ctx.layout)
 
     return backward
 
@@ -254,13 +242,17 @@ for _op, _backward_op in ((_address, _address_backward), (_read, _read_backward)
 
 
 # --- the backend object ----------------------------------------------------------------------------------
+def _address_call(memory, key, beta, gate, shift, gamma, w_prev):
+    return _address(memory, [key, beta, gate, shift, gamma, w_prev])
+
+
 def _memory_step_call(memory, read_heads, write_heads, w_read_prev, w_write_prev):
     r, w = read_heads, write_heads
-    return _memory_step(memory, r.key, r.beta, r.gate, r.shift, r.gamma, w_read_prev, w.key, w.beta, w.gate,
-                        w.shift, w.gamma, w_write_prev, w.erase, w.add)
+    return _memory_step(memory, [r.key, r.beta, r.gate, r.shift, r.gamma, w_read_prev],
+                        [w.key, w.beta, w.gate, w.shift, w.gamma, w_write_prev, w.erase, w.add])
 
 
-OPS = types.SimpleNamespace(address=_address, read=_read, write=_write, memory_step=_memory_step_call)
+OPS = types.SimpleNamespace(address=_address_call, read=_read, write=_write, memory_step=_memory_step_call)
 
 
 def load_cpp():

@@ -9,9 +9,10 @@
 * Divergence recovery: a non-finite loss or gradient, or a loss above `blowup_factor` × its running
   average for `blowup_patience` steps in a row, rolls back to the last checkpoint, multiplies the learning
   rate by `lr_decay` and says so in the log. After `max_rollbacks` rollbacks training stops with an error.
-* Curriculum (optional): the maximum training length starts at `curriculum_start` and grows by
-  `curriculum_step` whenever the periodic evaluation at the current maximum reaches `curriculum_threshold`
-  errors per sequence or fewer. The current maximum is part of the checkpoint.
+* Curriculum (optional): a level that starts at `curriculum_start` and grows by `curriculum_step` whenever
+  the periodic evaluation at the current level reaches `curriculum_threshold` errors per sequence or fewer.
+  The level caps the training length (the repeat count for repeat copy: `Task.training_batch`) and is part
+  of the checkpoint.
 * Metrics: one CSV row per step in `<out_dir>/metrics.csv` (the `bit_errors` column holds the task's
   metric: bit errors per sequence, or the cost in bits for the n-gram task); evaluations, the final
   generalisation evaluation over the task's `eval_points` among them, in `<out_dir>/eval.json`.
@@ -50,9 +51,9 @@ class TrainConfig:
     clip: float = 10.0
     max_length: int | None = None  # cap on training sequence length (quick runs)
     curriculum: bool = False  # grow the maximum training length as the error falls (see the module doc)
-    curriculum_start: int | None = None  # None: the task's shortest training length
+    curriculum_start: int | None = None  # None: the lowest level (the task's shortest training length)
     curriculum_step: int = 1
-    curriculum_threshold: float = 1.0  # errors per sequence at the current maximum length
+    curriculum_threshold: float = 1.0  # errors per sequence at the current level
     seed: int = 0
     eval_every: int = 200
     eval_batches: int = 4
@@ -88,11 +89,11 @@ class TrainConfig:
             bad("max_length", "an integer >= 1")
         task = make_task(self.task)  # raises for an unknown task
         if self.curriculum:
-            lo, hi = task.train_lengths
+            lo, hi = task.curriculum_range()
             if lo == hi:
                 bad("curriculum", f"off for task {self.task!r}, which trains at the one length {lo}")
             if self.curriculum_start is not None and not lo <= self.curriculum_start <= hi:
-                bad("curriculum_start", f"within the task's training lengths {lo}..{hi}")
+                bad("curriculum_start", f"within the task's curriculum levels {lo}..{hi}")
             if self.curriculum_step < 1:
                 bad("curriculum_step", "an integer >= 1")
             if not self.curriculum_threshold >= 0:
@@ -166,9 +167,8 @@ class Trainer:
         else:
             self.optimizer = torch.optim.Adam(self.model.parameters(), lr=lr)
         self.data_rng = torch.Generator().manual_seed(config.seed)
-        # The maximum training length: the curriculum's current one, or the fixed cap (None: the task's).
-        self.max_length = (config.curriculum_start or self.task.train_lengths[0]) if config.curriculum \
-            else config.max_length
+        # The curriculum's current level (None without a curriculum).
+        self.level = (config.curriculum_start or self.task.curriculum_range()[0]) if config.curriculum else None
         self.step = 0
         self.rollbacks = 0
         self.loss_avg = None  # running average of the loss (divergence detector)
@@ -188,7 +188,7 @@ class Trainer:
             "optimizer": self.optimizer.state_dict(),
             "train_config": dataclasses.asdict(self.config),
             "step": self.step,
-            "max_length": self.max_length,
+            "curriculum_level": self.level,
             "rollbacks": self.rollbacks,
             "loss_avg": self.loss_avg,
             "blowup_run": self.blowup_run,
@@ -201,7 +201,7 @@ class Trainer:
         self.model.load_state_dict(ckpt["model"])
         self.optimizer.load_state_dict(ckpt["optimizer"])
         self.step, self.rollbacks = ckpt["step"], ckpt["rollbacks"]
-        self.max_length = ckpt.get("max_length", self.max_length)  # checkpoints before the curriculum lack it
+        self.level = ckpt.get("curriculum_level", self.level)  # checkpoints before the curriculum lack it
         self.loss_avg, self.blowup_run = ckpt["loss_avg"], ckpt["blowup_run"]
         self.data_rng.set_state(ckpt["data_rng"])
         torch.set_rng_state(ckpt["torch_rng"])
@@ -244,8 +244,8 @@ class Trainer:
         """One optimiser step on a fresh batch. Returns (loss, errors per sequence, length) or None
         when the step diverged (non-finite loss or gradient); the parameters are then left untouched."""
         cfg = self.config
-        length = self.task.sample_length(self.data_rng, self.max_length)
-        batch = self.task.sample(cfg.batch_size, length, self.data_rng).to(self.device)
+        batch, length = self.task.training_batch(cfg.batch_size, self.data_rng, cfg.max_length, self.level)
+        batch = batch.to(self.device)
         self.model.train()
         logits = self.model(batch.inputs)
         loss = self.task.loss(logits, batch)
@@ -290,23 +290,27 @@ class Trainer:
 
     # --- evaluation -------------------------------------------------------------------------------------
     @torch.no_grad()
-    def evaluate(self, length: int, batches: int | None = None, seed: int = 12345) -> float:
+    def evaluate(self, length: int, batches: int | None = None, seed: int = 12345, **sample_kwargs) -> float:
         """Mean errors per sequence (the task's metric) at `length` on fixed evaluation batches."""
         return evaluate(self.model, self.task, length, batches or self.config.eval_batches,
-                        self.config.batch_size, self.device, seed)
+                        self.config.batch_size, self.device, seed, **sample_kwargs)
 
     def length_cap(self) -> int:
         """The longest training length: the task's, or `max_length` where that is shorter."""
         lo, hi = self.task.train_lengths
         return hi if self.config.max_length is None else max(lo, min(self.config.max_length, hi))
 
-    def _grow_curriculum(self, length: int, eval_errors: float) -> str | None:
-        """After an evaluation at the current maximum `length`: lengthen the curriculum if it is learnt."""
+    def _grow_curriculum(self, eval_errors: float) -> str | None:
+        """After an evaluation at the current level: raise the level if it is learnt."""
         cfg = self.config
-        if not cfg.curriculum or eval_errors > cfg.curriculum_threshold or length >= self.length_cap():
+        if self.level is None or eval_errors > cfg.curriculum_threshold:
             return None
-        self.max_length = min(self.length_cap(), length + cfg.curriculum_step)
-        return f"curriculum: maximum training length {length} -> {self.max_length}"
+        # At the top level already (max_length may cap the levels below the task's highest)?
+        top = self.task.curriculum_eval(self.length_cap(), self.task.curriculum_range()[1])
+        if self.task.curriculum_eval(self.length_cap(), self.level) == top:
+            return None
+        before, self.level = self.level, min(self.task.curriculum_range()[1], self.level + cfg.curriculum_step)
+        return f"curriculum: level {before} -> {self.level}"
 
     # --- the loop ---------------------------------------------------------------------------------------
     def fit(self) -> dict:
@@ -336,13 +340,15 @@ class Trainer:
             bar.update(1)
             bar.set_postfix(loss=f"{loss:.4f}", bits=f"{errors:.2f}", lr=f"{self.lr:.2g}")
             if self.step % cfg.eval_every == 0 or self.step == cfg.steps:
-                length = min(self.max_length or self.length_cap(), self.length_cap())
-                eval_errors = self.evaluate(length)
-                eval_log.append({"step": self.step, "length": length, "bit_errors": eval_errors})
-                bar.write(f"step {self.step}: eval {self.task.metric} at length {length}: {eval_errors:.3f}")
-                grown = self._grow_curriculum(length, eval_errors)
+                length, kwargs = (self.length_cap(), {}) if self.level is None else \
+                    self.task.curriculum_eval(self.length_cap(), self.level)
+                eval_errors = self.evaluate(length, **kwargs)
+                label = self.task.point_label(length, **kwargs)
+                eval_log.append({"step": self.step, "length": length, **kwargs, "bit_errors": eval_errors})
+                bar.write(f"step {self.step}: eval {self.task.metric} at length {label}: {eval_errors:.3f}")
+                grown = self._grow_curriculum(eval_errors)
                 if grown:
-                    eval_log[-1]["curriculum"] = self.max_length
+                    eval_log[-1]["curriculum"] = self.level
                     bar.write(grown)
             if self.step % cfg.checkpoint_every == 0 or self.step == cfg.steps:
                 self._write_metrics(rows)

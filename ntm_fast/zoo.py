@@ -14,9 +14,9 @@ ZOO = {
         "config": dict(task="copy", optimizer="adam", lr=1e-3, batch_size=32, steps=2000, eval_every=100),
     },
     "repeat-copy": {
-        "about": "Repeat copy, lengths 1..10, repeats 1..10, with a length curriculum.",
-        "config": dict(task="repeat-copy", optimizer="adam", lr=1e-3, batch_size=32, steps=6000, eval_every=100,
-                       curriculum=True, curriculum_start=2, curriculum_step=2, curriculum_threshold=1.0),
+        "about": "Repeat copy, lengths 1..10, with a curriculum that raises the largest repeat count from 1 to 10.",
+        "config": dict(task="repeat-copy", optimizer="adam", lr=1e-3, batch_size=32, steps=8000, eval_every=100,
+                       curriculum=True, curriculum_start=1, curriculum_step=1, curriculum_threshold=1.0),
     },
     "associative-recall": {
         "about": "Associative recall, 2..6 items, with an item-count curriculum. Not trained to the end here.",

@@ -34,20 +34,22 @@ def _grad_leaves(tensors):
 
 
 def _op_args(op):
-    """Small float64 arguments of each custom op (forward ops with grad-requiring inputs)."""
-    address = cases.address_inputs(2, 7, 3, 2, 1)
-    step = cases.memory_step_inputs(2, 7, 3, 1, 2, 1)
-    r, w = step["read_heads"], step["write_heads"]
-    step_args = [step["memory"], *r, step["w_read_prev"], *w[:5], step["w_write_prev"], w.erase, w.add]
-    write = cases.write_inputs(2, 7, 3, 2)
-    read = cases.read_inputs(2, 7, 3, 2)
-    args = {
-        "address": list(address.values()),
-        "read": list(read.values()),
-        "write": list(write.values()),
-        "memory_step": step_args,
-    }[op]
-    return _grad_leaves(args)
+    """Small float64 arguments of each forward custom op, requiring grad (heads as Tensor[] arguments)."""
+    if op == "address":
+        memory, *heads = _grad_leaves(cases.address_inputs(2, 7, 3, 2, 1).values())
+        return [memory, heads]
+    if op == "memory_step":
+        step = cases.memory_step_inputs(2, 7, 3, 1, 2, 1)
+        r, w = step["read_heads"], step["write_heads"]
+        memory, *heads = _grad_leaves([step["memory"], *r, step["w_read_prev"], *w[:5], step["w_write_prev"],
+                                       w.erase, w.add])
+        return [memory, heads[:6], heads[6:]]
+    make = cases.read_inputs if op == "read" else cases.write_inputs
+    return _grad_leaves(make(2, 7, 3, 2).values())
+
+
+def _detached(args):
+    return [[t.detach() for t in a] if isinstance(a, list) else a.detach() for a in args]
 
 
 FORWARD_OPS = {"address": extension._address, "read": extension._read, "write": extension._write,
@@ -63,12 +65,10 @@ def test_opcheck_forward(cpp, op):
 
 @pytest.mark.parametrize("op", list(BACKWARD_OPS))
 def test_opcheck_backward(cpp, op):
-    inputs = [t.detach() for t in _op_args(op)]
-    with torch.no_grad():
-        outputs = FORWARD_OPS[op](*inputs)
+    inputs = _detached(_op_args(op))
+    outputs = FORWARD_OPS[op](*inputs)
     outputs = outputs if isinstance(outputs, tuple) else (outputs,)
-    grads = [torch.randn_like(o) for o in outputs]
-    torch.library.opcheck(BACKWARD_OPS[op], [*grads, *inputs])
+    torch.library.opcheck(BACKWARD_OPS[op], [[torch.randn_like(o) for o in outputs], *inputs])
 
 
 def test_non_contiguous_inputs(cpp):

@@ -38,6 +38,16 @@ def test_repeat_copy_repeats_the_sequence_then_emits_the_end_marker():
     assert b.mask[:, 0].tolist() == [False] * (L + 1) + [True] * (n * L + 1)
 
 
+def test_repeat_copy_curriculum_caps_the_repeat_count():
+    task = RepeatCopyTask()
+    data = rng()
+    for _ in range(20):
+        batch, length = task.training_batch(2, data, level=2)
+        repeats = (batch.inputs.shape[0] - 2) // length - 1
+        assert 1 <= length <= 10 and repeats in (1, 2)
+    assert task.curriculum_range() == (1, 10) and task.curriculum_eval(10, 3) == (10, {"repeats": 3})
+
+
 def test_repeat_copy_count_normalisation_has_zero_mean_unit_variance_over_training_counts():
     counts = torch.tensor([RepeatCopyTask().normalised_count(n) for n in range(1, 11)])
     assert counts.mean().item() == pytest.approx(0, abs=1e-6)

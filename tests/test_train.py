@@ -126,14 +126,14 @@ def test_curriculum_grows_the_length_and_a_resumed_run_reproduces_it(tmp_path):
     summary = Trainer(config(tmp_path / "straight", **grow_always)).fit()
     assert [e.get("curriculum") for e in summary["evaluations"]] == [2, 3, None, None]  # capped at max_length 3
     assert set(lengths(tmp_path / "straight")[:5]) == {1} and max(lengths(tmp_path / "straight")) == 3
-    assert load_checkpoint(str(tmp_path / "straight" / "checkpoint.pt"))["max_length"] == 3
+    assert load_checkpoint(str(tmp_path / "straight" / "checkpoint.pt"))["curriculum_level"] == 3
 
     first = Trainer(config(tmp_path / "resumed", **dict(grow_always, steps=10)))
     first.fit()
-    assert load_checkpoint(str(tmp_path / "resumed" / "checkpoint.pt"))["max_length"] == 3
+    assert load_checkpoint(str(tmp_path / "resumed" / "checkpoint.pt"))["curriculum_level"] == 3
     resumed = Trainer(config(tmp_path / "resumed", **grow_always))
     resumed.resume()
-    assert resumed.max_length == 3
+    assert resumed.level == 3
     resumed.fit()
     assert losses(tmp_path / "resumed") == losses(tmp_path / "straight")
     assert lengths(tmp_path / "resumed") == lengths(tmp_path / "straight")

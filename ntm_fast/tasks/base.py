@@ -52,6 +52,23 @@ class Task:
         hi = hi if max_length is None else max(lo, min(hi, max_length))
         return int(torch.randint(lo, hi + 1, (1,), generator=generator))
 
+    def curriculum_range(self) -> tuple[int, int]:
+        """The levels of a training curriculum: here the maximum length (the trainer's `curriculum`)."""
+        return self.train_lengths
+
+    def training_batch(self, batch_size: int, generator: torch.Generator, max_length: int | None = None,
+                       level: int | None = None) -> tuple[Batch, int]:
+        """(batch, length) from the training distribution: the length drawn up to `max_length` (None: the
+        task's longest) and, under a curriculum, up to its `level`."""
+        cap = max_length if level is None else min(level, max_length or level)
+        length = self.sample_length(generator, cap)
+        return self.sample(batch_size, length, generator), length
+
+    def curriculum_eval(self, length: int, level: int) -> tuple[int, dict]:
+        """(length, other `sample` arguments) at which a curriculum's `level` is judged, `length` being the
+        longest training length."""
+        return min(level, length), {}
+
     def loss(self, logits: torch.Tensor, batch: Batch) -> torch.Tensor:
         """Mean binary cross-entropy over the scored outputs."""
         per_element = F.binary_cross_entropy_with_logits(logits, batch.targets, reduction="none")

@@ -10,7 +10,8 @@ width 9):
 The count is normalised as in the paper to mean 0 and variance 1 over the training counts 1..10:
 c = (n - 5.5) / sqrt(8.25); a count of 20 at test time is c = 5.05.
 The length is drawn per batch by the trainer (1..10, as the paper) and the count per batch here (1..10)
-unless `repeats` is given. Generalisation: length up to 20 at 10 repeats, and up to 20 repeats at length
+unless `repeats` is given. A training curriculum (`--curriculum`) grows the largest count, from 1 (a copy
+with an end marker) to 10. Generalisation: length up to 20 at 10 repeats, and up to 20 repeats at length
 10 (the paper's Fig. 8).
 """
 import math
@@ -36,6 +37,18 @@ class RepeatCopyTask(Task):
         """The count channel's value: zero mean and unit variance over the uniform training counts."""
         n = self.max_repeats
         return (repeats - (n + 1) / 2) / math.sqrt((n * n - 1) / 12)
+
+    def curriculum_range(self):
+        """A curriculum here grows the maximum repeat count: with one repeat the task is a copy."""
+        return 1, self.max_repeats
+
+    def training_batch(self, batch_size, generator, max_length=None, level=None):
+        length = self.sample_length(generator, max_length)
+        repeats = int(torch.randint(1, (level or self.max_repeats) + 1, (1,), generator=generator))
+        return self.sample(batch_size, length, generator, repeats=repeats), length
+
+    def curriculum_eval(self, length, level):
+        return length, {"repeats": level}
 
     def sample(self, batch_size, length, generator, repeats=None):
         self.check_sample_args(batch_size, length)
