@@ -15,6 +15,9 @@
 #include <ATen/Parallel.h>
 
 #include <algorithm>
+#ifdef __AVX__
+#include <immintrin.h>
+#endif
 #include <cmath>
 #include <limits>
 #include <vector>
@@ -23,7 +26,7 @@ namespace ntm {
 namespace {
 
 constexpr double kCosineEps = 1e-8;  // reference.COSINE_EPS
-constexpr int64_t kGrain = 4;       // batch items per parallel task
+constexpr int64_t kGrain = 4;       // fewest batch items worth a parallel task
 
 struct Sizes {
   int64_t N, M, K;  // slots, slot width, shift offsets 2S+1
@@ -65,13 +68,13 @@ Heads<P> heads_of(const HeadTensors& t) {
 }
 
 template <typename T>
-Head<T> head_at(const Heads<const T*>& p, int64_t b, int64_t h, const Sizes& s) {
+Head<T> head_at(const Heads<const T*>& p, int64_t b, int64_t h, const Sizes s) {
   const int64_t r = p.row(b, h);
   return {p.key + r * s.M, p.beta[r], p.gate[r], p.shift + r * s.K, p.gamma[r], p.w_prev + r * s.N};
 }
 
 template <typename T>
-HeadGrad<T> grad_at(const Heads<T*>& d, int64_t b, int64_t h, const Sizes& s) {
+HeadGrad<T> grad_at(const Heads<T*>& d, int64_t b, int64_t h, const Sizes s) {
   const int64_t r = d.row(b, h);
   return {d.key + r * s.M, d.beta + r, d.gate + r, d.shift + r * s.K, d.gamma + r, d.w_prev + r * s.N};
 }
@@ -87,17 +90,18 @@ struct Trace {
 template <typename T>
 class Workspace {
  public:
-  Workspace(const Sizes& s, int64_t H) : N_(s.N), MN_(s.M * s.N), H_(H), buf_(3 * MN_ + (6 + 7 * H) * N_) {}
+  Workspace(const Sizes s, int64_t H) : N_(s.N), MN_(s.M * s.N), H_(H), buf_(3 * MN_ + (7 + 7 * H) * N_) {}
   T* mem_t() { return buf_.data(); }               // Mᵀ
   T* grad_t() { return buf_.data() + MN_; }        // (dM')ᵀ, the upstream memory gradient
   T* d_mem_t() { return buf_.data() + 2 * MN_; }  // (dM)ᵀ
   T* mem_norm() { return slab(0); }
   T* d_mem_norm() { return slab(1); }
   T* scratch(int i) { return slab(2 + i); }  // i = 0..3
-  T* w() { return slab(6); }                 // [H, N]: every head's weighting
-  T* d_w() { return slab(6 + H_); }          // [H, N]: their gradients
+  T* inv_norm() { return slab(6); }          // 1 / ‖M[i]‖
+  T* w() { return slab(7); }                 // [H, N]: every head's weighting
+  T* d_w() { return slab(7 + H_); }          // [H, N]: their gradients
   Trace<T> trace(int64_t h) {
-    T* t = slab(6 + 2 * H_ + 5 * h);
+    T* t = slab(7 + 2 * H_ + 5 * h);
     return {t, t + N_, t + 2 * N_, t + 3 * N_, t + 4 * N_, w() + h * N_};
   }
 
@@ -108,29 +112,178 @@ class Workspace {
 };
 
 // dst [cols, rows] = srcᵀ for src [rows, cols].
+// A square tile of the transpose in registers (AVX): 8×8 floats or 4×4 doubles; false where not built with AVX.
+inline bool transpose_tile(const float* src, int64_t ld_src, float* dst, int64_t ld_dst) {
+#ifdef __AVX__
+  __m256 r[8], t[8];
+  for (int k = 0; k < 8; ++k) r[k] = _mm256_loadu_ps(src + k * ld_src);
+  for (int k = 0; k < 8; k += 2) {
+    t[k] = _mm256_unpacklo_ps(r[k], r[k + 1]);
+    t[k + 1] = _mm256_unpackhi_ps(r[k], r[k + 1]);
+  }
+  for (int k = 0; k < 8; k += 4) {
+    r[k] = _mm256_shuffle_ps(t[k], t[k + 2], _MM_SHUFFLE(1, 0, 1, 0));
+    r[k + 1] = _mm256_shuffle_ps(t[k], t[k + 2], _MM_SHUFFLE(3, 2, 3, 2));
+    r[k + 2] = _mm256_shuffle_ps(t[k + 1], t[k + 3], _MM_SHUFFLE(1, 0, 1, 0));
+    r[k + 3] = _mm256_shuffle_ps(t[k + 1], t[k + 3], _MM_SHUFFLE(3, 2, 3, 2));
+  }
+  for (int k = 0; k < 4; ++k) {
+    _mm256_storeu_ps(dst + k * ld_dst, _mm256_permute2f128_ps(r[k], r[k + 4], 0x20));
+    _mm256_storeu_ps(dst + (k + 4) * ld_dst, _mm256_permute2f128_ps(r[k], r[k + 4], 0x31));
+  }
+  return true;
+#else
+  return false;
+#endif
+}
+
+inline bool transpose_tile(const double* src, int64_t ld_src, double* dst, int64_t ld_dst) {
+#ifdef __AVX__
+  const __m256d r0 = _mm256_loadu_pd(src), r1 = _mm256_loadu_pd(src + ld_src);
+  const __m256d r2 = _mm256_loadu_pd(src + 2 * ld_src), r3 = _mm256_loadu_pd(src + 3 * ld_src);
+  const __m256d t0 = _mm256_unpacklo_pd(r0, r1), t1 = _mm256_unpackhi_pd(r0, r1);
+  const __m256d t2 = _mm256_unpacklo_pd(r2, r3), t3 = _mm256_unpackhi_pd(r2, r3);
+  _mm256_storeu_pd(dst, _mm256_permute2f128_pd(t0, t2, 0x20));
+  _mm256_storeu_pd(dst + ld_dst, _mm256_permute2f128_pd(t1, t3, 0x20));
+  _mm256_storeu_pd(dst + 2 * ld_dst, _mm256_permute2f128_pd(t0, t2, 0x31));
+  _mm256_storeu_pd(dst + 3 * ld_dst, _mm256_permute2f128_pd(t1, t3, 0x31));
+  return true;
+#else
+  return false;
+#endif
+}
+
+// dst [cols, rows] = srcᵀ for src [rows, cols]: register tiles (the plain loop's one-element strided stores
+// were a third of a backward pass), then the ragged edges element by element.
 template <typename T>
 void transpose(const T* __restrict src, int64_t rows, int64_t cols, T* __restrict dst) {
-  for (int64_t r = 0; r < rows; ++r)
-    for (int64_t c = 0; c < cols; ++c) dst[c * rows + r] = src[r * cols + c];
+  constexpr int64_t kTile = 32 / sizeof(T);
+  int64_t rt = 0, ct = 0;
+  if (rows >= kTile && cols >= kTile && transpose_tile(src, cols, dst, rows)) {
+    rt = rows - rows % kTile;
+    ct = cols - cols % kTile;
+    for (int64_t r0 = 0; r0 < rt; r0 += kTile)
+      for (int64_t c0 = 0; c0 < ct; c0 += kTile) transpose_tile(src + r0 * cols + c0, cols, dst + c0 * rows + r0, rows);
+  }
+  for (int64_t r = 0; r < rows; ++r) {
+    for (int64_t c = r < rt ? ct : 0; c < cols; ++c) dst[c * rows + r] = src[r * cols + c];
+  }
 }
 
 // ‖M[i]‖ smoothed as in Eq 6: sqrt(Σ_m M[i,m]² + ε), from Mᵀ.
 template <typename T>
-void row_norms(const T* __restrict mem_t, const Sizes& s, T* __restrict norm) {
+void row_norms(const T* __restrict mem_t, const Sizes s, T* __restrict norm, T* __restrict inv_norm) {
   std::fill(norm, norm + s.N, T(0));
   for (int64_t m = 0; m < s.M; ++m) {
     const T* __restrict col = mem_t + m * s.N;
     for (int64_t i = 0; i < s.N; ++i) norm[i] += col[i] * col[i];
   }
-  for (int64_t i = 0; i < s.N; ++i) norm[i] = std::sqrt(norm[i] + T(kCosineEps));
+  for (int64_t i = 0; i < s.N; ++i) {
+    norm[i] = std::sqrt(norm[i] + T(kCosineEps));
+    inv_norm[i] = T(1) / norm[i];
+  }
 }
 
 template <typename T>
-T key_norm_of(const T* __restrict key, const Sizes& s) {
+T key_norm_of(const T* __restrict key, const Sizes s) {
   T kk = 0;
   for (int64_t m = 0; m < s.M; ++m) kk += key[m] * key[m];
   return std::sqrt(kk + T(kCosineEps));
 }
+
+// Vectorizable exp and log (branch-free, inlined into `omp simd` loops; libm's scalar calls were ~15% of the
+// kernels' time). exp: x = n·ln2 + r with |r| ≤ ln2/2 (Cody-Waite split of ln2), a polynomial for e^r
+// (Cephes' degree-6 minimax for float, Taylor to r^13 for double: both within ~1-2 ulp), times 2^n built
+// from exponent bits; below log of the smallest normal it returns 0. log (for positive normal x, as
+// sharpening passes it): x = 2^e·m with m in [√½, √2), log m = 2·atanh((m-1)/(m+1)) as an odd series.
+// NaN passes through both.
+template <typename T>
+struct FastMath;
+
+template <>
+struct FastMath<float> {
+  static inline __attribute__((always_inline)) float exp(float x) {
+    const float lo = -87.33654f, hi = 88.37626f;  // log(FLT_MIN), just under log(FLT_MAX)
+    float xc = x < lo ? lo : x;
+    xc = xc > hi ? hi : xc;
+    const float shifter = 12582912.0f;  // 1.5·2^23: adding it rounds to an integer
+    const float n = (xc * 1.44269504088896341f + shifter) - shifter;
+    const float r = (xc - n * 0.693359375f) - n * -2.12194440e-4f;
+    float p = 1.9875691500e-4f;
+    p = p * r + 1.3981999507e-3f;
+    p = p * r + 8.3334519073e-3f;
+    p = p * r + 4.1665795894e-2f;
+    p = p * r + 1.6666665459e-1f;
+    p = p * r + 5.0000001201e-1f;
+    p = p * (r * r) + r + 1.0f;
+    const float scale = __builtin_bit_cast(float, (static_cast<int32_t>(n) + 127) << 23);
+    return x < lo ? 0.0f : p * scale;
+  }
+  static inline __attribute__((always_inline)) float log(float x) {
+    // Offsetting the bits by those of √½ puts the mantissa m in [√½, √2) and the rest in the exponent e.
+    const int32_t i = __builtin_bit_cast(int32_t, x) - 0x3f3504f3;
+    const float e = static_cast<float>(i >> 23);
+    const float m = __builtin_bit_cast(float, (i & 0x007fffff) + 0x3f3504f3);
+    const float s = (m - 1.0f) / (m + 1.0f), s2 = s * s;
+    float q = 1.0f / 11;
+    q = q * s2 + 1.0f / 9;
+    q = q * s2 + 1.0f / 7;
+    q = q * s2 + 1.0f / 5;
+    q = q * s2 + 1.0f / 3;
+    const float log_m = 2.0f * s + 2.0f * s * s2 * q;
+    const float y = e * 0.693359375f + (e * -2.12194440e-4f + log_m);
+    return x != x ? x : y;
+  }
+};
+
+template <>
+struct FastMath<double> {
+  static inline __attribute__((always_inline)) double exp(double x) {
+    const double lo = -708.3964185322641, hi = 709.0;  // log(DBL_MIN)
+    double xc = x < lo ? lo : x;
+    xc = xc > hi ? hi : xc;
+    const double shifter = 6755399441055744.0;  // 1.5·2^52
+    const double n = (xc * 1.4426950408889634 + shifter) - shifter;
+    const double r = (xc - n * 6.93147180369123816490e-01) - n * 1.90821492927058770002e-10;
+    double p = 1.0 / 6227020800.0;  // 1/13!
+    p = p * r + 1.0 / 479001600.0;
+    p = p * r + 1.0 / 39916800.0;
+    p = p * r + 1.0 / 3628800.0;
+    p = p * r + 1.0 / 362880.0;
+    p = p * r + 1.0 / 40320.0;
+    p = p * r + 1.0 / 5040.0;
+    p = p * r + 1.0 / 720.0;
+    p = p * r + 1.0 / 120.0;
+    p = p * r + 1.0 / 24.0;
+    p = p * r + 1.0 / 6.0;
+    p = p * r + 0.5;
+    p = p * (r * r) + r + 1.0;
+    const double scale = __builtin_bit_cast(double, (static_cast<int64_t>(n) + 1023) << 52);
+    return x < lo ? 0.0 : p * scale;
+  }
+  static inline __attribute__((always_inline)) double log(double x) {
+    const int64_t i = __builtin_bit_cast(int64_t, x) - 0x3fe6a09e667f3bcdLL;
+    const double e = static_cast<double>(i >> 52);
+    const double m = __builtin_bit_cast(double, (i & 0x000fffffffffffffLL) + 0x3fe6a09e667f3bcdLL);
+    const double s = (m - 1.0) / (m + 1.0), s2 = s * s;
+    double q = 1.0 / 27;
+    q = q * s2 + 1.0 / 25;
+    q = q * s2 + 1.0 / 23;
+    q = q * s2 + 1.0 / 21;
+    q = q * s2 + 1.0 / 19;
+    q = q * s2 + 1.0 / 17;
+    q = q * s2 + 1.0 / 15;
+    q = q * s2 + 1.0 / 13;
+    q = q * s2 + 1.0 / 11;
+    q = q * s2 + 1.0 / 9;
+    q = q * s2 + 1.0 / 7;
+    q = q * s2 + 1.0 / 5;
+    q = q * s2 + 1.0 / 3;
+    const double log_m = 2.0 * s + 2.0 * s * s2 * q;
+    const double y = e * 6.93147180369123816490e-01 + (e * 1.90821492927058770002e-10 + log_m);
+    return x != x ? x : y;
+  }
+};
 
 // y = softmax(scale · x) over n entries.
 template <typename T>
@@ -138,25 +291,28 @@ void scaled_softmax(const T* __restrict x, T scale, T* __restrict y, int64_t n) 
   T mx = -std::numeric_limits<T>::infinity();
 #pragma omp simd reduction(max : mx)
   for (int64_t i = 0; i < n; ++i) mx = std::max(mx, scale * x[i]);
-  for (int64_t i = 0; i < n; ++i) y[i] = std::exp(scale * x[i] - mx);
   T sum = 0;
 #pragma omp simd reduction(+ : sum)
-  for (int64_t i = 0; i < n; ++i) sum += y[i];
+  for (int64_t i = 0; i < n; ++i) {
+    y[i] = FastMath<T>::exp(scale * x[i] - mx);
+    sum += y[i];
+  }
   const T inv = T(1) / sum;
+#pragma omp simd
   for (int64_t i = 0; i < n; ++i) y[i] *= inv;
 }
 
 // Offset o with (i - j) mod N = i - o for shift j = jj - S: the circular index split into two
 // contiguous runs, i ∈ [o, N) reading i - o and i ∈ [0, o) reading i - o + N.
-inline int64_t shift_offset(int64_t jj, const Sizes& s) {
+inline int64_t shift_offset(int64_t jj, const Sizes s) {
   const int64_t j = jj - (s.K - 1) / 2;
   return ((j % s.N) + s.N) % s.N;
 }
 
 // Eq 5-9 for one head against one memory (given as Mᵀ and its row norms): fills the trace (w last).
 template <typename T>
-void address_head(const T* __restrict mem_t, const T* __restrict mem_norm, const Head<T>& p, const Sizes& s,
-                  const Trace<T>& t) {
+void address_head(const T* __restrict mem_t, const T* __restrict mem_norm, const Head<T> p, const Sizes s,
+                  const Trace<T> t) {
   const int64_t N = s.N, M = s.M;
   // Eq 6: K[i] = k·M[i] / (sqrt(‖k‖² + ε) · sqrt(‖M[i]‖² + ε)).
   std::fill(t.cos, t.cos + N, T(0));
@@ -181,7 +337,8 @@ void address_head(const T* __restrict mem_t, const T* __restrict mem_norm, const
   }
   // Eq 9: w = w_s^γ / Σ w_s^γ, as softmax(γ·log max(w_s, tiny)).
   const T tiny = std::numeric_limits<T>::min();
-  for (int64_t i = 0; i < N; ++i) t.log_w_s[i] = std::log(std::max(t.w_s[i], tiny));
+#pragma omp simd
+  for (int64_t i = 0; i < N; ++i) t.log_w_s[i] = FastMath<T>::log(t.w_s[i] < tiny ? tiny : t.w_s[i]);
   scaled_softmax(t.log_w_s, p.gamma, t.w, N);
 }
 
@@ -189,8 +346,8 @@ void address_head(const T* __restrict mem_t, const T* __restrict mem_norm, const
 // gradient through the dot products to d_mem_t and the one through the row norms to d_mem_norm (the
 // caller turns d_mem_norm into a memory gradient once for all heads: add_row_norm_grad).
 template <typename T>
-void address_head_backward(const T* __restrict mem_t, const T* __restrict mem_norm, const Head<T>& p,
-                           const Sizes& s, const Trace<T>& t, const T* __restrict d_w, const HeadGrad<T>& d,
+void address_head_backward(const T* __restrict mem_t, const T* __restrict mem_norm, const T* __restrict inv_norm, const Head<T> p,
+                           const Sizes s, const Trace<T> t, const T* __restrict d_w, const HeadGrad<T> d,
                            T* __restrict d_mem_t, T* __restrict d_mem_norm, T* __restrict d_ws,
                            T* __restrict d_wg) {
   const int64_t N = s.N, M = s.M;
@@ -246,12 +403,15 @@ void address_head_backward(const T* __restrict mem_t, const T* __restrict mem_no
   // dK[i]/‖k‖ · (M[i]/‖M[i]‖ - K[i]·k/‖k‖), the part of the unit row orthogonal to the key, so rows nearly
   // parallel to the key (|K| → 1, where the two terms cancel) give a gradient near zero, not rounding noise.
   const T key_norm = key_norm_of(p.key, s);
+  const T inv_key_norm = T(1) / key_norm;
+#pragma omp simd
   for (int64_t i = 0; i < N; ++i) {
-    d_mem_norm[i] -= d_ws[i] * t.cos[i] / mem_norm[i];
-    d_wg[i] = d_ws[i] / (key_norm * mem_norm[i]);  // d dot[i]
+    const T a = d_ws[i] * inv_norm[i];
+    d_mem_norm[i] -= a * t.cos[i];
+    d_wg[i] = a * inv_key_norm;  // d dot[i]
   }
   for (int64_t m = 0; m < M; ++m) {
-    const T km = p.key[m], k_unit = p.key[m] / key_norm;
+    const T km = p.key[m], k_unit = p.key[m] * inv_key_norm;
     const T* __restrict col = mem_t + m * N;
     T* __restrict d_col = d_mem_t + m * N;
     T dk = 0;
@@ -260,22 +420,22 @@ void address_head_backward(const T* __restrict mem_t, const T* __restrict mem_no
       dk += d_ws[i] * (col[i] / mem_norm[i] - t.cos[i] * k_unit);
       d_col[i] += d_wg[i] * km;
     }
-    d.key[m] = dk / key_norm;
+    d.key[m] = dk * inv_key_norm;
   }
 }
 
 // d M[i] += d‖M[i]‖ · M[i] / ‖M[i]‖ (the row-norm part of Eq 6's gradient, all heads at once), transposed.
 template <typename T>
-void add_row_norm_grad(const T* __restrict mem_t, const T* __restrict mem_norm, T* __restrict d_mem_norm,
-                       const Sizes& s, T* __restrict d_mem_t) {
-  for (int64_t i = 0; i < s.N; ++i) d_mem_norm[i] /= mem_norm[i];
+void add_row_norm_grad(const T* __restrict mem_t, const T* __restrict inv_norm, T* __restrict d_mem_norm,
+                       const Sizes s, T* __restrict d_mem_t) {
+  for (int64_t i = 0; i < s.N; ++i) d_mem_norm[i] *= inv_norm[i];
   for (int64_t m = 0; m < s.M; ++m)
     for (int64_t i = 0; i < s.N; ++i) d_mem_t[m * s.N + i] += d_mem_norm[i] * mem_t[m * s.N + i];
 }
 
 // Eq 2 for H heads: r[h] = Σ_i w[h,i]·M[i].
 template <typename T>
-void read_item(const T* __restrict mem_t, const T* __restrict w, int64_t H, const Sizes& s, T* __restrict r) {
+void read_item(const T* __restrict mem_t, const T* __restrict w, int64_t H, const Sizes s, T* __restrict r) {
   for (int64_t h = 0; h < H; ++h)
     for (int64_t m = 0; m < s.M; ++m) {
       const T* __restrict col = mem_t + m * s.N;
@@ -289,7 +449,7 @@ void read_item(const T* __restrict mem_t, const T* __restrict w, int64_t H, cons
 // Backward of read_item: d_w[h,i] += <dr[h], M[i]>; dMᵀ[m,i] += Σ_h w[h,i]·dr[h,m].
 template <typename T>
 void read_item_backward(const T* __restrict mem_t, const T* __restrict w, const T* __restrict d_r, int64_t H,
-                        const Sizes& s, T* __restrict d_w, T* __restrict d_mem_t) {
+                        const Sizes s, T* __restrict d_w, T* __restrict d_mem_t) {
   for (int64_t h = 0; h < H; ++h)
     for (int64_t m = 0; m < s.M; ++m) {
       const T dr = d_r[h * s.M + m];
@@ -306,7 +466,7 @@ void read_item_backward(const T* __restrict mem_t, const T* __restrict w, const 
 // Row-major: the forward has no reductions, so M and M' keep the op's layout.
 template <typename T>
 void write_item(const T* __restrict mem, const T* __restrict w, const T* __restrict erase, const T* __restrict add,
-                int64_t W, const Sizes& s, T* __restrict out) {
+                int64_t W, const Sizes s, T* __restrict out) {
   const int64_t N = s.N, M = s.M;
   for (int64_t i = 0; i < N; ++i) {
     T* __restrict o = out + i * M;
@@ -325,7 +485,7 @@ void write_item(const T* __restrict mem, const T* __restrict w, const T* __restr
 
 // keep[i] = Π_{h ≠ skip} (1 - w[h,i]·e[h,m]) over the slots, for one column m (skip = -1: every head).
 template <typename T>
-void keep_product(const T* __restrict w, const T* __restrict erase, int64_t W, const Sizes& s, int64_t m,
+void keep_product(const T* __restrict w, const T* __restrict erase, int64_t W, const Sizes s, int64_t m,
                   int64_t skip, T* __restrict keep) {
   std::fill(keep, keep + s.N, T(1));
   for (int64_t h = 0; h < W; ++h) {
@@ -340,7 +500,7 @@ void keep_product(const T* __restrict w, const T* __restrict erase, int64_t W, c
 // (w·e = 1) stay exact.
 template <typename T>
 void write_item_backward(const T* __restrict mem_t, const T* __restrict w, const T* __restrict erase,
-                         const T* __restrict add, const T* __restrict grad_t, int64_t W, const Sizes& s,
+                         const T* __restrict add, const T* __restrict grad_t, int64_t W, const Sizes s,
                          T* __restrict d_mem_t, T* __restrict d_w, T* __restrict d_erase, T* __restrict d_add,
                          T* __restrict keep, T* __restrict others) {
   const int64_t N = s.N, M = s.M;
@@ -380,22 +540,22 @@ void for_each_item(const at::Tensor& memory, F&& f) {
 
 // One batch item's memory into the workspace: Mᵀ, and its row norms when addressing needs them.
 template <typename T>
-void load_memory(const T* mem, const Sizes& s, Workspace<T>& ws, bool norms) {
+void load_memory(const T* mem, const Sizes s, Workspace<T>& ws, bool norms) {
   transpose(mem, s.N, s.M, ws.mem_t());
-  if (norms) row_norms(ws.mem_t(), s, ws.mem_norm());
+  if (norms) row_norms(ws.mem_t(), s, ws.mem_norm(), ws.inv_norm());
 }
 
 // Zeroed accumulators of a backward pass: dMᵀ and d‖M[i]‖.
 template <typename T>
-void zero_grads(const Sizes& s, Workspace<T>& ws) {
+void zero_grads(const Sizes s, Workspace<T>& ws) {
   std::fill(ws.d_mem_t(), ws.d_mem_t() + s.M * s.N, T(0));
   std::fill(ws.d_mem_norm(), ws.d_mem_norm() + s.N, T(0));
 }
 
 // The finished memory gradient of one item, row-major, from dMᵀ (plus the row-norm part if addressed).
 template <typename T>
-void store_memory_grad(const Sizes& s, Workspace<T>& ws, bool norms, T* d_mem) {
-  if (norms) add_row_norm_grad(ws.mem_t(), ws.mem_norm(), ws.d_mem_norm(), s, ws.d_mem_t());
+void store_memory_grad(const Sizes s, Workspace<T>& ws, bool norms, T* d_mem) {
+  if (norms) add_row_norm_grad(ws.mem_t(), ws.inv_norm(), ws.d_mem_norm(), s, ws.d_mem_t());
   transpose(ws.d_mem_t(), s.M, s.N, d_mem);
 }
 
@@ -441,7 +601,7 @@ void address_backward(const at::Tensor& memory, const HeadTensors& heads, const 
         for (int64_t h = 0; h < p.H; ++h) {
           const Head<T> head = head_at(p, b, h, s);
           address_head(ws.mem_t(), ws.mem_norm(), head, s, ws.trace(h));
-          address_head_backward(ws.mem_t(), ws.mem_norm(), head, s, ws.trace(h), gw + p.row(b, h) * s.N,
+          address_head_backward(ws.mem_t(), ws.mem_norm(), ws.inv_norm(), head, s, ws.trace(h), gw + p.row(b, h) * s.N,
                                 grad_at(d, b, h, s), ws.d_mem_t(), ws.d_mem_norm(), ws.scratch(0), ws.scratch(1));
         }
         store_memory_grad(s, ws, true, dmem + b * s.N * s.M);
@@ -600,10 +760,10 @@ void memory_step_backward(const at::Tensor& memory, const HeadTensors& read_head
                             ws.d_mem_t(), d_w + R * s.N, de + b * W * s.M, da + b * W * s.M, ws.scratch(2),
                             ws.scratch(3));
         for (int64_t h = 0; h < R; ++h)
-          address_head_backward(ws.mem_t(), ws.mem_norm(), head_at(rp, b, h, s), s, ws.trace(h), d_w + h * s.N,
+          address_head_backward(ws.mem_t(), ws.mem_norm(), ws.inv_norm(), head_at(rp, b, h, s), s, ws.trace(h), d_w + h * s.N,
                                 grad_at(dr, b, h, s), ws.d_mem_t(), ws.d_mem_norm(), ws.scratch(0), ws.scratch(1));
         for (int64_t h = 0; h < W; ++h)
-          address_head_backward(ws.mem_t(), ws.mem_norm(), head_at(wp, b, h, s), s, ws.trace(R + h),
+          address_head_backward(ws.mem_t(), ws.mem_norm(), ws.inv_norm(), head_at(wp, b, h, s), s, ws.trace(R + h),
                                 d_w + (R + h) * s.N, grad_at(dw, b, h, s), ws.d_mem_t(), ws.d_mem_norm(),
                                 ws.scratch(0), ws.scratch(1));
         store_memory_grad(s, ws, true, dmem + b * NM);

@@ -14,6 +14,7 @@ fused backward kernel, which recomputes the addressing intermediates. ``torch.co
 ops. Outputs are allocated here (``backends.empty_output``) and filled by the kernels.
 """
 import functools
+import glob
 import hashlib
 import os
 import subprocess
@@ -33,7 +34,9 @@ CSRC = next((d for d in (os.path.join(_PACKAGE_DIR, "csrc"), os.path.join(os.pat
 CPU_SOURCES = ("ntm_cpu.cpp", "bindings.cpp")
 CUDA_SOURCES = ("ntm_cuda.cpp", "ntm_cuda_kernels.cu")
 # -march=native: the extension is built on (and for) the machine that runs it. OpenMP for at::parallel_for.
-CXX_FLAGS = ["-O3", "-march=native", "-fopenmp"]
+# -fno-trapping-math (no FP-exception semantics; IEEE results unchanged) lets GCC vectorize the selects in the
+# kernels' exp/log loops.
+CXX_FLAGS = ["-O3", "-march=native", "-fopenmp", "-fno-trapping-math"]
 NVCC_FLAGS = ["-O3", "-lineinfo"]
 
 
@@ -62,13 +65,15 @@ def build(with_cuda: bool):
         raise BackendUnavailable("no CUDA toolkit found (set CUDA_HOME) to build the CUDA kernels")
     name = "ntm_fast_C_cuda" if with_cuda else "ntm_fast_C"
     srcs, flags = sources(with_cuda), cxx_flags(with_cuda)
+    missing = [path for path in srcs if not os.path.isfile(path)]
+    if missing:
+        raise BackendUnavailable(f"the extension's sources are missing: {', '.join(missing)}")
     # Everything the compile command depends on, so two interpreters or torch installs never share a build.
-    key = hashlib.sha256(repr((srcs, flags, NVCC_FLAGS, torch.__version__, torch.__file__, sys.executable, sys.version,
-                               os.environ.get("CXX"))).encode())
-    for path in srcs + [os.path.join(CSRC, "ntm.h"), os.path.join(CSRC, "ntm_cuda_kernels.h")]:
-        if os.path.exists(path):
-            with open(path, "rb") as f:
-                key.update(f.read())
+    key = hashlib.sha256(repr((srcs, flags, NVCC_FLAGS, torch.__version__, torch.__file__, sys.executable,
+                               sys.version, os.environ.get("CXX"))).encode())
+    for path in srcs + sorted(glob.glob(os.path.join(CSRC, "*.h"))):
+        with open(path, "rb") as f:
+            key.update(f.read())
     build_dir = os.path.join(cpp_extension.get_default_build_root(), f"{name}_{key.hexdigest()[:16]}")
     os.makedirs(build_dir, exist_ok=True)
     if not os.path.exists(os.path.join(build_dir, name + ".so")):
@@ -110,12 +115,14 @@ def _like(tensors, memory):
 # them), write heads the same plus [erase, add]. Few schema arguments keep the custom-op call cheap.
 
 # --- address (Eq 5-9) ------------------------------------------------------------------------------------
-@torch.library.custom_op("ntm_fast::address", mutates_args=())
-def _address(memory: Tensor, heads: List[Tensor]) -> Tensor:
+def _address_impl(memory: Tensor, heads: List[Tensor]) -> Tensor:
     memory, heads = memory.contiguous(), _contiguous(heads)
     w = empty_output(heads[5].shape, memory)
     _kernels(memory).address_forward(memory, heads, w)
     return w
+
+
+_address = torch.library.custom_op("ntm_fast::address", mutates_args=())(_address_impl)
 
 
 @_address.register_fake
@@ -123,21 +130,25 @@ def _(memory, heads):
     return torch.empty_like(heads[5])
 
 
-@torch.library.custom_op("ntm_fast::address_backward", mutates_args=())
-def _address_backward(grads: List[Tensor], memory: Tensor, heads: List[Tensor]) -> List[Tensor]:
+def _address_backward_impl(grads: List[Tensor], memory: Tensor, heads: List[Tensor]) -> List[Tensor]:
     (grad_w,), memory, heads = _contiguous(grads), memory.contiguous(), _contiguous(heads)
     d_memory, *d_heads = _like([memory, *heads], memory)
     _kernels(memory).address_backward(memory, heads, grad_w, d_memory, d_heads)
     return [d_memory, *d_heads]
 
 
+_address_backward = torch.library.custom_op("ntm_fast::address_backward", mutates_args=())(_address_backward_impl)
+
+
 # --- read (Eq 2) -----------------------------------------------------------------------------------------
-@torch.library.custom_op("ntm_fast::read", mutates_args=())
-def _read(memory: Tensor, w: Tensor) -> Tensor:
+def _read_impl(memory: Tensor, w: Tensor) -> Tensor:
     memory, w = _contiguous([memory, w])
     r = empty_output((w.shape[0], w.shape[1], memory.shape[2]), memory)
     _kernels(memory).read_forward(memory, w, r)
     return r
+
+
+_read = torch.library.custom_op("ntm_fast::read", mutates_args=())(_read_impl)
 
 
 @_read.register_fake
@@ -145,21 +156,25 @@ def _(memory, w):
     return memory.new_empty((w.shape[0], w.shape[1], memory.shape[2]))
 
 
-@torch.library.custom_op("ntm_fast::read_backward", mutates_args=())
-def _read_backward(grads: List[Tensor], memory: Tensor, w: Tensor) -> List[Tensor]:
+def _read_backward_impl(grads: List[Tensor], memory: Tensor, w: Tensor) -> List[Tensor]:
     grad_r, memory, w = _contiguous([*grads, memory, w])
     d_memory, d_w = _like([memory, w], memory)
     _kernels(memory).read_backward(memory, w, grad_r, d_memory, d_w)
     return [d_memory, d_w]
 
 
+_read_backward = torch.library.custom_op("ntm_fast::read_backward", mutates_args=())(_read_backward_impl)
+
+
 # --- write (Eq 3-4) --------------------------------------------------------------------------------------
-@torch.library.custom_op("ntm_fast::write", mutates_args=())
-def _write(memory: Tensor, w: Tensor, erase: Tensor, add: Tensor) -> Tensor:
+def _write_impl(memory: Tensor, w: Tensor, erase: Tensor, add: Tensor) -> Tensor:
     memory, w, erase, add = _contiguous([memory, w, erase, add])
     out = empty_output(memory.shape, memory)
     _kernels(memory).write_forward(memory, w, erase, add, out)
     return out
+
+
+_write = torch.library.custom_op("ntm_fast::write", mutates_args=())(_write_impl)
 
 
 @_write.register_fake
@@ -167,18 +182,20 @@ def _(memory, w, erase, add):
     return torch.empty_like(memory)
 
 
-@torch.library.custom_op("ntm_fast::write_backward", mutates_args=())
-def _write_backward(grads: List[Tensor], memory: Tensor, w: Tensor, erase: Tensor, add: Tensor) -> List[Tensor]:
+def _write_backward_impl(grads: List[Tensor], memory: Tensor, w: Tensor, erase: Tensor,
+                         add: Tensor) -> List[Tensor]:
     grad_out, memory, w, erase, add = _contiguous([*grads, memory, w, erase, add])
     d_inputs = _like([memory, w, erase, add], memory)
     _kernels(memory).write_backward(memory, w, erase, add, grad_out, *d_inputs)
     return d_inputs
 
 
+_write_backward = torch.library.custom_op("ntm_fast::write_backward", mutates_args=())(_write_backward_impl)
+
+
 # --- memory_step: every head addresses M_{t-1}, then the reads and the write -----------------------------
-@torch.library.custom_op("ntm_fast::memory_step", mutates_args=())
-def _memory_step(memory: Tensor, read_heads: List[Tensor],
-                 write_heads: List[Tensor]) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
+def _memory_step_impl(memory: Tensor, read_heads: List[Tensor],
+                      write_heads: List[Tensor]) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
     memory, read_heads, write_heads = memory.contiguous(), _contiguous(read_heads), _contiguous(write_heads)
     (B, R, M), w_read_prev, w_write_prev = read_heads[0].shape, read_heads[5], write_heads[5]
     reads = empty_output((B, R, M), memory)
@@ -188,6 +205,9 @@ def _memory_step(memory: Tensor, read_heads: List[Tensor],
     return reads, w_read, w_write, new_memory
 
 
+_memory_step = torch.library.custom_op("ntm_fast::memory_step", mutates_args=())(_memory_step_impl)
+
+
 @_memory_step.register_fake
 def _(memory, read_heads, write_heads):
     key, w_read_prev, w_write_prev = read_heads[0], read_heads[5], write_heads[5]
@@ -195,9 +215,8 @@ def _(memory, read_heads, write_heads):
             torch.empty_like(memory))
 
 
-@torch.library.custom_op("ntm_fast::memory_step_backward", mutates_args=())
-def _memory_step_backward(grads: List[Tensor], memory: Tensor, read_heads: List[Tensor],
-                          write_heads: List[Tensor]) -> List[Tensor]:
+def _memory_step_backward_impl(grads: List[Tensor], memory: Tensor, read_heads: List[Tensor],
+                               write_heads: List[Tensor]) -> List[Tensor]:
     grads, memory = _contiguous(grads), memory.contiguous()
     read_heads, write_heads = _contiguous(read_heads), _contiguous(write_heads)
     d_memory, *d_heads = _like([memory, *read_heads, *write_heads], memory)
@@ -205,6 +224,10 @@ def _memory_step_backward(grads: List[Tensor], memory: Tensor, read_heads: List[
     _kernels(memory).memory_step_backward(memory, read_heads, write_heads[:6], *write_heads[6:], *grads, d_memory,
                                           d_read, d_write[:6], *d_write[6:])
     return [d_memory, *d_heads]
+
+
+_memory_step_backward = torch.library.custom_op("ntm_fast::memory_step_backward",
+                                                mutates_args=())(_memory_step_backward_impl)
 
 
 # --- fakes of the backward ops: one gradient per forward input, flat -------------------------------------
@@ -241,18 +264,67 @@ for _op, _backward_op in ((_address, _address_backward), (_read, _read_backward)
     _op.register_autograd(_backward_with(_backward_op), setup_context=_save_inputs)
 
 
+# --- eager path: a plain autograd.Function over the same implementations ---------------------------------
+# Outside torch.compile the custom-op machinery (schema dispatch, the generated autograd node and its Python
+# backward) costs more per call than the fused kernel itself at small batches, so eager calls go through
+# _Fused; under torch.compile (torch.compiler.is_compiling()) the registered custom ops are used, which the
+# compiler sees as opaque ops with fake kernels. Both run the same *_impl functions.
+class _Fused(torch.autograd.Function):
+    """apply(forward_impl, backward_impl, layout, *flat inputs): layout as in _save_inputs (list lengths)."""
+
+    @staticmethod
+    def forward(ctx, forward_impl, backward_impl, layout, *flat):
+        flat = [t.contiguous() for t in flat]
+        args, it = [], iter(flat)
+        for n in layout:
+            args.append(next(it) if n is None else [next(it) for _ in range(n)])
+        ctx.backward_impl, ctx.layout = backward_impl, layout
+        ctx.save_for_backward(*flat)
+        return forward_impl(*args)
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, *grads):
+        it = iter(ctx.saved_tensors)
+        args = [next(it) if n is None else [next(it) for _ in range(n)] for n in ctx.layout]
+        return (None, None, None, *ctx.backward_impl(list(grads), *args))
+
+
+_ADDRESS_LAYOUT, _MEMORY_STEP_LAYOUT = (None, 6), (None, 6, 8)
+
+
 # --- the backend object ----------------------------------------------------------------------------------
 def _address_call(memory, key, beta, gate, shift, gamma, w_prev):
-    return _address(memory, [key, beta, gate, shift, gamma, w_prev])
+    if torch.compiler.is_compiling():
+        return _address(memory, [key, beta, gate, shift, gamma, w_prev])
+    return _Fused.apply(_address_impl, _address_backward_impl, _ADDRESS_LAYOUT, memory, key, beta, gate, shift,
+                        gamma, w_prev)
+
+
+def _read_call(memory, w):
+    if torch.compiler.is_compiling():
+        return _read(memory, w)
+    return _Fused.apply(_read_impl, _read_backward_impl, (None, None), memory, w)
+
+
+def _write_call(memory, w, erase, add):
+    if torch.compiler.is_compiling():
+        return _write(memory, w, erase, add)
+    return _Fused.apply(_write_impl, _write_backward_impl, (None,) * 4, memory, w, erase, add)
 
 
 def _memory_step_call(memory, read_heads, write_heads, w_read_prev, w_write_prev):
     r, w = read_heads, write_heads
-    return _memory_step(memory, [r.key, r.beta, r.gate, r.shift, r.gamma, w_read_prev],
-                        [w.key, w.beta, w.gate, w.shift, w.gamma, w_write_prev, w.erase, w.add])
+    if torch.compiler.is_compiling():
+        return _memory_step(memory, [r.key, r.beta, r.gate, r.shift, r.gamma, w_read_prev],
+                            [w.key, w.beta, w.gate, w.shift, w.gamma, w_write_prev, w.erase, w.add])
+    return _Fused.apply(_memory_step_impl, _memory_step_backward_impl, _MEMORY_STEP_LAYOUT, memory, r.key, r.beta,
+                        r.gate, r.shift, r.gamma, w_read_prev, w.key, w.beta, w.gate, w.shift, w.gamma,
+                        w_write_prev, w.erase, w.add)
 
 
-OPS = types.SimpleNamespace(address=_address_call, read=_read, write=_write, memory_step=_memory_step_call)
+OPS = types.SimpleNamespace(address=_address_call, read=_read_call, write=_write_call,
+                            memory_step=_memory_step_call)
 
 
 def load_cpp():

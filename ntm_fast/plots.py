@@ -73,10 +73,12 @@ def weightings(model, task, path: str, length: int = 20, seed: int = 7, device="
     fig, axes = plt.subplots(len(panels), 1, figsize=(9, 10),
                              gridspec_kw={"height_ratios": [1, 1, 1, 2.5, 2.5]})
     for ax, (title, image) in zip(axes, panels):
-        ax.imshow(image.float().cpu().numpy(), aspect="auto", cmap="gray_r", interpolation="nearest",
-                  vmin=0, vmax=1 if "weight" not in title else None)
-        ax.set_title(title, fontsize=9)
+        signed = bool(image.min() < 0)  # priorities, repeat counts: negative values in blue, positive in red
+        ax.imshow(image.float().cpu().numpy(), aspect="auto", cmap="bwr" if signed else "gray_r",
+                  interpolation="nearest", vmin=-1 if signed else 0, vmax=1 if "weight" not in title else None)
+        ax.set_title(title + (" (blue < 0 < red)" if signed else ""), fontsize=9)
         ax.set_yticks([])
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     axes[-1].set_xlabel("time step")
     axes[-2].set_ylabel("memory slot")
     axes[-1].set_ylabel("memory slot")

@@ -260,9 +260,12 @@ class Trainer:
         return loss.item(), self.task.errors(logits.detach(), batch).mean().item(), length
 
     def _blew_up(self, loss):
-        """Sustained blow-up: loss above blowup_factor × its running average for blowup_patience steps."""
-        if self.loss_avg is None:
-            self.loss_avg = loss
+        """Sustained blow-up: loss above blowup_factor × its running average for blowup_patience steps.
+        A negative `blowup_run` counts warm-up steps (after a curriculum level rises), in which the average
+        is set to the highest loss seen instead."""
+        if self.loss_avg is None or self.blowup_run < 0:
+            self.loss_avg = loss if self.loss_avg is None else max(self.loss_avg, loss)
+            self.blowup_run = min(self.blowup_run + 1, 0)
             return False
         if loss > self.config.blowup_factor * self.loss_avg:
             self.blowup_run += 1
@@ -275,7 +278,7 @@ class Trainer:
         self.rollbacks += 1
         if self.rollbacks > self.config.max_rollbacks:
             raise TrainingDiverged(f"training diverged {self.rollbacks} times (last: {why}); giving up")
-        rollbacks = self.rollbacks
+        rollbacks, failed_step = self.rollbacks, self.step + 1
         ckpt = load_checkpoint(self.checkpoint_path, map_location=self.device)
         self.load_state_dict(ckpt)
         self.rollbacks = rollbacks
@@ -286,7 +289,7 @@ class Trainer:
         # Save at once so that the lowered learning rate and the rollback count survive a crash.
         self.save_checkpoint()
         log.warning("divergence at step %d (%s): rolled back to step %d, learning rate lowered to %.3g",
-                    self.step + 1, why, ckpt["step"], new_lr)
+                    failed_step, why, ckpt["step"], new_lr)
 
     # --- evaluation -------------------------------------------------------------------------------------
     @torch.no_grad()
@@ -300,16 +303,23 @@ class Trainer:
         lo, hi = self.task.train_lengths
         return hi if self.config.max_length is None else max(lo, min(self.config.max_length, hi))
 
+    def eval_point(self) -> tuple[int, dict]:
+        """(length, other `sample` arguments) of the periodic evaluation: the longest training length, or
+        under a curriculum its current level."""
+        if self.level is None:
+            return self.length_cap(), {}
+        return self.task.curriculum_eval(self.length_cap(), self.level)
+
     def _grow_curriculum(self, eval_errors: float) -> str | None:
         """After an evaluation at the current level: raise the level if it is learnt."""
-        cfg = self.config
-        if self.level is None or eval_errors > cfg.curriculum_threshold:
+        if self.level is None or eval_errors > self.config.curriculum_threshold:
             return None
-        # At the top level already (max_length may cap the levels below the task's highest)?
-        top = self.task.curriculum_eval(self.length_cap(), self.task.curriculum_range()[1])
-        if self.task.curriculum_eval(self.length_cap(), self.level) == top:
-            return None
-        before, self.level = self.level, min(self.task.curriculum_range()[1], self.level + cfg.curriculum_step)
+        top = self.task.curriculum_range()[1]
+        if self.eval_point() == self.task.curriculum_eval(self.length_cap(), top):
+            return None  # at the top already (max_length may cap the levels below the task's highest)
+        before, self.level = self.level, min(top, self.level + self.config.curriculum_step)
+        # A harder level raises the loss, which is no divergence: re-learn the loss level first.
+        self.loss_avg, self.blowup_run = None, -self.config.blowup_patience
         return f"curriculum: level {before} -> {self.level}"
 
     # --- the loop ---------------------------------------------------------------------------------------
@@ -340,8 +350,7 @@ class Trainer:
             bar.update(1)
             bar.set_postfix(loss=f"{loss:.4f}", bits=f"{errors:.2f}", lr=f"{self.lr:.2g}")
             if self.step % cfg.eval_every == 0 or self.step == cfg.steps:
-                length, kwargs = (self.length_cap(), {}) if self.level is None else \
-                    self.task.curriculum_eval(self.length_cap(), self.level)
+                length, kwargs = self.eval_point()
                 eval_errors = self.evaluate(length, **kwargs)
                 label = self.task.point_label(length, **kwargs)
                 eval_log.append({"step": self.step, "length": length, **kwargs, "bit_errors": eval_errors})

@@ -15,8 +15,8 @@ ZOO = {
     },
     "repeat-copy": {
         "about": "Repeat copy, lengths 1..10, with a curriculum that raises the largest repeat count from 1 to 10.",
-        "config": dict(task="repeat-copy", optimizer="adam", lr=1e-3, batch_size=32, steps=8000, eval_every=100,
-                       curriculum=True, curriculum_start=1, curriculum_step=1, curriculum_threshold=1.0),
+        "config": dict(task="repeat-copy", optimizer="adam", lr=1e-3, batch_size=32, steps=15000, eval_every=250,
+                       seed=3, curriculum=True, curriculum_start=1, curriculum_step=1, curriculum_threshold=1.0),
     },
     "associative-recall": {
         "about": "Associative recall, 2..6 items, with an item-count curriculum. Not trained to the end here.",

@@ -142,3 +142,15 @@ def test_curriculum_grows_the_length_and_a_resumed_run_reproduces_it(tmp_path):
 def test_curriculum_refuses_a_fixed_length_task(tmp_path):
     with pytest.raises(ValueError, match="'curriculum' must be off for task 'ngram'"):
         Trainer(config(tmp_path, task="ngram", curriculum=True))
+
+
+def test_raising_the_curriculum_level_resets_the_divergence_detector(tmp_path):
+    trainer = Trainer(config(tmp_path, curriculum=True, curriculum_start=1))
+    trainer.loss_avg, trainer.blowup_run = 0.01, 7  # a harder level's higher loss is no blow-up
+    assert trainer._grow_curriculum(eval_errors=0.0) == "curriculum: level 1 -> 2"
+    patience = trainer.config.blowup_patience
+    # For blowup_patience steps the detector only learns the new level's loss (its highest), then it watches.
+    assert not any(trainer._blew_up(loss) for loss in [0.1] + [10.0] * (patience - 1))
+    assert trainer.loss_avg == 10.0 and trainer.blowup_run == 0
+    assert not any(trainer._blew_up(45.0) for _ in range(patience - 1)) and trainer._blew_up(45.0)
+    assert trainer._grow_curriculum(eval_errors=5.0) is None and trainer.level == 2  # above the threshold
