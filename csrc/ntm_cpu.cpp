@@ -111,9 +111,14 @@ class Workspace {
   std::vector<T> buf_;
 };
 
-// dst [cols, rows] = srcᵀ for src [rows, cols].
-// A square tile of the transpose in registers (AVX): 8×8 floats or 4×4 doubles; false where not built with AVX.
-inline bool transpose_tile(const float* src, int64_t ld_src, float* dst, int64_t ld_dst) {
+#ifdef __AVX__
+constexpr bool kAvx = true;
+#else
+constexpr bool kAvx = false;
+#endif
+
+// A square tile of the transpose in registers (AVX): 8×8 floats or 4×4 doubles (used only when kAvx).
+inline void transpose_tile(const float* src, int64_t ld_src, float* dst, int64_t ld_dst) {
 #ifdef __AVX__
   __m256 r[8], t[8];
   for (int k = 0; k < 8; ++k) r[k] = _mm256_loadu_ps(src + k * ld_src);
@@ -131,13 +136,10 @@ inline bool transpose_tile(const float* src, int64_t ld_src, float* dst, int64_t
     _mm256_storeu_ps(dst + k * ld_dst, _mm256_permute2f128_ps(r[k], r[k + 4], 0x20));
     _mm256_storeu_ps(dst + (k + 4) * ld_dst, _mm256_permute2f128_ps(r[k], r[k + 4], 0x31));
   }
-  return true;
-#else
-  return false;
 #endif
 }
 
-inline bool transpose_tile(const double* src, int64_t ld_src, double* dst, int64_t ld_dst) {
+inline void transpose_tile(const double* src, int64_t ld_src, double* dst, int64_t ld_dst) {
 #ifdef __AVX__
   const __m256d r0 = _mm256_loadu_pd(src), r1 = _mm256_loadu_pd(src + ld_src);
   const __m256d r2 = _mm256_loadu_pd(src + 2 * ld_src), r3 = _mm256_loadu_pd(src + 3 * ld_src);
@@ -147,9 +149,6 @@ inline bool transpose_tile(const double* src, int64_t ld_src, double* dst, int64
   _mm256_storeu_pd(dst + ld_dst, _mm256_permute2f128_pd(t1, t3, 0x20));
   _mm256_storeu_pd(dst + 2 * ld_dst, _mm256_permute2f128_pd(t0, t2, 0x31));
   _mm256_storeu_pd(dst + 3 * ld_dst, _mm256_permute2f128_pd(t1, t3, 0x31));
-  return true;
-#else
-  return false;
 #endif
 }
 
@@ -159,7 +158,7 @@ template <typename T>
 void transpose(const T* __restrict src, int64_t rows, int64_t cols, T* __restrict dst) {
   constexpr int64_t kTile = 32 / sizeof(T);
   int64_t rt = 0, ct = 0;
-  if (rows >= kTile && cols >= kTile && transpose_tile(src, cols, dst, rows)) {
+  if (kAvx) {
     rt = rows - rows % kTile;
     ct = cols - cols % kTile;
     for (int64_t r0 = 0; r0 < rt; r0 += kTile)

@@ -170,8 +170,6 @@ def _load(args):
     task = make_task(ckpt["train_config"]["task"])
     if args.repeats is not None and task.name != "repeat-copy":
         raise ValueError(f"--repeats applies to the repeat-copy task, not {task.name}")
-    if args.repeats is not None and args.repeats < 1:
-        raise ValueError(f"--repeats must be positive, got {args.repeats}")
     return model, task, ckpt
 
 
@@ -230,7 +228,7 @@ def cmd_viz(args):
     model, task, _ = _load(args)
     folder = os.path.dirname(os.path.abspath(args.checkpoint))
     if args.figure == "weightings":
-        length = args.length or task.train_lengths[1]
+        length = task.train_lengths[1] if args.length is None else args.length
         out = args.out or os.path.join(folder, f"weightings-L{length}.png")
         plots.weightings(model, task, out, length=length, seed=args.seed, device=args.device, **_sample_kwargs(args))
     else:

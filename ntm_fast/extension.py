@@ -11,7 +11,9 @@ Ops. Each op is a ``torch.library`` custom op (``ntm_fast::address``, ``ntm_fast
 ``ntm_fast::write``, ``ntm_fast::memory_step``) with a fake (meta) implementation, and an autograd formula
 that saves the op's inputs and calls a second custom op (``ntm_fast::address_backward`` ...) running the
 fused backward kernel, which recomputes the addressing intermediates. ``torch.compile`` sees both as opaque
-ops. Outputs are allocated here (``backends.empty_output``) and filled by the kernels.
+ops. Outputs are allocated here (``backends.empty_output``) and filled by the kernels. Eager calls (not under
+``torch.compile``) skip the custom-op dispatch and run the same implementations through a plain
+``torch.autograd.Function`` (``_Fused``): at small batches that dispatch cost more than the kernels.
 """
 import functools
 import glob
