@@ -326,8 +326,9 @@ class Trainer:
     def fit(self) -> dict:
         cfg = self.config
         os.makedirs(cfg.out_dir, exist_ok=True)
-        if not os.path.exists(self.checkpoint_path):
-            self.save_checkpoint()  # the step-0 checkpoint is the first rollback target
+        if self.step == 0 or not os.path.exists(self.checkpoint_path):
+            self.save_checkpoint()  # the step-0 checkpoint is the first rollback target, not another run's
+        self._truncate_metrics(self.step)  # drops rows another run left in this folder
         bar = tqdm(total=cfg.steps, initial=self.step, disable=not cfg.progress, unit="step", dynamic_ncols=True)
         rows, start = [], time.perf_counter()
         eval_log = []

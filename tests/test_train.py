@@ -154,3 +154,9 @@ def test_raising_the_curriculum_level_resets_the_divergence_detector(tmp_path):
     assert trainer.loss_avg == 10.0 and trainer.blowup_run == 0
     assert not any(trainer._blew_up(45.0) for _ in range(patience - 1)) and trainer._blew_up(45.0)
     assert trainer._grow_curriculum(eval_errors=5.0) is None and trainer.level == 2  # above the threshold
+
+
+def test_a_fresh_run_in_a_used_folder_keeps_none_of_the_old_runs_metrics(tmp_path):
+    Trainer(config(tmp_path, steps=10, seed=1)).fit()
+    Trainer(config(tmp_path, steps=5)).fit()
+    assert [s for s, _ in losses(tmp_path)] == [1, 2, 3, 4, 5]
