@@ -29,7 +29,7 @@ if os.environ.get("NTM_FAST_BUILD_EXT") == "1":
     cmdclass = {"build_ext": cpp_extension.BuildExtension}
 
 setup(
-    packages=["ntm_fast", "ntm_fast.kernels", "ntm_fast.csrc"],
+    packages=["ntm_fast", "ntm_fast.tasks", "ntm_fast.kernels", "ntm_fast.csrc"],
     package_dir={"ntm_fast": "ntm_fast", "ntm_fast.kernels": "kernels", "ntm_fast.csrc": "csrc"},
     package_data={"ntm_fast.csrc": ["*.h", "*.cpp", "*.cu"]},
     ext_modules=ext_modules,

@@ -4,6 +4,8 @@
                                       --config NAME starts from a model-zoo entry (ntm_fast/zoo.py)
     ntm-fast eval CHECKPOINT          errors per sequence at the task's generalisation points
     ntm-fast viz CHECKPOINT           PNG of one sequence's weightings, or of outputs at several lengths
+    ntm-fast bench                    time every backend (and torch.compile) against the reference
+    ntm-fast profile                  split a training step's time and memory traffic into parts
 
 Each subcommand's `--help` explains its options. Bad arguments end with a one-line error, never a traceback.
 """

@@ -147,7 +147,7 @@ def test_bad_repeat_count_names_the_argument():
         RepeatCopyTask().sample(2, 3, rng(), repeats=0)
 
 
-# Each task at a small size, with the learning rate of a quick test: (task, length, sample arguments).
+# Each task at a small size for a quick training run: (task, length, sample arguments).
 SMALL = {
     "copy": (CopyTask(), 3, {}),
     "repeat-copy": (RepeatCopyTask(), 2, {"repeats": 2}),
