@@ -76,7 +76,9 @@ def add_train_parser(sub):
     p.add_argument("--eval-every", type=int, help=f"evaluate every N steps (default {d.eval_every})")
     p.add_argument("--checkpoint-every", type=int, help=f"checkpoint every N steps (default {d.checkpoint_every})")
     p.add_argument("--out", help="output folder (default runs/CONFIG or runs/TASK)")
-    p.add_argument("--resume", action="store_true", default=False, help="continue from OUT/checkpoint.pt")
+    p.add_argument("--resume", nargs="?", const=True, default=False, metavar="CHECKPOINT",
+                   help="continue from OUT/checkpoint.pt, or from CHECKPOINT (e.g. OUT/level-9.pt, saved when "
+                   "curriculum level 9 was passed); --lr given with it replaces the checkpoint's learning rate")
     p.add_argument("--threads", type=int, default=None, help="CPU threads for torch (default: torch's choice)")
     p.add_argument("--no-plots", action="store_true", default=False, help="skip the PNG figures at the end")
     p.add_argument("--no-final-eval", action="store_true", default=False,
@@ -111,7 +113,7 @@ def cmd_train(args):
         print(f"config {zoo_name}: {ZOO[zoo_name]['about']}")
     trainer = Trainer(config)
     if args.resume:
-        trainer.resume()
+        trainer.resume(None if args.resume is True else args.resume, lr=options.get("lr"))
     print(f"training {config.task} on {config.device} with backend {_backend_name(config.backend, trainer.device)}; "
           f"output in {config.out_dir}/")
     summary = trainer.fit()

@@ -211,15 +211,22 @@ class Trainer:
     def save_checkpoint(self):
         atomic_save(self.state_dict(), self.checkpoint_path)
 
-    def resume(self, path: str | None = None):
+    def resume(self, path: str | None = None, lr: float | None = None):
+        """Continue from `path` (default OUT/checkpoint.pt): OUT/level-N.pt undoes everything after
+        curriculum level N was passed. `lr` replaces the checkpoint's learning rate."""
         path = path or self.checkpoint_path
         ckpt = load_checkpoint(path, map_location=self.device)
         if ckpt["model_config"] != self.model.config():
             raise ValueError(f"checkpoint {path!r} holds a model {ckpt['model_config']} but this run builds "
                              f"{self.model.config()}")
         self.load_state_dict(ckpt)
+        if lr is not None:
+            if not (math.isfinite(lr) and lr > 0):
+                raise ValueError(f"argument 'lr' must be a positive number, got {lr!r}")
+            for group in self.optimizer.param_groups:
+                group["lr"] = lr
         self._truncate_metrics(self.step)
-        log.info("resumed from %s at step %d", path, self.step)
+        log.info("resumed from %s at step %d (learning rate %.3g)", path, self.step, self.lr)
 
     # --- metrics ----------------------------------------------------------------------------------------
     def _truncate_metrics(self, step):
@@ -356,10 +363,12 @@ class Trainer:
                 label = self.task.point_label(length, **kwargs)
                 eval_log.append({"step": self.step, "length": length, **kwargs, "bit_errors": eval_errors})
                 bar.write(f"step {self.step}: eval {self.task.metric} at length {label}: {eval_errors:.3f}")
-                grown = self._grow_curriculum(eval_errors)
+                passed, grown = self.level, self._grow_curriculum(eval_errors)
                 if grown:
                     eval_log[-1]["curriculum"] = self.level
-                    bar.write(grown)
+                    # Kept so that a later break-down can be undone: `--resume OUT/level-N.pt`.
+                    atomic_save(self.state_dict(), os.path.join(cfg.out_dir, f"level-{passed}.pt"))
+                    bar.write(f"{grown} (saved {cfg.out_dir}/level-{passed}.pt)")
             if self.step % cfg.checkpoint_every == 0 or self.step == cfg.steps:
                 self._write_metrics(rows)
                 rows = []

@@ -4,6 +4,7 @@ import subprocess
 import sys
 
 import pytest
+import torch
 
 from ntm_fast.cli import main
 
@@ -32,6 +33,10 @@ def test_resume_continues(tmp_path, capsys):
     main(args + ["--steps", "2"])
     main(args + ["--steps", "4", "--resume"])
     assert "done: 4 steps" in capsys.readouterr().out
+    # From a named checkpoint, with a new learning rate.
+    main(args + ["--steps", "6", "--resume", str(tmp_path / "checkpoint.pt"), "--lr", "5e-5"])
+    assert "done: 6 steps" in capsys.readouterr().out
+    assert torch.load(tmp_path / "checkpoint.pt", weights_only=False)["optimizer"]["param_groups"][0]["lr"] == 5e-5
 
 
 @pytest.mark.parametrize("argv,message", [

@@ -127,6 +127,11 @@ def test_curriculum_grows_the_length_and_a_resumed_run_reproduces_it(tmp_path):
     assert [e.get("curriculum") for e in summary["evaluations"]] == [2, 3, None, None]  # capped at max_length 3
     assert set(lengths(tmp_path / "straight")[:5]) == {1} and max(lengths(tmp_path / "straight")) == 3
     assert load_checkpoint(str(tmp_path / "straight" / "checkpoint.pt"))["curriculum_level"] == 3
+    # One checkpoint per passed level, taken when it was passed: resuming from it undoes what came after.
+    passed = load_checkpoint(str(tmp_path / "straight" / "level-1.pt"))
+    assert (passed["step"], passed["curriculum_level"]) == (5, 2)
+    assert load_checkpoint(str(tmp_path / "straight" / "level-2.pt"))["step"] == 10
+    assert not (tmp_path / "straight" / "level-3.pt").exists()
 
     first = Trainer(config(tmp_path / "resumed", **dict(grow_always, steps=10)))
     first.fit()
@@ -160,3 +165,18 @@ def test_a_fresh_run_in_a_used_folder_keeps_none_of_the_old_runs_metrics(tmp_pat
     Trainer(config(tmp_path, steps=10, seed=1)).fit()
     Trainer(config(tmp_path, steps=5)).fit()
     assert [s for s, _ in losses(tmp_path)] == [1, 2, 3, 4, 5]
+
+
+def test_resume_from_a_level_checkpoint_with_a_new_learning_rate(tmp_path):
+    grow_always = dict(steps=10, curriculum=True, curriculum_start=1, curriculum_threshold=1e9, eval_every=5,
+                       checkpoint_every=5, max_length=3, optimizer="adam", lr=1e-3)
+    Trainer(config(tmp_path, **grow_always)).fit()
+    again = Trainer(config(tmp_path, **dict(grow_always, steps=12)))
+    again.resume(str(tmp_path / "level-1.pt"), lr=2.5e-4)
+    assert (again.step, again.level, again.lr) == (5, 2, 2.5e-4)
+    assert [s for s, _ in losses(tmp_path)] == list(range(1, 6))  # rows after the level checkpoint dropped
+    again.fit()
+    assert [s for s, _ in losses(tmp_path)] == list(range(1, 13))
+    assert load_checkpoint(str(tmp_path / "checkpoint.pt"))["optimizer"]["param_groups"][0]["lr"] == 2.5e-4
+    with pytest.raises(ValueError, match="argument 'lr' must be a positive number, got -1.0"):
+        Trainer(config(tmp_path, **grow_always)).resume(lr=-1.0)
