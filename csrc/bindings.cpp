@@ -74,21 +74,22 @@ void write_backward(const at::Tensor& memory, const at::Tensor& w, const at::Ten
 
 void memory_step_forward(const at::Tensor& memory, const Tensors& rh, const Tensors& wh, const at::Tensor& erase,
                          const at::Tensor& add, const at::Tensor& reads, const at::Tensor& w_read,
-                         const at::Tensor& w_write, const at::Tensor& new_memory) {
+                         const at::Tensor& w_write, const at::Tensor& new_memory, bool memory_t, bool new_memory_t) {
   NTM_RUN(check(memory, {rh, wh, {erase, add, reads, w_read, w_write, new_memory}}), memory_step_forward, memory,
-          heads(rh), heads(wh), erase, add, reads, w_read, w_write, new_memory);
+          heads(rh), heads(wh), erase, add, reads, w_read, w_write, new_memory, memory_t, new_memory_t);
 }
 
 void memory_step_backward(const at::Tensor& memory, const Tensors& rh, const Tensors& wh, const at::Tensor& erase,
                           const at::Tensor& add, const at::Tensor& grad_reads, const at::Tensor& grad_w_read,
                           const at::Tensor& grad_w_write, const at::Tensor& grad_new_memory,
                           const at::Tensor& d_memory, const Tensors& d_rh, const Tensors& d_wh,
-                          const at::Tensor& d_erase, const at::Tensor& d_add) {
+                          const at::Tensor& d_erase, const at::Tensor& d_add, bool memory_t,
+                          bool grad_new_memory_t) {
   NTM_RUN(check(memory, {rh, wh, d_rh, d_wh,
                          {erase, add, grad_reads, grad_w_read, grad_w_write, grad_new_memory, d_memory, d_erase,
                           d_add}}),
           memory_step_backward, memory, heads(rh), heads(wh), erase, add, grad_reads, grad_w_read, grad_w_write,
-          grad_new_memory, d_memory, heads(d_rh), heads(d_wh), d_erase, d_add);
+          grad_new_memory, d_memory, heads(d_rh), heads(d_wh), d_erase, d_add, memory_t, grad_new_memory_t);
 }
 
 }  // namespace
@@ -106,6 +107,12 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("read_backward", &read_backward, "gradients of read: d_memory, d_w");
   m.def("write_forward", &write_forward, "Eq 3-4: new memory [B,N,M]");
   m.def("write_backward", &write_backward, "gradients of write: d_memory, d_w, d_erase, d_add");
-  m.def("memory_step_forward", &memory_step_forward, "one step: reads, w_read, w_write, new memory");
-  m.def("memory_step_backward", &memory_step_backward, "gradients of memory_step");
+  m.def("memory_step_forward", &memory_step_forward,
+        "one step: reads, w_read, w_write, new memory (memory_t / new_memory_t: passed slot-minor, [B,M,N])");
+  m.def("cell_head_forward", &ntm::cell_head_forward,
+        "fused NTM step, controller and head layer: saved tensors, then the activated read and write heads");
+  m.def("cell_head_backward", &ntm::cell_head_backward,
+        "fused NTM step, controller and head layer backward: d_u, d_h_prev, d_c_prev, weight gradients");
+  m.def("memory_step_backward", &memory_step_backward,
+        "gradients of memory_step (memory_t: memory and d_memory slot-minor; grad_new_memory_t likewise)");
 }

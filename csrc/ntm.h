@@ -1,9 +1,13 @@
 // The extension's entry points. Every tensor is contiguous, of one dtype (float32 or float64) and on one
 // device; outputs are allocated by the caller (ntm_fast/extension.py) and every element of each is written.
+// memory_step's `*_t` flags say that a [B, N, M] memory (or its gradient) is passed as its slot-minor
+// storage [B, M, N] (CPU only; memory_step's CPU kernels return new memory that way).
 // Shapes as in ntm_fast/ops.py: B batch, H heads, N slots, M slot width, K = 2S+1 shift offsets.
 #pragma once
 
 #include <ATen/ATen.h>
+
+#include <vector>
 
 namespace ntm {
 
@@ -29,17 +33,33 @@ struct HeadTensors {
   void memory_step_forward(const at::Tensor& memory, const HeadTensors& read_heads,                              \
                            const HeadTensors& write_heads, const at::Tensor& erase, const at::Tensor& add,       \
                            const at::Tensor& reads, const at::Tensor& w_read, const at::Tensor& w_write,         \
-                           const at::Tensor& new_memory);                                                        \
+                           const at::Tensor& new_memory, bool memory_t, bool new_memory_t);                      \
   void memory_step_backward(const at::Tensor& memory, const HeadTensors& read_heads,                             \
                             const HeadTensors& write_heads, const at::Tensor& erase, const at::Tensor& add,      \
                             const at::Tensor& grad_reads, const at::Tensor& grad_w_read,                         \
                             const at::Tensor& grad_w_write, const at::Tensor& grad_new_memory,                   \
                             const at::Tensor& d_memory, const HeadTensors& d_read_heads,                         \
-                            const HeadTensors& d_write_heads, const at::Tensor& d_erase, const at::Tensor& d_add);
+                            const HeadTensors& d_write_heads, const at::Tensor& d_erase, const at::Tensor& d_add,  \
+                            bool memory_t, bool grad_new_memory_t);
 
 namespace cpu {
 NTM_DECLARE_OPS
 }  // namespace cpu
+
+// The controller and head layer of a fused NTM time step (ntm_cell.cpp; CPU).
+std::vector<at::Tensor> cell_head_forward(const at::Tensor& x, const c10::optional<at::Tensor>& h_prev,
+                                          const c10::optional<at::Tensor>& c_prev, const at::Tensor& reads_prev,
+                                          const at::Tensor& W_ih, const at::Tensor& b_ih,
+                                          const c10::optional<at::Tensor>& W_hh, const c10::optional<at::Tensor>& b_hh,
+                                          const at::Tensor& W_hd, const at::Tensor& b_hd, int64_t R, int64_t W,
+                                          int64_t M, int64_t K);
+std::vector<at::Tensor> cell_head_backward(const at::Tensor& d_h_in, const c10::optional<at::Tensor>& d_c,
+                                           const std::vector<at::Tensor>& d_heads, const at::Tensor& u,
+                                           const c10::optional<at::Tensor>& h_prev,
+                                           const c10::optional<at::Tensor>& c_prev, const at::Tensor& h,
+                                           const at::Tensor& tanh_c, const at::Tensor& gates, const at::Tensor& p,
+                                           const at::Tensor& W_ih, const c10::optional<at::Tensor>& W_hh,
+                                           const at::Tensor& W_hd, int64_t R, int64_t W, int64_t M, int64_t K);
 
 #ifdef NTM_WITH_CUDA
 namespace cuda {

@@ -4,11 +4,14 @@
 // conventions (smoothed cosine, sharpening as softmax(γ·log max(w_s, tiny))) are ntm_fast/reference.py's.
 //
 // Layout: batch items run in parallel (at::parallel_for) and each item's whole op is one pass over its
-// memory, which (N×M, 10 KB at 128×20 floats) stays in L1 meanwhile. Per item the memory is first
-// transposed into the workspace as Mᵀ [M, N], so that the similarities, reads and their gradients are
-// loops over the N slots with unit stride (vectorized) rather than reductions over a short slot width M.
-// Backward recomputes the addressing intermediates (K, w_c, w_g, w_s) from the saved inputs and builds the
-// memory gradient transposed, turning it back at the end.
+// memory, which (N×M, 10 KB at 128×20 floats) stays in L1 meanwhile. The kernels work on Mᵀ [M, N], so that
+// the similarities, reads, writes and their gradients are loops over the N slots with unit stride
+// (vectorized) rather than reductions over a short slot width M. memory_step returns its new memory
+// slot-minor (a [B, N, M] view of [B, M, N] storage, strides [N·M, 1, N]) and takes memory in either
+// layout, so in a recurrence only the first step transposes; the other ops transpose row-major memory into
+// the workspace and back. Backward recomputes the addressing intermediates (K, w_c, w_g, w_s) from the saved
+// inputs and builds the memory gradient in the memory's own layout.
+#include "fast_math.h"
 #include "ntm.h"
 
 #include <ATen/Dispatch.h>
@@ -190,100 +193,6 @@ T key_norm_of(const T* __restrict key, const Sizes s) {
   return std::sqrt(kk + T(kCosineEps));
 }
 
-// Vectorizable exp and log (branch-free, inlined into `omp simd` loops; libm's scalar calls were ~15% of the
-// kernels' time). exp: x = n·ln2 + r with |r| ≤ ln2/2 (Cody-Waite split of ln2), a polynomial for e^r
-// (Cephes' degree-6 minimax for float, Taylor to r^13 for double: both within ~1-2 ulp), times 2^n built
-// from exponent bits; below log of the smallest normal it returns 0. log (for positive normal x, as
-// sharpening passes it): x = 2^e·m with m in [√½, √2), log m = 2·atanh((m-1)/(m+1)) as an odd series.
-// NaN passes through both.
-template <typename T>
-struct FastMath;
-
-template <>
-struct FastMath<float> {
-  static inline __attribute__((always_inline)) float exp(float x) {
-    const float lo = -87.33654f, hi = 88.37626f;  // log(FLT_MIN), just under log(FLT_MAX)
-    float xc = x < lo ? lo : x;
-    xc = xc > hi ? hi : xc;
-    const float shifter = 12582912.0f;  // 1.5·2^23: adding it rounds to an integer
-    const float n = (xc * 1.44269504088896341f + shifter) - shifter;
-    const float r = (xc - n * 0.693359375f) - n * -2.12194440e-4f;
-    float p = 1.9875691500e-4f;
-    p = p * r + 1.3981999507e-3f;
-    p = p * r + 8.3334519073e-3f;
-    p = p * r + 4.1665795894e-2f;
-    p = p * r + 1.6666665459e-1f;
-    p = p * r + 5.0000001201e-1f;
-    p = p * (r * r) + r + 1.0f;
-    const float scale = __builtin_bit_cast(float, (static_cast<int32_t>(n) + 127) << 23);
-    return x < lo ? 0.0f : p * scale;
-  }
-  static inline __attribute__((always_inline)) float log(float x) {
-    // Offsetting the bits by those of √½ puts the mantissa m in [√½, √2) and the rest in the exponent e.
-    const int32_t i = __builtin_bit_cast(int32_t, x) - 0x3f3504f3;
-    const float e = static_cast<float>(i >> 23);
-    const float m = __builtin_bit_cast(float, (i & 0x007fffff) + 0x3f3504f3);
-    const float s = (m - 1.0f) / (m + 1.0f), s2 = s * s;
-    float q = 1.0f / 11;
-    q = q * s2 + 1.0f / 9;
-    q = q * s2 + 1.0f / 7;
-    q = q * s2 + 1.0f / 5;
-    q = q * s2 + 1.0f / 3;
-    const float log_m = 2.0f * s + 2.0f * s * s2 * q;
-    const float y = e * 0.693359375f + (e * -2.12194440e-4f + log_m);
-    return x != x ? x : y;
-  }
-};
-
-template <>
-struct FastMath<double> {
-  static inline __attribute__((always_inline)) double exp(double x) {
-    const double lo = -708.3964185322641, hi = 709.0;  // log(DBL_MIN)
-    double xc = x < lo ? lo : x;
-    xc = xc > hi ? hi : xc;
-    const double shifter = 6755399441055744.0;  // 1.5·2^52
-    const double n = (xc * 1.4426950408889634 + shifter) - shifter;
-    const double r = (xc - n * 6.93147180369123816490e-01) - n * 1.90821492927058770002e-10;
-    double p = 1.0 / 6227020800.0;  // 1/13!
-    p = p * r + 1.0 / 479001600.0;
-    p = p * r + 1.0 / 39916800.0;
-    p = p * r + 1.0 / 3628800.0;
-    p = p * r + 1.0 / 362880.0;
-    p = p * r + 1.0 / 40320.0;
-    p = p * r + 1.0 / 5040.0;
-    p = p * r + 1.0 / 720.0;
-    p = p * r + 1.0 / 120.0;
-    p = p * r + 1.0 / 24.0;
-    p = p * r + 1.0 / 6.0;
-    p = p * r + 0.5;
-    p = p * (r * r) + r + 1.0;
-    const double scale = __builtin_bit_cast(double, (static_cast<int64_t>(n) + 1023) << 52);
-    return x < lo ? 0.0 : p * scale;
-  }
-  static inline __attribute__((always_inline)) double log(double x) {
-    const int64_t i = __builtin_bit_cast(int64_t, x) - 0x3fe6a09e667f3bcdLL;
-    const double e = static_cast<double>(i >> 52);
-    const double m = __builtin_bit_cast(double, (i & 0x000fffffffffffffLL) + 0x3fe6a09e667f3bcdLL);
-    const double s = (m - 1.0) / (m + 1.0), s2 = s * s;
-    double q = 1.0 / 27;
-    q = q * s2 + 1.0 / 25;
-    q = q * s2 + 1.0 / 23;
-    q = q * s2 + 1.0 / 21;
-    q = q * s2 + 1.0 / 19;
-    q = q * s2 + 1.0 / 17;
-    q = q * s2 + 1.0 / 15;
-    q = q * s2 + 1.0 / 13;
-    q = q * s2 + 1.0 / 11;
-    q = q * s2 + 1.0 / 9;
-    q = q * s2 + 1.0 / 7;
-    q = q * s2 + 1.0 / 5;
-    q = q * s2 + 1.0 / 3;
-    const double log_m = 2.0 * s + 2.0 * s * s2 * q;
-    const double y = e * 6.93147180369123816490e-01 + (e * 1.90821492927058770002e-10 + log_m);
-    return x != x ? x : y;
-  }
-};
-
 // y = softmax(scale · x) over n entries.
 template <typename T>
 void scaled_softmax(const T* __restrict x, T scale, T* __restrict y, int64_t n) {
@@ -461,23 +370,35 @@ void read_item_backward(const T* __restrict mem_t, const T* __restrict w, const 
     }
 }
 
-// Eq 3-4 for W heads: M'[i] = M[i] ⊙ Π_h (1 - w[h,i]·e[h]) + Σ_h w[h,i]·a[h] (all erases, then all adds).
-// Row-major: the forward has no reductions, so M and M' keep the op's layout.
+// Eq 3-4 for W heads on Mᵀ: M'ᵀ[m,i] = Mᵀ[m,i]·Π_h (1 - w[h,i]·e[h,m]) + Σ_h w[h,i]·a[h,m] (all erases,
+// then all adds), one unit-stride pass over the slots per column m.
 template <typename T>
-void write_item(const T* __restrict mem, const T* __restrict w, const T* __restrict erase, const T* __restrict add,
-                int64_t W, const Sizes s, T* __restrict out) {
+void write_item(const T* __restrict mem_t, const T* __restrict w, const T* __restrict erase, const T* __restrict add,
+                int64_t W, const Sizes s, T* __restrict out_t) {
   const int64_t N = s.N, M = s.M;
-  for (int64_t i = 0; i < N; ++i) {
-    T* __restrict o = out + i * M;
-    std::fill(o, o + M, T(1));
-    for (int64_t h = 0; h < W; ++h) {
-      const T wi = w[h * N + i];
-      for (int64_t m = 0; m < M; ++m) o[m] *= 1 - wi * erase[h * M + m];
+  for (int64_t m = 0; m < M; ++m) {
+    const T* __restrict col = mem_t + m * N;
+    T* __restrict o = out_t + m * N;
+    if (W == 1) {  // the common case in one pass
+      const T e = erase[m], a = add[m];
+#pragma omp simd
+      for (int64_t i = 0; i < N; ++i) o[i] = (1 - w[i] * e) * col[i] + w[i] * a;
+      continue;
     }
-    for (int64_t m = 0; m < M; ++m) o[m] *= mem[i * M + m];
+    std::fill(o, o + N, T(1));
     for (int64_t h = 0; h < W; ++h) {
-      const T wi = w[h * N + i];
-      for (int64_t m = 0; m < M; ++m) o[m] += wi * add[h * M + m];
+      const T e = erase[h * M + m];
+      const T* __restrict wh = w + h * N;
+#pragma omp simd
+      for (int64_t i = 0; i < N; ++i) o[i] *= 1 - wh[i] * e;
+    }
+#pragma omp simd
+    for (int64_t i = 0; i < N; ++i) o[i] *= col[i];
+    for (int64_t h = 0; h < W; ++h) {
+      const T a = add[h * M + m];
+      const T* __restrict wh = w + h * N;
+#pragma omp simd
+      for (int64_t i = 0; i < N; ++i) o[i] += wh[i] * a;
     }
   }
 }
@@ -494,9 +415,9 @@ void keep_product(const T* __restrict w, const T* __restrict erase, int64_t W, c
   }
 }
 
-// Backward of write_item for the upstream gradient G = dM' (given as Gᵀ): adds to dMᵀ and d_w, writes
-// d_erase and d_add. The product over the other heads is formed directly (no division), so full erases
-// (w·e = 1) stay exact.
+// Backward of write_item for the upstream gradient G = dM' (given as Gᵀ): writes dMᵀ (the first gradient
+// of M that a backward pass forms, so no zeroing pass is needed), adds to d_w, writes d_erase and d_add. The
+// product over the other heads is formed directly (no division), so full erases (w·e = 1) stay exact.
 template <typename T>
 void write_item_backward(const T* __restrict mem_t, const T* __restrict w, const T* __restrict erase,
                          const T* __restrict add, const T* __restrict grad_t, int64_t W, const Sizes s,
@@ -507,8 +428,23 @@ void write_item_backward(const T* __restrict mem_t, const T* __restrict w, const
     const T* __restrict g = grad_t + m * N;
     const T* __restrict col = mem_t + m * N;
     T* __restrict d_col = d_mem_t + m * N;
+    if (W == 1) {  // the common case in one pass: keep = 1 - w·e, no other heads
+      const T e = erase[m], a = add[m];
+      T de = 0, da = 0;
+#pragma omp simd reduction(+ : de, da)
+      for (int64_t i = 0; i < N; ++i) {
+        d_col[i] = g[i] * (1 - w[i] * e);
+        const T d_factor = g[i] * col[i];
+        d_w[i] += a * g[i] - e * d_factor;
+        de -= w[i] * d_factor;
+        da += w[i] * g[i];
+      }
+      d_erase[m] = de;
+      d_add[m] = da;
+      continue;
+    }
     keep_product(w, erase, W, s, m, -1, keep);
-    for (int64_t i = 0; i < N; ++i) d_col[i] += g[i] * keep[i];
+    for (int64_t i = 0; i < N; ++i) d_col[i] = g[i] * keep[i];
     for (int64_t h = 0; h < W; ++h) {
       keep_product(w, erase, W, s, m, h, others);
       const T e = erase[h * M + m], a = add[h * M + m];
@@ -528,8 +464,10 @@ void write_item_backward(const T* __restrict mem_t, const T* __restrict w, const
   }
 }
 
-Sizes sizes_of(const at::Tensor& memory, const at::Tensor& shift) {
-  return {memory.size(1), memory.size(2), shift.size(2)};
+// memory is [B, N, M], or [B, M, N] when passed slot-minor (`memory_t`).
+Sizes sizes_of(const at::Tensor& memory, const at::Tensor& shift, bool memory_t = false) {
+  return memory_t ? Sizes{memory.size(2), memory.size(1), shift.size(2)}
+                  : Sizes{memory.size(1), memory.size(2), shift.size(2)};
 }
 
 template <typename F>
@@ -537,25 +475,47 @@ void for_each_item(const at::Tensor& memory, F&& f) {
   at::parallel_for(0, memory.size(0), kGrain, f);
 }
 
-// One batch item's memory into the workspace: Mᵀ, and its row norms when addressing needs them.
+// One batch item's [N, M] matrix (memory or a gradient of it) as Mᵀ [M, N]: its own storage when it is
+// slot-minor (`is_t`), else transposed into `buf`.
 template <typename T>
-void load_memory(const T* mem, const Sizes s, Workspace<T>& ws, bool norms) {
-  transpose(mem, s.N, s.M, ws.mem_t());
-  if (norms) row_norms(ws.mem_t(), s, ws.mem_norm(), ws.inv_norm());
+const T* as_t(const T* x, bool is_t, const Sizes s, T* buf) {
+  if (is_t) return x;
+  transpose(x, s.N, s.M, buf);
+  return buf;
 }
 
-// Zeroed accumulators of a backward pass: dMᵀ and d‖M[i]‖.
+// One batch item's memory as Mᵀ, and its row norms when addressing needs them.
 template <typename T>
-void zero_grads(const Sizes s, Workspace<T>& ws) {
-  std::fill(ws.d_mem_t(), ws.d_mem_t() + s.M * s.N, T(0));
+const T* load_memory(const T* mem, bool is_t, const Sizes s, Workspace<T>& ws, bool norms) {
+  const T* mem_t = as_t(mem, is_t, s, ws.mem_t());
+  if (norms) row_norms(mem_t, s, ws.mem_norm(), ws.inv_norm());
+  return mem_t;
+}
+
+// Where a backward pass accumulates one item's memory gradient dMᵀ: straight in the output when that is
+// slot-minor, else in the workspace (store_memory_grad transposes it out). Zeroed (with d‖M[i]‖) unless
+// the pass starts with write_item_backward, which writes it.
+template <typename T>
+T* zero_grads(const Sizes s, Workspace<T>& ws, bool out_t, T* d_mem, bool zero = true) {
+  T* d_mem_t = out_t ? d_mem : ws.d_mem_t();
+  if (zero) std::fill(d_mem_t, d_mem_t + s.M * s.N, T(0));
   std::fill(ws.d_mem_norm(), ws.d_mem_norm() + s.N, T(0));
+  return d_mem_t;
 }
 
-// The finished memory gradient of one item, row-major, from dMᵀ (plus the row-norm part if addressed).
+// Asks for the next batch item's [N, M] block while this one is computed: the kernels stream each item's
+// memory once, and the first loop over it otherwise waits on every cache line.
 template <typename T>
-void store_memory_grad(const Sizes s, Workspace<T>& ws, bool norms, T* d_mem) {
-  if (norms) add_row_norm_grad(ws.mem_t(), ws.inv_norm(), ws.d_mem_norm(), s, ws.d_mem_t());
-  transpose(ws.d_mem_t(), s.M, s.N, d_mem);
+void prefetch_item(const T* x, int64_t count) {
+  for (int64_t k = 0; k < count; k += 64 / sizeof(T)) __builtin_prefetch(x + k, 0, 2);  // into L2
+}
+
+// The finished memory gradient of one item (plus the row-norm part if addressed), in the output's layout.
+template <typename T>
+void store_memory_grad(const Sizes s, Workspace<T>& ws, const T* mem_t, bool norms, T* d_mem_t, bool out_t,
+                       T* d_mem) {
+  if (norms) add_row_norm_grad(mem_t, ws.inv_norm(), ws.d_mem_norm(), s, d_mem_t);
+  if (!out_t) transpose(d_mem_t, s.M, s.N, d_mem);
 }
 
 }  // namespace
@@ -572,11 +532,11 @@ void address_forward(const at::Tensor& memory, const HeadTensors& heads, const a
     for_each_item(memory, [&](int64_t b0, int64_t b1) {
       Workspace<T> ws(s, p.H);
       for (int64_t b = b0; b < b1; ++b) {
-        load_memory(mem + b * s.N * s.M, s, ws, true);
+        const T* mem_t = load_memory(mem + b * s.N * s.M, false, s, ws, true);
         for (int64_t h = 0; h < p.H; ++h) {
           Trace<T> t = ws.trace(h);
           t.w = out + p.row(b, h) * s.N;
-          address_head(ws.mem_t(), ws.mem_norm(), head_at(p, b, h, s), s, t);
+          address_head(mem_t, ws.mem_norm(), head_at(p, b, h, s), s, t);
         }
       }
     });
@@ -595,15 +555,15 @@ void address_backward(const at::Tensor& memory, const HeadTensors& heads, const 
     for_each_item(memory, [&](int64_t b0, int64_t b1) {
       Workspace<T> ws(s, p.H);
       for (int64_t b = b0; b < b1; ++b) {
-        load_memory(mem + b * s.N * s.M, s, ws, true);
-        zero_grads(s, ws);
+        const T* mem_t = load_memory(mem + b * s.N * s.M, false, s, ws, true);
+        T* d_mem_t = zero_grads(s, ws, false, dmem + b * s.N * s.M);
         for (int64_t h = 0; h < p.H; ++h) {
           const Head<T> head = head_at(p, b, h, s);
-          address_head(ws.mem_t(), ws.mem_norm(), head, s, ws.trace(h));
-          address_head_backward(ws.mem_t(), ws.mem_norm(), ws.inv_norm(), head, s, ws.trace(h), gw + p.row(b, h) * s.N,
-                                grad_at(d, b, h, s), ws.d_mem_t(), ws.d_mem_norm(), ws.scratch(0), ws.scratch(1));
+          address_head(mem_t, ws.mem_norm(), head, s, ws.trace(h));
+          address_head_backward(mem_t, ws.mem_norm(), ws.inv_norm(), head, s, ws.trace(h), gw + p.row(b, h) * s.N,
+                                grad_at(d, b, h, s), d_mem_t, ws.d_mem_norm(), ws.scratch(0), ws.scratch(1));
         }
-        store_memory_grad(s, ws, true, dmem + b * s.N * s.M);
+        store_memory_grad(s, ws, mem_t, true, d_mem_t, false, dmem + b * s.N * s.M);
       }
     });
   });
@@ -619,8 +579,8 @@ void read_forward(const at::Tensor& memory, const at::Tensor& w, const at::Tenso
     for_each_item(memory, [&](int64_t b0, int64_t b1) {
       Workspace<T> ws(s, 0);
       for (int64_t b = b0; b < b1; ++b) {
-        load_memory(mem + b * s.N * s.M, s, ws, false);
-        read_item(ws.mem_t(), wp + b * H * s.N, H, s, rp + b * H * s.M);
+        const T* mem_t = load_memory(mem + b * s.N * s.M, false, s, ws, false);
+        read_item(mem_t, wp + b * H * s.N, H, s, rp + b * H * s.M);
       }
     });
   });
@@ -638,11 +598,11 @@ void read_backward(const at::Tensor& memory, const at::Tensor& w, const at::Tens
       Workspace<T> ws(s, 0);
       for (int64_t b = b0; b < b1; ++b) {
         T* dwb = dw + b * H * s.N;
-        load_memory(mem + b * s.N * s.M, s, ws, false);
-        zero_grads(s, ws);
+        const T* mem_t = load_memory(mem + b * s.N * s.M, false, s, ws, false);
+        T* d_mem_t = zero_grads(s, ws, false, dmem + b * s.N * s.M);
         std::fill(dwb, dwb + H * s.N, T(0));
-        read_item_backward(ws.mem_t(), wp + b * H * s.N, gr + b * H * s.M, H, s, dwb, ws.d_mem_t());
-        store_memory_grad(s, ws, false, dmem + b * s.N * s.M);
+        read_item_backward(mem_t, wp + b * H * s.N, gr + b * H * s.M, H, s, dwb, d_mem_t);
+        store_memory_grad(s, ws, mem_t, false, d_mem_t, false, dmem + b * s.N * s.M);
       }
     });
   });
@@ -657,8 +617,12 @@ void write_forward(const at::Tensor& memory, const at::Tensor& w, const at::Tens
     const T *mem = memory.data_ptr<T>(), *wp = w.data_ptr<T>(), *ep = erase.data_ptr<T>(), *ap = add.data_ptr<T>();
     T* op = out.data_ptr<T>();
     for_each_item(memory, [&](int64_t b0, int64_t b1) {
-      for (int64_t b = b0; b < b1; ++b)
-        write_item(mem + b * NM, wp + b * W * s.N, ep + b * W * s.M, ap + b * W * s.M, W, s, op + b * NM);
+      Workspace<T> ws(s, 0);
+      for (int64_t b = b0; b < b1; ++b) {
+        const T* mem_t = load_memory(mem + b * NM, false, s, ws, false);
+        write_item(mem_t, wp + b * W * s.N, ep + b * W * s.M, ap + b * W * s.M, W, s, ws.d_mem_t());
+        transpose(ws.d_mem_t(), s.M, s.N, op + b * NM);
+      }
     });
   });
 }
@@ -677,13 +641,13 @@ void write_backward(const at::Tensor& memory, const at::Tensor& w, const at::Ten
       Workspace<T> ws(s, 0);
       for (int64_t b = b0; b < b1; ++b) {
         T* dwb = dw + b * W * s.N;
-        load_memory(mem + b * NM, s, ws, false);
-        transpose(go + b * NM, s.N, s.M, ws.grad_t());
-        zero_grads(s, ws);
+        const T* mem_t = load_memory(mem + b * NM, false, s, ws, false);
+        const T* grad_t = as_t(go + b * NM, false, s, ws.grad_t());
+        T* d_mem_t = zero_grads(s, ws, false, dmem + b * NM, false);
         std::fill(dwb, dwb + W * s.N, T(0));
-        write_item_backward(ws.mem_t(), wp + b * W * s.N, ep + b * W * s.M, ap + b * W * s.M, ws.grad_t(), W, s,
-                            ws.d_mem_t(), dwb, de + b * W * s.M, da + b * W * s.M, ws.scratch(0), ws.scratch(1));
-        store_memory_grad(s, ws, false, dmem + b * NM);
+        write_item_backward(mem_t, wp + b * W * s.N, ep + b * W * s.M, ap + b * W * s.M, grad_t, W, s, d_mem_t, dwb,
+                            de + b * W * s.M, da + b * W * s.M, ws.scratch(0), ws.scratch(1));
+        store_memory_grad(s, ws, mem_t, false, d_mem_t, false, dmem + b * NM);
       }
     });
   });
@@ -691,10 +655,11 @@ void write_backward(const at::Tensor& memory, const at::Tensor& w, const at::Ten
 
 void memory_step_forward(const at::Tensor& memory, const HeadTensors& read_heads, const HeadTensors& write_heads,
                          const at::Tensor& erase, const at::Tensor& add, const at::Tensor& reads,
-                         const at::Tensor& w_read, const at::Tensor& w_write, const at::Tensor& new_memory) {
+                         const at::Tensor& w_read, const at::Tensor& w_write, const at::Tensor& new_memory,
+                         bool memory_t, bool new_memory_t) {
   AT_DISPATCH_FLOATING_TYPES(memory.scalar_type(), "ntm_memory_step_forward", [&] {
     using T = scalar_t;
-    const Sizes s = sizes_of(memory, read_heads.shift);
+    const Sizes s = sizes_of(memory, read_heads.shift, memory_t);
     const auto rp = heads_of<T>(read_heads);
     const auto wp = heads_of<T>(write_heads);
     const int64_t R = rp.H, W = wp.H, NM = s.N * s.M;
@@ -704,20 +669,23 @@ void memory_step_forward(const at::Tensor& memory, const HeadTensors& read_heads
     for_each_item(memory, [&](int64_t b0, int64_t b1) {
       Workspace<T> ws(s, R + W);
       for (int64_t b = b0; b < b1; ++b) {
-        load_memory(mem + b * NM, s, ws, true);
+        if (b + 1 < b1) prefetch_item(mem + (b + 1) * NM, NM);
+        const T* mem_t = load_memory(mem + b * NM, memory_t, s, ws, true);
         // Every head addresses M_{t-1}; the reads (Eq 2) happen before the write (Eq 3-4).
         for (int64_t h = 0; h < R; ++h) {
           Trace<T> t = ws.trace(h);
           t.w = wr + rp.row(b, h) * s.N;
-          address_head(ws.mem_t(), ws.mem_norm(), head_at(rp, b, h, s), s, t);
+          address_head(mem_t, ws.mem_norm(), head_at(rp, b, h, s), s, t);
         }
         for (int64_t h = 0; h < W; ++h) {
           Trace<T> t = ws.trace(R + h);
           t.w = ww + wp.row(b, h) * s.N;
-          address_head(ws.mem_t(), ws.mem_norm(), head_at(wp, b, h, s), s, t);
+          address_head(mem_t, ws.mem_norm(), head_at(wp, b, h, s), s, t);
         }
-        read_item(ws.mem_t(), wr + b * R * s.N, R, s, rd + b * R * s.M);
-        write_item(mem + b * NM, ww + b * W * s.N, ep + b * W * s.M, ap + b * W * s.M, W, s, nm + b * NM);
+        read_item(mem_t, wr + b * R * s.N, R, s, rd + b * R * s.M);
+        T* out_t = new_memory_t ? nm + b * NM : ws.d_mem_t();
+        write_item(mem_t, ww + b * W * s.N, ep + b * W * s.M, ap + b * W * s.M, W, s, out_t);
+        if (!new_memory_t) transpose(out_t, s.M, s.N, nm + b * NM);
       }
     });
   });
@@ -728,10 +696,11 @@ void memory_step_backward(const at::Tensor& memory, const HeadTensors& read_head
                           const at::Tensor& grad_w_read, const at::Tensor& grad_w_write,
                           const at::Tensor& grad_new_memory, const at::Tensor& d_memory,
                           const HeadTensors& d_read_heads, const HeadTensors& d_write_heads,
-                          const at::Tensor& d_erase, const at::Tensor& d_add) {
+                          const at::Tensor& d_erase, const at::Tensor& d_add, bool memory_t,
+                          bool grad_new_memory_t) {
   AT_DISPATCH_FLOATING_TYPES(memory.scalar_type(), "ntm_memory_step_backward", [&] {
     using T = scalar_t;
-    const Sizes s = sizes_of(memory, read_heads.shift);
+    const Sizes s = sizes_of(memory, read_heads.shift, memory_t);
     const auto rp = heads_of<T>(read_heads);
     const auto wp = heads_of<T>(write_heads);
     const auto dr = heads_of<T, T*>(d_read_heads);
@@ -744,28 +713,31 @@ void memory_step_backward(const at::Tensor& memory, const HeadTensors& read_head
     for_each_item(memory, [&](int64_t b0, int64_t b1) {
       Workspace<T> ws(s, R + W);
       for (int64_t b = b0; b < b1; ++b) {
-        load_memory(mem + b * NM, s, ws, true);
-        transpose(g_mem + b * NM, s.N, s.M, ws.grad_t());
-        zero_grads(s, ws);
-        for (int64_t h = 0; h < R; ++h) address_head(ws.mem_t(), ws.mem_norm(), head_at(rp, b, h, s), s, ws.trace(h));
-        for (int64_t h = 0; h < W; ++h)
-          address_head(ws.mem_t(), ws.mem_norm(), head_at(wp, b, h, s), s, ws.trace(R + h));
+        if (b + 1 < b1) {
+          prefetch_item(mem + (b + 1) * NM, NM);
+          prefetch_item(g_mem + (b + 1) * NM, NM);
+        }
+        const T* mem_t = load_memory(mem + b * NM, memory_t, s, ws, true);
+        const T* grad_t = as_t(g_mem + b * NM, grad_new_memory_t, s, ws.grad_t());
+        T* d_mem_t = zero_grads(s, ws, memory_t, dmem + b * NM, false);
+        for (int64_t h = 0; h < R; ++h) address_head(mem_t, ws.mem_norm(), head_at(rp, b, h, s), s, ws.trace(h));
+        for (int64_t h = 0; h < W; ++h) address_head(mem_t, ws.mem_norm(), head_at(wp, b, h, s), s, ws.trace(R + h));
         // d w = the upstream gradient + what the read and the write pass back.
         T* d_w = ws.d_w();
         std::copy(g_wr + b * R * s.N, g_wr + (b + 1) * R * s.N, d_w);
         std::copy(g_ww + b * W * s.N, g_ww + (b + 1) * W * s.N, d_w + R * s.N);
-        read_item_backward(ws.mem_t(), ws.w(), g_reads + b * R * s.M, R, s, d_w, ws.d_mem_t());
-        write_item_backward(ws.mem_t(), ws.w() + R * s.N, ep + b * W * s.M, ap + b * W * s.M, ws.grad_t(), W, s,
-                            ws.d_mem_t(), d_w + R * s.N, de + b * W * s.M, da + b * W * s.M, ws.scratch(2),
-                            ws.scratch(3));
+        write_item_backward(mem_t, ws.w() + R * s.N, ep + b * W * s.M, ap + b * W * s.M, grad_t, W, s, d_mem_t,
+                            d_w + R * s.N, de + b * W * s.M, da + b * W * s.M, ws.scratch(2), ws.scratch(3));
+        read_item_backward(mem_t, ws.w(), g_reads + b * R * s.M, R, s, d_w, d_mem_t);
         for (int64_t h = 0; h < R; ++h)
-          address_head_backward(ws.mem_t(), ws.mem_norm(), ws.inv_norm(), head_at(rp, b, h, s), s, ws.trace(h), d_w + h * s.N,
-                                grad_at(dr, b, h, s), ws.d_mem_t(), ws.d_mem_norm(), ws.scratch(0), ws.scratch(1));
+          address_head_backward(mem_t, ws.mem_norm(), ws.inv_norm(), head_at(rp, b, h, s), s, ws.trace(h),
+                                d_w + h * s.N, grad_at(dr, b, h, s), d_mem_t, ws.d_mem_norm(), ws.scratch(0),
+                                ws.scratch(1));
         for (int64_t h = 0; h < W; ++h)
-          address_head_backward(ws.mem_t(), ws.mem_norm(), ws.inv_norm(), head_at(wp, b, h, s), s, ws.trace(R + h),
-                                d_w + (R + h) * s.N, grad_at(dw, b, h, s), ws.d_mem_t(), ws.d_mem_norm(),
-                                ws.scratch(0), ws.scratch(1));
-        store_memory_grad(s, ws, true, dmem + b * NM);
+          address_head_backward(mem_t, ws.mem_norm(), ws.inv_norm(), head_at(wp, b, h, s), s, ws.trace(R + h),
+                                d_w + (R + h) * s.N, grad_at(dw, b, h, s), d_mem_t, ws.d_mem_norm(), ws.scratch(0),
+                                ws.scratch(1));
+        store_memory_grad(s, ws, mem_t, true, d_mem_t, memory_t, dmem + b * NM);
       }
     });
   });

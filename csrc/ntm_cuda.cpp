@@ -101,7 +101,9 @@ void write_backward(const at::Tensor& memory, const at::Tensor& w, const at::Ten
 
 void memory_step_forward(const at::Tensor& memory, const HeadTensors& read_heads, const HeadTensors& write_heads,
                          const at::Tensor& erase, const at::Tensor& add, const at::Tensor& reads,
-                         const at::Tensor& w_read, const at::Tensor& w_write, const at::Tensor& new_memory) {
+                         const at::Tensor& w_read, const at::Tensor& w_write, const at::Tensor& new_memory,
+                         bool memory_t, bool new_memory_t) {
+  TORCH_CHECK(!memory_t && !new_memory_t, "ntm_fast._C: the CUDA kernels take row-major [B, N, M] memory");
   run("memory_step_forward", memory, [&](auto zero, cudaStream_t stream) {
     using T = decltype(zero);
     return k::memory_step_forward<T>(memory.data_ptr<T>(), heads_of<T>(read_heads), heads_of<T>(write_heads),
@@ -116,7 +118,9 @@ void memory_step_backward(const at::Tensor& memory, const HeadTensors& read_head
                           const at::Tensor& grad_w_read, const at::Tensor& grad_w_write,
                           const at::Tensor& grad_new_memory, const at::Tensor& d_memory,
                           const HeadTensors& d_read_heads, const HeadTensors& d_write_heads,
-                          const at::Tensor& d_erase, const at::Tensor& d_add) {
+                          const at::Tensor& d_erase, const at::Tensor& d_add, bool memory_t,
+                          bool grad_new_memory_t) {
+  TORCH_CHECK(!memory_t && !grad_new_memory_t, "ntm_fast._C: the CUDA kernels take row-major [B, N, M] memory");
   run("memory_step_backward", memory, [&](auto zero, cudaStream_t stream) {
     using T = decltype(zero);
     return k::memory_step_backward<T>(

@@ -72,6 +72,8 @@ def add_train_parser(sub):
     p.add_argument("--curriculum-step", type=int, help=f"length added per stage (default {d.curriculum_step})")
     p.add_argument("--curriculum-threshold", type=float, help="errors per sequence at which the length grows "
                    f"(default {d.curriculum_threshold:g})")
+    p.add_argument("--curriculum-lr", nargs="+", type=_level_lr, metavar="LEVEL=LR",
+                   help="learning rate to switch to when the curriculum reaches LEVEL, e.g. 10=1e-4")
     p.add_argument("--seed", type=int, help=f"random seed (default {d.seed})")
     p.add_argument("--eval-every", type=int, help=f"evaluate every N steps (default {d.eval_every})")
     p.add_argument("--checkpoint-every", type=int, help=f"checkpoint every N steps (default {d.checkpoint_every})")
@@ -90,6 +92,14 @@ def add_train_parser(sub):
     p.set_defaults(func=cmd_train)
 
 
+def _level_lr(text: str) -> tuple:
+    level, sep, lr = text.partition("=")
+    try:
+        return int(level), float(lr)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected LEVEL=LR such as 10=1e-4, got {text!r}") from None
+
+
 def cmd_train(args):
     import dataclasses
 
@@ -106,6 +116,8 @@ def cmd_train(args):
     model = {**settings.pop("model", {}), **{kw: options[kw] for _, kw, _, _ in MODEL_OPTIONS if kw in options}}
     fields = {f.name for f in dataclasses.fields(TrainConfig)}
     settings.update((name, value) for name, value in options.items() if name in fields)
+    if "curriculum_lr" in options:
+        settings["curriculum_lr"] = dict(options["curriculum_lr"])
     out_dir = options.get("out") or os.path.join("runs", zoo_name or settings.get("task", TrainConfig.task))
     config = TrainConfig(**settings, model=model, out_dir=out_dir, final_eval=not args.no_final_eval,
                          plots=not args.no_plots, progress=not args.no_progress)

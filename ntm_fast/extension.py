@@ -33,12 +33,12 @@ _PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__))
 # Installed: csrc/ ships inside the package; from a source checkout it sits beside ntm_fast/.
 CSRC = next((d for d in (os.path.join(_PACKAGE_DIR, "csrc"), os.path.join(os.path.dirname(_PACKAGE_DIR), "csrc"))
              if os.path.isdir(d)), os.path.join(_PACKAGE_DIR, "csrc"))
-CPU_SOURCES = ("ntm_cpu.cpp", "bindings.cpp")
+CPU_SOURCES = ("ntm_cpu.cpp", "ntm_cell.cpp", "bindings.cpp")
 CUDA_SOURCES = ("ntm_cuda.cpp", "ntm_cuda_kernels.cu")
 # -march=native: the extension is built on (and for) the machine that runs it. OpenMP for at::parallel_for.
 # -fno-trapping-math (no FP-exception semantics; IEEE results unchanged) lets GCC vectorize the selects in the
-# kernels' exp/log loops.
-CXX_FLAGS = ["-O3", "-march=native", "-fopenmp", "-fno-trapping-math"]
+# kernels' exp/log loops; -fno-math-errno (sqrt sets no errno; results unchanged) lets it vectorize sqrt.
+CXX_FLAGS = ["-O3", "-march=native", "-fopenmp", "-fno-trapping-math", "-fno-math-errno"]
 NVCC_FLAGS = ["-O3", "-lineinfo"]
 
 
@@ -111,6 +111,26 @@ def _contiguous(tensors):
 
 def _like(tensors, memory):
     return [empty_output(t.shape, memory) for t in tensors]
+
+
+# memory_step's CPU kernels return new memory slot-minor: a [B, N, M] view of [B, M, N] storage (strides
+# [N*M, 1, N]), the layout they compute in, and take memory and its gradient in that layout or row-major.
+# So in a recurrence only the first step's memory is transposed (csrc/ntm_cpu.cpp says more).
+def _slot_minor(x: Tensor) -> bool:
+    return x.dim() == 3 and not x.is_contiguous() and x.transpose(1, 2).is_contiguous()
+
+
+def _memory_arg(x: Tensor) -> Tuple[Tensor, bool]:
+    """(the tensor the kernel gets, whether it is slot-minor): CPU slot-minor as its [B, M, N] storage."""
+    if x.device.type == "cpu" and _slot_minor(x):
+        return x.transpose(1, 2), True
+    return x.contiguous(), False
+
+
+def _new_memory(memory: Tensor, slot_minor: bool) -> Tensor:
+    """An uninitialised [B, N, M] output for a memory (or its gradient), slot-minor or row-major."""
+    B, N, M = memory.shape
+    return empty_output((B, M, N), memory).transpose(1, 2) if slot_minor else empty_output((B, N, M), memory)
 
 
 # Heads travel as Tensor[] arguments: read heads [key, beta, gate, shift, gamma, w_prev] (as the kernels take
@@ -198,12 +218,15 @@ _write_backward = torch.library.custom_op("ntm_fast::write_backward", mutates_ar
 # --- memory_step: every head addresses M_{t-1}, then the reads and the write -----------------------------
 def _memory_step_impl(memory: Tensor, read_heads: List[Tensor],
                       write_heads: List[Tensor]) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
-    memory, read_heads, write_heads = memory.contiguous(), _contiguous(read_heads), _contiguous(write_heads)
+    (memory_arg, memory_t), read_heads, write_heads = _memory_arg(memory), _contiguous(read_heads), _contiguous(write_heads)
     (B, R, M), w_read_prev, w_write_prev = read_heads[0].shape, read_heads[5], write_heads[5]
     reads = empty_output((B, R, M), memory)
-    w_read, w_write, new_memory = _like([w_read_prev, w_write_prev, memory], memory)
-    _kernels(memory).memory_step_forward(memory, read_heads, write_heads[:6], *write_heads[6:], reads, w_read,
-                                         w_write, new_memory)
+    w_read, w_write = _like([w_read_prev, w_write_prev], memory)
+    new_t = memory.device.type == "cpu"
+    new_memory = _new_memory(memory, new_t)
+    _kernels(memory).memory_step_forward(memory_arg, read_heads, write_heads[:6], *write_heads[6:], reads, w_read,
+                                         w_write, new_memory.transpose(1, 2) if new_t else new_memory, memory_t,
+                                         new_t)
     return reads, w_read, w_write, new_memory
 
 
@@ -213,18 +236,23 @@ _memory_step = torch.library.custom_op("ntm_fast::memory_step", mutates_args=())
 @_memory_step.register_fake
 def _(memory, read_heads, write_heads):
     key, w_read_prev, w_write_prev = read_heads[0], read_heads[5], write_heads[5]
-    return (torch.empty_like(key), torch.empty_like(w_read_prev), torch.empty_like(w_write_prev),
-            torch.empty_like(memory))
+    B, N, M = memory.shape
+    new_memory = memory.new_empty((B, M, N)).transpose(1, 2) if memory.device.type == "cpu" else memory.new_empty(
+        (B, N, M))
+    return torch.empty_like(key), torch.empty_like(w_read_prev), torch.empty_like(w_write_prev), new_memory
 
 
 def _memory_step_backward_impl(grads: List[Tensor], memory: Tensor, read_heads: List[Tensor],
                                write_heads: List[Tensor]) -> List[Tensor]:
-    grads, memory = _contiguous(grads), memory.contiguous()
+    (grad_new_memory, grad_t), (memory_arg, memory_t) = _memory_arg(grads[3]), _memory_arg(memory)
     read_heads, write_heads = _contiguous(read_heads), _contiguous(write_heads)
-    d_memory, *d_heads = _like([memory, *read_heads, *write_heads], memory)
+    d_memory = _new_memory(memory, memory_t)  # in the memory's own layout
+    d_heads = _like([*read_heads, *write_heads], memory)
     d_read, d_write = d_heads[:6], d_heads[6:]
-    _kernels(memory).memory_step_backward(memory, read_heads, write_heads[:6], *write_heads[6:], *grads, d_memory,
-                                          d_read, d_write[:6], *d_write[6:])
+    _kernels(memory).memory_step_backward(memory_arg, read_heads, write_heads[:6], *write_heads[6:],
+                                          *_contiguous(grads[:3]), grad_new_memory,
+                                          d_memory.transpose(1, 2) if memory_t else d_memory, d_read, d_write[:6],
+                                          *d_write[6:], memory_t, grad_t)
     return [d_memory, *d_heads]
 
 
@@ -276,7 +304,8 @@ class _Fused(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, forward_impl, backward_impl, layout, *flat):
-        flat = [t.contiguous() for t in flat]
+        # Slot-minor memory (argument 0) stays as it is: memory_step reads it without a copy.
+        flat = [t if i == 0 and _slot_minor(t) else t.contiguous() for i, t in enumerate(flat)]
         args, it = [], iter(flat)
         for n in layout:
             args.append(next(it) if n is None else [next(it) for _ in range(n)])

@@ -4,7 +4,7 @@ One time step (DESIGN.md, "The math", item 8):
     controller([x_t; r_{t-1}]) -> head parameters -> every head addresses M_{t-1} -> reads r_t
     -> write gives M_t -> y_t = Linear([h_t; r_t]) (logits).
 The memory interaction of a step is a single `ntm_fast.ops.memory_step` call, so a fused backend covers
-all of it. Head activations (Section 3.3): key linear, β = softplus, g = sigmoid, s = softmax over the
+all of it; with the C++ extension's CPU kernels the whole step is one autograd node (fused_cell.py). Head activations (Section 3.3): key linear, β = softplus, g = sigmoid, s = softmax over the
 2S+1 shifts, γ = 1 + softplus, erase = sigmoid, add linear.
 """
 from __future__ import annotations
@@ -16,6 +16,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from . import fused_cell
 from .ops import ReadHeads, WriteHeads, memory_step
 
 CONTROLLERS = ("lstm", "feedforward")
@@ -120,6 +121,9 @@ class NTMCell(nn.Module):
         return ReadHeads(rk, rb, rg, rs, rgm), WriteHeads(wk, wb, wg, ws, wgm, erase, add)
 
     def forward(self, x, state: NTMState):
+        if fused_cell.usable(self, x):  # the C++ kernels: the whole step as one autograd node
+            logits, controller_state, reads, w_read, w_write, memory = fused_cell.step(self, x, state)
+            return logits, NTMState(controller_state, reads, w_read, w_write, memory)
         ctrl_in = torch.cat([x, state.reads], dim=-1)  # [x_t; r_{t-1}] (Section 2)
         if self.controller_kind == "lstm":
             h, c = self.controller(ctrl_in, state.controller)

@@ -12,7 +12,9 @@
 * Curriculum (optional): a level that starts at `curriculum_start` and grows by `curriculum_step` whenever
   the periodic evaluation at the current level reaches `curriculum_threshold` errors per sequence or fewer.
   The level caps the training length (the repeat count for repeat copy: `Task.training_batch`) and is part
-  of the checkpoint.
+  of the checkpoint; `<out_dir>/level-N.pt` keeps the state at which level N was passed, and
+  `curriculum_lr` switches the learning rate when given levels are reached (repeat copy needs a lower rate
+  for its longest sequences).
 * Metrics: one CSV row per step in `<out_dir>/metrics.csv` (the `bit_errors` column holds the task's
   metric: bit errors per sequence, or the cost in bits for the n-gram task); evaluations, the final
   generalisation evaluation over the task's `eval_points` among them, in `<out_dir>/eval.json`.
@@ -54,6 +56,7 @@ class TrainConfig:
     curriculum_start: int | None = None  # None: the lowest level (the task's shortest training length)
     curriculum_step: int = 1
     curriculum_threshold: float = 1.0  # errors per sequence at the current level
+    curriculum_lr: dict = field(default_factory=dict)  # {level: learning rate from that level on} (curriculum only)
     seed: int = 0
     eval_every: int = 200
     eval_batches: int = 4
@@ -98,6 +101,11 @@ class TrainConfig:
                 bad("curriculum_step", "an integer >= 1")
             if not self.curriculum_threshold >= 0:
                 bad("curriculum_threshold", "a number >= 0")
+            for level, lr in self.curriculum_lr.items():
+                if not (isinstance(level, int) and lo <= level <= hi and isinstance(lr, (int, float))
+                        and math.isfinite(lr) and lr > 0):
+                    bad("curriculum_lr", f"a mapping of curriculum levels {lo}..{hi} to positive learning rates")
+
         if self.device.startswith("cuda") and not torch.cuda.is_available():
             bad("device", "'cpu' on this machine (no CUDA GPU is visible)")
 
@@ -327,7 +335,13 @@ class Trainer:
         before, self.level = self.level, min(top, self.level + self.config.curriculum_step)
         # A harder level raises the loss, which is no divergence: re-learn the loss level first.
         self.loss_avg, self.blowup_run = None, -self.config.blowup_patience
-        return f"curriculum: level {before} -> {self.level}"
+        message = f"curriculum: level {before} -> {self.level}"
+        new_lrs = [lr for level, lr in sorted(self.config.curriculum_lr.items()) if before < level <= self.level]
+        if new_lrs:
+            for group in self.optimizer.param_groups:
+                group["lr"] = new_lrs[-1]
+            message += f", learning rate {new_lrs[-1]:.3g}"
+        return message
 
     # --- the loop ---------------------------------------------------------------------------------------
     def fit(self) -> dict:

@@ -19,7 +19,8 @@ ZOO = {
                  "Measured (seed 3; seeds 0-2 never left level 1): up to 9 repeats learnt by step 11,000, then the "
                  "model broke down at 10 repeats and had not recovered at step 20,000. Not solved.",
         "config": dict(task="repeat-copy", optimizer="adam", lr=1e-3, batch_size=32, steps=20000, eval_every=250,
-                       seed=3, curriculum=True, curriculum_start=1, curriculum_step=1, curriculum_threshold=1.0),
+                       seed=3, curriculum=True, curriculum_start=1, curriculum_step=1, curriculum_threshold=1.0,
+                       curriculum_lr={10: 1e-4}),
     },
     "associative-recall": {
         "about": "Associative recall, 2..6 items. Measured (seed 0): ≤ 0.1 bit errors at 6 items from step 4,750 "

@@ -180,3 +180,14 @@ def test_resume_from_a_level_checkpoint_with_a_new_learning_rate(tmp_path):
     assert load_checkpoint(str(tmp_path / "checkpoint.pt"))["optimizer"]["param_groups"][0]["lr"] == 2.5e-4
     with pytest.raises(ValueError, match="argument 'lr' must be a positive number, got -1.0"):
         Trainer(config(tmp_path, **grow_always)).resume(lr=-1.0)
+
+
+def test_curriculum_lr_switches_the_learning_rate_at_a_level(tmp_path):
+    grow_always = dict(steps=15, curriculum=True, curriculum_start=1, curriculum_threshold=1e9, eval_every=5,
+                       checkpoint_every=5, max_length=4, optimizer="adam", lr=1e-3, curriculum_lr={3: 2e-4})
+    Trainer(config(tmp_path, **grow_always)).fit()
+    with open(tmp_path / "metrics.csv", newline="") as f:
+        lrs = [float(r["lr"]) for r in csv.DictReader(f)]
+    assert lrs == [1e-3] * 10 + [2e-4] * 5  # level 2 at step 5 (no entry), level 3 at step 10
+    with pytest.raises(ValueError, match="'curriculum_lr' must be a mapping of curriculum levels 1..20"):
+        Trainer(config(tmp_path, **dict(grow_always, curriculum_lr={99: 1e-4})))

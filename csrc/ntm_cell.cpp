@@ -1,0 +1,230 @@
+// The controller and head layer of one fused NTM time step (ntm_fast/fused_cell.py), forward and backward.
+// The matrix products are ATen calls (MKL/oneDNN); every elementwise part is one hand-written pass: the
+// LSTM gates and cell, the head activations of Section 3.3 (β = softplus, g = σ, s = softmax, γ = 1 +
+// softplus, erase = σ) and their backwards. At batch sizes of 1-32 a step's ~60 separate elementwise ATen ops
+// (dispatch, allocation, iterator setup each) cost more than the memory kernel; here they are 4 loops. CPU,
+// float32/float64, contiguous tensors (the caller's: fused_cell.py). The loops' simd pragmas are written
+// _Pragma("omp simd"): a #pragma cannot sit inside AT_DISPATCH's macro argument.
+#include <ATen/ATen.h>
+#include <ATen/Dispatch.h>
+#include <ATen/Parallel.h>
+
+#include <cmath>
+#include <vector>
+
+#include "fast_math.h"
+#include "ntm.h"
+
+namespace ntm {
+namespace {
+
+template <typename T>
+inline T sigmoid(T x) {
+  return fast_sigmoid(x);
+}
+
+// softplus as F.softplus (beta 1, threshold 20: linear above 20) and its derivative.
+template <typename T>
+inline T softplus(T x) {
+  return x > T(20) ? x : std::log1p(std::exp(x));
+}
+template <typename T>
+inline T softplus_grad(T x) {
+  return x > T(20) ? T(1) : sigmoid(x);
+}
+
+// s = softmax(x) over the K shift logits of one head.
+template <typename T>
+void shift_softmax(const T* x, int64_t K, T* s) {
+  T mx = x[0], sum = 0;
+  for (int64_t k = 1; k < K; ++k) mx = std::max(mx, x[k]);
+  for (int64_t k = 0; k < K; ++k) sum += (s[k] = FastMath<T>::exp(x[k] - mx));
+  for (int64_t k = 0; k < K; ++k) s[k] /= sum;
+}
+
+// Offsets of the head layer's output p [B, P] = [key H·M | β H | g H | s H·K | γ H | erase W·M | add W·M].
+struct HeadLayout {
+  int64_t R, W, M, K, H, key, beta, gate, shift, gamma, erase, add, P;
+  HeadLayout(int64_t R_, int64_t W_, int64_t M_, int64_t K_) : R(R_), W(W_), M(M_), K(K_), H(R_ + W_) {
+    key = 0, beta = H * M, gate = beta + H, shift = gate + H, gamma = shift + H * K, erase = gamma + H;
+    add = erase + W * M, P = add + W * M;
+  }
+  // Row of head h (read heads first) in its [B, R or W, ...] tensor.
+  int64_t row(int64_t b, int64_t h) const { return h < R ? b * R + h : b * W + (h - R); }
+};
+
+template <typename T>
+T* ptr(const at::Tensor& t) {
+  return t.data_ptr<T>();
+}
+
+}  // namespace
+
+std::vector<at::Tensor> cell_head_forward(const at::Tensor& x, const c10::optional<at::Tensor>& h_prev,
+                                          const c10::optional<at::Tensor>& c_prev, const at::Tensor& reads_prev,
+                                          const at::Tensor& W_ih, const at::Tensor& b_ih,
+                                          const c10::optional<at::Tensor>& W_hh, const c10::optional<at::Tensor>& b_hh,
+                                          const at::Tensor& W_hd, const at::Tensor& b_hd, int64_t R, int64_t W,
+                                          int64_t M, int64_t K) {
+  const bool lstm = h_prev.has_value();
+  const int64_t B = x.size(0), C = W_hd.size(1);
+  const HeadLayout L(R, W, M, K);
+  const at::Tensor u = at::cat({x, reads_prev}, 1);  // [x_t; r_{t-1}]
+  at::Tensor gates = at::addmm(b_ih, u, W_ih.t());   // LSTM: [B, 4C] pre-activations, then activations
+  at::Tensor h = at::empty({B, C}, x.options()), c, tanh_c;
+  if (lstm) {
+    gates.addmm_(*h_prev, W_hh->t());
+    c = at::empty({B, C}, x.options()), tanh_c = at::empty({B, C}, x.options());
+  } else {
+    c = tanh_c = at::empty({0}, x.options());  // placeholders: no cell state
+  }
+  const at::TensorOptions o = x.options();
+  at::Tensor rk = at::empty({B, R, M}, o), rb = at::empty({B, R}, o), rg = at::empty({B, R}, o);
+  at::Tensor rs = at::empty({B, R, K}, o), rgm = at::empty({B, R}, o);
+  at::Tensor wk = at::empty({B, W, M}, o), wb = at::empty({B, W}, o), wg = at::empty({B, W}, o);
+  at::Tensor ws = at::empty({B, W, K}, o), wgm = at::empty({B, W}, o);
+  at::Tensor erase = at::empty({B, W, M}, o), add = at::empty({B, W, M}, o);
+  at::Tensor p;
+  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "ntm_cell_head_forward", [&] {
+    using T = scalar_t;
+    // LSTM (nn.LSTMCell's gate order i, f, g, o): c = σ(f)·c_prev + σ(i)·tanh(g), h = σ(o)·tanh(c).
+    T *G = ptr<T>(gates), *Hp = ptr<T>(h);
+    if (lstm) {
+      const T *bh = ptr<T>(*b_hh), *Cp = ptr<T>(*c_prev);
+      T *Cn = ptr<T>(c), *TC = ptr<T>(tanh_c);
+      at::parallel_for(0, B, 16, [&](int64_t b0, int64_t b1) {
+        for (int64_t b = b0; b < b1; ++b) {
+          T* __restrict g = G + b * 4 * C;
+          const T* __restrict cp = Cp + b * C;
+          T *__restrict cn = Cn + b * C, *__restrict tc = TC + b * C, *__restrict hn = Hp + b * C;
+          _Pragma("omp simd")
+          for (int64_t j = 0; j < C; ++j) {
+            const T i = sigmoid(g[j] + bh[j]), f = sigmoid(g[C + j] + bh[C + j]);
+            const T gg = fast_tanh(g[2 * C + j] + bh[2 * C + j]), og = sigmoid(g[3 * C + j] + bh[3 * C + j]);
+            g[j] = i, g[C + j] = f, g[2 * C + j] = gg, g[3 * C + j] = og;
+            cn[j] = f * cp[j] + i * gg;
+            tc[j] = fast_tanh(cn[j]);
+            hn[j] = og * tc[j];
+          }
+        }
+      });
+    } else {
+      _Pragma("omp simd")
+      for (int64_t k = 0; k < B * C; ++k) Hp[k] = fast_tanh(G[k]);
+    }
+    p = at::addmm(b_hd, h, W_hd.t());
+    const T* Pp = ptr<T>(p);
+    T *K_[2] = {ptr<T>(rk), ptr<T>(wk)}, *Bt[2] = {ptr<T>(rb), ptr<T>(wb)}, *Gt[2] = {ptr<T>(rg), ptr<T>(wg)};
+    T *St[2] = {ptr<T>(rs), ptr<T>(ws)}, *Gm[2] = {ptr<T>(rgm), ptr<T>(wgm)};
+    T *E = ptr<T>(erase), *A = ptr<T>(add);
+    at::parallel_for(0, B, 16, [&](int64_t b0, int64_t b1) {
+      for (int64_t b = b0; b < b1; ++b) {
+        const T* pb = Pp + b * L.P;
+        for (int64_t hd = 0; hd < L.H; ++hd) {
+          const int w = hd < R ? 0 : 1;
+          const int64_t r = L.row(b, hd);
+          for (int64_t m = 0; m < M; ++m) K_[w][r * M + m] = pb[L.key + hd * M + m];
+          Bt[w][r] = softplus(pb[L.beta + hd]);
+          Gt[w][r] = sigmoid(pb[L.gate + hd]);
+          Gm[w][r] = 1 + softplus(pb[L.gamma + hd]);
+          shift_softmax(pb + L.shift + hd * K, K, St[w] + r * K);
+        }
+        _Pragma("omp simd")
+        for (int64_t k = 0; k < W * M; ++k) {
+          E[b * W * M + k] = sigmoid(pb[L.erase + k]);
+          A[b * W * M + k] = pb[L.add + k];
+        }
+      }
+    });
+  });
+  // Saved for backward: u, h, c, tanh_c, the activated gates, p; then the read heads [key, β, g, s, γ] and
+  // the write heads [key, β, g, s, γ, erase, add].
+  return {u, h, c, tanh_c, gates, p, rk, rb, rg, rs, rgm, wk, wb, wg, ws, wgm, erase, add};
+}
+
+std::vector<at::Tensor> cell_head_backward(const at::Tensor& d_h_in, const c10::optional<at::Tensor>& d_c,
+                                           const std::vector<at::Tensor>& d_heads, const at::Tensor& u,
+                                           const c10::optional<at::Tensor>& h_prev,
+                                           const c10::optional<at::Tensor>& c_prev, const at::Tensor& h,
+                                           const at::Tensor& tanh_c, const at::Tensor& gates, const at::Tensor& p,
+                                           const at::Tensor& W_ih, const c10::optional<at::Tensor>& W_hh,
+                                           const at::Tensor& W_hd, int64_t R, int64_t W, int64_t M, int64_t K) {
+  // d_heads: read [key, β, g, s, γ], then write [key, β, g, s, γ, erase, add] (gradients of the activated
+  // heads, from the memory_step backward).
+  const bool lstm = h_prev.has_value();
+  const int64_t B = h.size(0), C = h.size(1);
+  const HeadLayout L(R, W, M, K);
+  at::Tensor d_p = at::empty({B, L.P}, h.options());
+  at::Tensor d_pre = at::empty({B, lstm ? 4 * C : C}, h.options());
+  at::Tensor d_c_prev = lstm ? at::empty({B, C}, h.options()) : at::Tensor();
+  at::Tensor d_h;
+  AT_DISPATCH_FLOATING_TYPES(h.scalar_type(), "ntm_cell_head_backward", [&] {
+    using T = scalar_t;
+    const T* Pp = ptr<T>(p);
+    T* DP = ptr<T>(d_p);
+    const T *dK[2] = {ptr<T>(d_heads[0]), ptr<T>(d_heads[5])}, *dB[2] = {ptr<T>(d_heads[1]), ptr<T>(d_heads[6])};
+    const T *dG[2] = {ptr<T>(d_heads[2]), ptr<T>(d_heads[7])}, *dS[2] = {ptr<T>(d_heads[3]), ptr<T>(d_heads[8])};
+    const T *dGm[2] = {ptr<T>(d_heads[4]), ptr<T>(d_heads[9])};
+    const T *dE = ptr<T>(d_heads[10]), *dA = ptr<T>(d_heads[11]);
+    at::parallel_for(0, B, 16, [&](int64_t b0, int64_t b1) {
+      for (int64_t b = b0; b < b1; ++b) {
+        const T* pb = Pp + b * L.P;
+        T* db = DP + b * L.P;
+        for (int64_t hd = 0; hd < L.H; ++hd) {
+          const int w = hd < R ? 0 : 1;
+          const int64_t r = L.row(b, hd);
+          for (int64_t m = 0; m < M; ++m) db[L.key + hd * M + m] = dK[w][r * M + m];
+          db[L.beta + hd] = dB[w][r] * softplus_grad(pb[L.beta + hd]);
+          const T g = sigmoid(pb[L.gate + hd]);
+          db[L.gate + hd] = dG[w][r] * g * (1 - g);
+          db[L.gamma + hd] = dGm[w][r] * softplus_grad(pb[L.gamma + hd]);
+          T* ds = db + L.shift + hd * K;  // softmax backward: s ⊙ (d_s - <s, d_s>), s recomputed in ds
+          shift_softmax(pb + L.shift + hd * K, K, ds);
+          T dot = 0;
+          for (int64_t k = 0; k < K; ++k) dot += ds[k] * dS[w][r * K + k];
+          for (int64_t k = 0; k < K; ++k) ds[k] *= dS[w][r * K + k] - dot;
+        }
+        _Pragma("omp simd")
+        for (int64_t k = 0; k < W * M; ++k) {
+          const T e = sigmoid(pb[L.erase + k]);
+          db[L.erase + k] = dE[b * W * M + k] * e * (1 - e);
+          db[L.add + k] = dA[b * W * M + k];
+        }
+      }
+    });
+    d_h = d_h_in.addmm(d_p, W_hd);  // the head layer p = h W_hdᵀ + b_hd
+    const T *Dh = ptr<T>(d_h), *Hp = ptr<T>(h);
+    T* Dpre = ptr<T>(d_pre);
+    if (lstm) {
+      const T *G = ptr<T>(gates), *TC = ptr<T>(tanh_c), *Cp = ptr<T>(*c_prev), *Dc = ptr<T>(*d_c);
+      T* Dcp = ptr<T>(d_c_prev);
+      at::parallel_for(0, B, 16, [&](int64_t b0, int64_t b1) {
+        for (int64_t b = b0; b < b1; ++b) {
+          const T* __restrict g = G + b * 4 * C;
+          T* __restrict dp = Dpre + b * 4 * C;
+          _Pragma("omp simd")
+          for (int64_t j = 0; j < C; ++j) {
+            const int64_t k = b * C + j;
+            const T i = g[j], f = g[C + j], gg = g[2 * C + j], o = g[3 * C + j], tc = TC[k];
+            const T dc = Dc[k] + Dh[k] * o * (1 - tc * tc);
+            dp[j] = dc * gg * i * (1 - i);
+            dp[C + j] = dc * Cp[k] * f * (1 - f);
+            dp[2 * C + j] = dc * i * (1 - gg * gg);
+            dp[3 * C + j] = Dh[k] * tc * o * (1 - o);
+            Dcp[k] = dc * f;
+          }
+        }
+      });
+    } else {
+      _Pragma("omp simd")
+      for (int64_t k = 0; k < B * C; ++k) Dpre[k] = Dh[k] * (1 - Hp[k] * Hp[k]);
+    }
+  });
+  const at::Tensor dW_hd = d_p.t().mm(h), db_hd = d_p.sum(0);
+  const at::Tensor d_u = d_pre.mm(W_ih), dW_ih = d_pre.t().mm(u), db_ih = d_pre.sum(0);
+  at::Tensor d_h_prev, dW_hh;
+  if (lstm) d_h_prev = d_pre.mm(*W_hh), dW_hh = d_pre.t().mm(*h_prev);
+  return {d_u, d_h_prev, d_c_prev, dW_ih, db_ih, dW_hh, dW_hd, db_hd};
+}
+
+}  // namespace ntm

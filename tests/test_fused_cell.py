@@ -1,0 +1,135 @@
+"""The fused NTM step (ntm_fast/fused_cell.py with csrc/ntm_cell.cpp): one autograd node per time step with
+the cpp backend on CPU. Its forward and every gradient against the unfused cell and the reference (float64
+tight, float32 as the reference's own error allows), for both controllers and odd sizes; torch.autograd
+gradcheck through the hand-written backward; when it is (not) used; a few training steps equal the
+reference's."""
+import os
+
+import pytest
+import torch
+
+from ntm_fast import fused_cell
+from ntm_fast.backends import unavailable_reason
+from ntm_fast.model import NTM
+
+REQUIRED = {b for b in os.environ.get("NTM_FAST_REQUIRE_BACKENDS", "").split(",") if b}
+
+
+@pytest.fixture(scope="module", autouse=True)
+def cpp():
+    reason = unavailable_reason("cpp", "cpu")
+    if reason is not None:
+        if "cpp" in REQUIRED:
+            pytest.fail(f"backend 'cpp' is required (NTM_FAST_REQUIRE_BACKENDS) but unavailable: {reason}")
+        pytest.skip(f"backend 'cpp' unavailable: {reason}")
+
+
+def _model(controller, dtype, backend, **sizes):
+    torch.manual_seed(0)
+    kw = dict(controller_size=13, memory_slots=11, memory_width=5, read_heads=2, write_heads=3, shift_range=1)
+    kw.update(sizes)
+    model = NTM(7, 6, controller=controller, backend=backend, **kw).to(dtype)
+    with torch.no_grad():  # away from the initial values, so that no gradient is trivially zero
+        for p in model.parameters():
+            p.add_(torch.randn_like(p) * 0.3)
+    return model
+
+
+def _run(model, x, fused):
+    """Logits and every parameter's and the input's gradient for a fixed cotangent."""
+    x = x.clone().requires_grad_(True)
+    real = fused_cell.usable
+    try:
+        if not fused:
+            fused_cell.usable = lambda cell, x: False
+        logits = model(x)
+        cotangent = torch.randn(logits.shape, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+        grads = torch.autograd.grad((logits * cotangent.to(logits)).sum(), [x, *model.parameters()])
+    finally:
+        fused_cell.usable = real
+    return [logits.detach(), *grads]
+
+
+@pytest.mark.parametrize("controller", ["lstm", "feedforward"])
+@pytest.mark.parametrize("sizes", [dict(), dict(read_heads=1, write_heads=1, shift_range=0, memory_slots=1),
+                                   dict(shift_range=2, memory_width=1, controller_size=1)],
+                         ids=["R2W3S1", "R1W1S0N1", "S2M1C1"])
+def test_fused_step_matches_the_unfused_cell_and_the_reference(controller, sizes):
+    x = torch.randn(6, 4, 7, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
+    oracle = _run(_model(controller, torch.float64, "reference", **sizes), x, fused=False)
+    for dtype in (torch.float64, torch.float32):
+        model = _model(controller, dtype, "cpp", **sizes)
+        assert fused_cell.usable(model.cell, x.to(dtype))
+        fused, unfused = _run(model, x.to(dtype), True), _run(model, x.to(dtype), False)
+        reference = _run(_model(controller, dtype, "reference", **sizes), x.to(dtype), False)
+        for i, (got, same_backend, ref, want) in enumerate(zip(fused, unfused, reference, oracle)):
+            assert torch.isfinite(got).all(), i
+            if dtype == torch.float64:
+                torch.testing.assert_close(got, want, rtol=1e-9, atol=1e-11, msg=lambda m: f"tensor {i}: {m}")
+                torch.testing.assert_close(got, same_backend, rtol=1e-12, atol=1e-13)
+            else:
+                ref_err = (ref.double() - want).abs().max().item()
+                torch.testing.assert_close(got.double(), want, rtol=1e-4, atol=1e-5 + 4 * ref_err,
+                                           msg=lambda m: f"tensor {i}: {m}")
+
+
+@pytest.mark.parametrize("controller", ["lstm", "feedforward"])
+def test_gradcheck_of_the_fused_step(controller):
+    """torch.autograd.gradcheck of one step with respect to every tensor input (state, memory, weights)."""
+    model = _model(controller, torch.float64, "cpp", controller_size=4, memory_slots=5, memory_width=3,
+                   read_heads=1, write_heads=2)
+    cell = model.cell
+    g = torch.Generator().manual_seed(3)
+    state = cell.initial_state(2)
+    lstm = controller == "lstm"
+    h, c = (torch.randn(2, 4, generator=g, dtype=torch.float64) for _ in range(2))
+    memory = torch.randn(2, 5, 3, generator=g, dtype=torch.float64)
+    weights = [p.detach().clone() for p in (
+        ([cell.controller.weight_ih, cell.controller.bias_ih, cell.controller.weight_hh, cell.controller.bias_hh]
+         if lstm else [cell.controller.weight, cell.controller.bias])
+        + [cell.heads.weight, cell.heads.bias, cell.output.weight, cell.output.bias])]
+    inputs = [torch.randn(2, 7, generator=g, dtype=torch.float64), *([h, c] if lstm else []),
+              torch.randn(2, 3, generator=g, dtype=torch.float64), state.w_read.detach().clone(),
+              state.w_write.detach().clone(), memory, *weights]
+    inputs = [t.clone().requires_grad_(True) for t in inputs]
+
+    def step(*args):
+        x, rest = args[0], list(args[1:])
+        h_prev, c_prev = (rest.pop(0), rest.pop(0)) if lstm else (None, None)
+        outs = fused_cell._Step.apply(cell, x, h_prev, c_prev, *rest)
+        return tuple(o for o in outs if o is not None)
+
+    assert torch.autograd.gradcheck(step, inputs)
+
+
+def test_when_the_fused_step_is_used():
+    x = torch.zeros(2, 7)
+    assert fused_cell.usable(_model("lstm", torch.float32, "cpp").cell, x)
+    assert fused_cell.usable(_model("lstm", torch.float32, "auto").cell, x)  # auto picks cpp on CPU
+    assert not fused_cell.usable(_model("lstm", torch.float32, "reference").cell, x)
+    assert not fused_cell.usable(_model("lstm", torch.float16, "cpp").cell, x.half())
+
+
+def test_training_steps_with_the_fused_step_equal_the_reference():
+    from ntm_fast.train import TrainConfig, Trainer
+
+    def losses(backend):
+        trainer = Trainer(TrainConfig(steps=3, batch_size=4, max_length=3, backend=backend, optimizer="adam",
+                                      lr=1e-2, out_dir="unused", progress=False,
+                                      model=dict(controller_size=8, memory_slots=9, memory_width=4)))
+        trainer.model.double()
+        trainer.optimizer = torch.optim.Adam(trainer.model.parameters(), lr=1e-2)
+        out = []
+        for _ in range(3):
+            batch, _ = trainer.task.training_batch(4, trainer.data_rng, 3, None)
+            loss = trainer.task.loss(trainer.model(batch.inputs.double()), batch)
+            trainer.optimizer.zero_grad()
+            loss.backward()
+            trainer.optimizer.step()
+            out.append(loss.item())
+        return out, [p.detach() for p in trainer.model.parameters()]
+
+    (cpp_losses, cpp_params), (ref_losses, ref_params) = losses("cpp"), losses("reference")
+    assert cpp_losses == pytest.approx(ref_losses, rel=1e-10)
+    for got, want in zip(cpp_params, ref_params):
+        torch.testing.assert_close(got, want, rtol=1e-9, atol=1e-11)
