@@ -18,6 +18,7 @@
 #include <ATen/Parallel.h>
 
 #include <algorithm>
+#include <type_traits>
 #ifdef __AVX__
 #include <immintrin.h>
 #endif
@@ -172,14 +173,34 @@ void transpose(const T* __restrict src, int64_t rows, int64_t cols, T* __restric
   }
 }
 
+// out[i] = Σ_m a_m(i)·Mᵀ[m,i] over the M columns, for every slot i: with key = k, a_m = k[m] (the dot
+// products k·M[i]); with key = null, a_m = Mᵀ[m,i] (the squared row norms). A block of kBlock slots keeps
+// its sums in registers over the whole column loop (several independent FMA chains), rather than reloading
+// and storing the partial sums once per column; the order of summation per slot is unchanged (m = 0..M-1).
+template <typename T>
+void column_sums(const T* __restrict mem_t, const T* __restrict key, const Sizes s, T* __restrict out) {
+  constexpr int64_t kBlock = 256 / sizeof(T);  // 4 cache lines: 64 floats or 32 doubles
+  const int64_t N = s.N, M = s.M;
+  auto block = [&](int64_t i0, auto width) {
+    constexpr int64_t kW = decltype(width)::value;
+    T acc[kW] = {};
+    for (int64_t m = 0; m < M; ++m) {
+      const T* __restrict col = mem_t + m * N + i0;
+#pragma omp simd
+      for (int64_t ii = 0; ii < kW; ++ii) acc[ii] += (key ? key[m] : col[ii]) * col[ii];
+    }
+    for (int64_t ii = 0; ii < kW; ++ii) out[i0 + ii] = acc[ii];
+  };
+  int64_t i0 = 0;
+  for (; i0 + kBlock <= N; i0 += kBlock) block(i0, std::integral_constant<int64_t, kBlock>());
+  for (; i0 + 16 <= N; i0 += 16) block(i0, std::integral_constant<int64_t, 16>());
+  for (; i0 < N; ++i0) block(i0, std::integral_constant<int64_t, 1>());
+}
+
 // ‖M[i]‖ smoothed as in Eq 6: sqrt(Σ_m M[i,m]² + ε), from Mᵀ.
 template <typename T>
 void row_norms(const T* __restrict mem_t, const Sizes s, T* __restrict norm, T* __restrict inv_norm) {
-  std::fill(norm, norm + s.N, T(0));
-  for (int64_t m = 0; m < s.M; ++m) {
-    const T* __restrict col = mem_t + m * s.N;
-    for (int64_t i = 0; i < s.N; ++i) norm[i] += col[i] * col[i];
-  }
+  column_sums<T>(mem_t, nullptr, s, norm);
   for (int64_t i = 0; i < s.N; ++i) {
     norm[i] = std::sqrt(norm[i] + T(kCosineEps));
     inv_norm[i] = T(1) / norm[i];
@@ -223,12 +244,7 @@ void address_head(const T* __restrict mem_t, const T* __restrict mem_norm, const
                   const Trace<T> t) {
   const int64_t N = s.N, M = s.M;
   // Eq 6: K[i] = k·M[i] / (sqrt(‖k‖² + ε) · sqrt(‖M[i]‖² + ε)).
-  std::fill(t.cos, t.cos + N, T(0));
-  for (int64_t m = 0; m < M; ++m) {
-    const T km = p.key[m];
-    const T* __restrict col = mem_t + m * N;
-    for (int64_t i = 0; i < N; ++i) t.cos[i] += km * col[i];
-  }
+  column_sums(mem_t, p.key, s, t.cos);
   const T key_norm = key_norm_of(p.key, s);
   for (int64_t i = 0; i < N; ++i) t.cos[i] /= key_norm * mem_norm[i];
   // Eq 5: w_c = softmax(β·K).
