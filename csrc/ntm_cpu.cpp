@@ -386,6 +386,23 @@ void read_item_backward(const T* __restrict mem_t, const T* __restrict w, const 
     }
 }
 
+// The standalone read op on row-major memory [N, M] (memory_step reads from Mᵀ instead): r[h] = Σ_i w[h,i]·M[i]
+// as M-wide row updates, so that the op streams the memory once, without a transpose.
+template <typename T>
+void read_rows(const T* __restrict mem, const T* __restrict w, int64_t H, const Sizes s, T* __restrict r) {
+  const int64_t N = s.N, M = s.M;
+  for (int64_t h = 0; h < H; ++h) {
+    T* __restrict rh = r + h * M;
+    std::fill(rh, rh + M, T(0));
+    for (int64_t i = 0; i < N; ++i) {
+      const T wi = w[h * N + i];
+      const T* __restrict row = mem + i * M;
+#pragma omp simd
+      for (int64_t m = 0; m < M; ++m) rh[m] += wi * row[m];
+    }
+  }
+}
+
 // Eq 3-4 for W heads on Mᵀ: M'ᵀ[m,i] = Mᵀ[m,i]·Π_h (1 - w[h,i]·e[h,m]) + Σ_h w[h,i]·a[h,m] (all erases,
 // then all adds), one unit-stride pass over the slots per column m.
 template <typename T>
@@ -593,10 +610,8 @@ void read_forward(const at::Tensor& memory, const at::Tensor& w, const at::Tenso
     const T *mem = memory.data_ptr<T>(), *wp = w.data_ptr<T>();
     T* rp = r.data_ptr<T>();
     for_each_item(memory, [&](int64_t b0, int64_t b1) {
-      Workspace<T> ws(s, 0);
       for (int64_t b = b0; b < b1; ++b) {
-        const T* mem_t = load_memory(mem + b * s.N * s.M, false, s, ws, false);
-        read_item(mem_t, wp + b * H * s.N, H, s, rp + b * H * s.M);
+        read_rows(mem + b * s.N * s.M, wp + b * H * s.N, H, s, rp + b * H * s.M);
       }
     });
   });
