@@ -22,7 +22,7 @@ import sys
 
 import torch
 
-from . import ops
+from . import fused_cell, ops
 from .backends import AUTO_ORDER, unavailable_reason
 from .bench import check_contenders, forward_backward, forward_only, measure, step_trainer, training_step
 
@@ -262,7 +262,8 @@ def profile_step(*, task="copy", batch_size=256, length=20, backend="auto", devi
             "backend": backend, "device": str(device), "threads": torch.get_num_threads(),
             "model": trainer.model.config(), "split": step.split, "parts": parts, "memory": memory,
             "whole_step": whole, "memory_fraction": memory["fwd_bwd_s"] / whole["fwd_bwd_s"],
-            "saved_bytes_per_t": sum(saved.values()) / T}
+            "saved_bytes_per_t": sum(saved.values()) / T,
+            "fused_step": fused_cell.usable(cell, batch.inputs[0])}
 
 
 def format_report(r: dict) -> str:
@@ -301,6 +302,9 @@ def format_report(r: dict) -> str:
               "the analytic least traffic per step (memory read once, written once); GB/s = min MB / f+b time."]
     if r["split"]:
         lines.append(f"The {MEMORY} (sum) row's min MB is the fused minimum; the split ops each read memory again.")
+    if r.get("fused_step"):
+        lines.append("This backend runs the whole time step as one fused autograd node (ntm_fast/fused_cell.py); the "
+                     "parts are its unfused ops timed alone, so they overlap and can add up to more than the step.")
     return "\n".join(lines)
 
 

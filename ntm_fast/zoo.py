@@ -15,9 +15,10 @@ ZOO = {
         "config": dict(task="copy", optimizer="adam", lr=1e-3, batch_size=32, steps=2000, eval_every=100),
     },
     "repeat-copy": {
-        "about": "Repeat copy, lengths 1..10, with a curriculum that raises the largest repeat count from 1 to 10. "
-                 "Measured (seed 3; seeds 0-2 never left level 1): up to 9 repeats learnt by step 11,000, then the "
-                 "model broke down at 10 repeats and had not recovered at step 20,000. Not solved.",
+        "about": "Repeat copy, lengths 1..10, with a curriculum that raises the largest repeat count from 1 to 10 "
+                 "and lowers the learning rate to 1e-4 at 10. Measured (seed 3): levels 1-9 by step 11,000, then "
+                 "0.094 bit errors at 10 x 10 at step 15,500 and 0.016 at 20,000. Seed-sensitive: many seeds "
+                 "stall at level 1 (docs/tasks.md).",
         "config": dict(task="repeat-copy", optimizer="adam", lr=1e-3, batch_size=32, steps=20000, eval_every=250,
                        seed=3, curriculum=True, curriculum_start=1, curriculum_step=1, curriculum_threshold=1.0,
                        curriculum_lr={10: 1e-4}),
