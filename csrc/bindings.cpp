@@ -113,6 +113,8 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         "fused NTM step, controller and head layer: saved tensors, then the activated read and write heads");
   m.def("cell_head_backward", &ntm::cell_head_backward,
         "fused NTM step, controller and head layer backward: d_u, d_h_prev, d_c_prev, weight gradients");
+  m.def("step_forward", &ntm::step_forward, "one whole fused NTM time step (CPU): outputs, then saved tensors");
+  m.def("step_backward", &ntm::step_backward, "its backward: input and state gradients, then weight gradients");
   m.def("memory_step_backward", &memory_step_backward,
         "gradients of memory_step (memory_t: memory and d_memory slot-minor; grad_new_memory_t likewise)");
 }

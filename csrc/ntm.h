@@ -60,6 +60,26 @@ std::vector<at::Tensor> cell_head_backward(const at::Tensor& d_h_in, const c10::
                                            const at::Tensor& tanh_c, const at::Tensor& gates, const at::Tensor& p,
                                            const at::Tensor& W_ih, const c10::optional<at::Tensor>& W_hh,
                                            const at::Tensor& W_hd, int64_t R, int64_t W, int64_t M, int64_t K);
+// The whole fused time step (ntm_cell.cpp): cell_head_forward, the memory_step kernels, the output layer.
+std::vector<at::Tensor> step_forward(const at::Tensor& x, const c10::optional<at::Tensor>& h_prev,
+                                     const c10::optional<at::Tensor>& c_prev, const at::Tensor& reads_prev,
+                                     const at::Tensor& w_read_prev, const at::Tensor& w_write_prev,
+                                     const at::Tensor& memory, const at::Tensor& W_ih, const at::Tensor& b_ih,
+                                     const c10::optional<at::Tensor>& W_hh, const c10::optional<at::Tensor>& b_hh,
+                                     const at::Tensor& W_hd, const at::Tensor& b_hd, const at::Tensor& W_out,
+                                     const at::Tensor& b_out, int64_t R, int64_t W, int64_t M, int64_t K);
+std::vector<at::Tensor> step_backward(const at::Tensor& d_logits, const at::Tensor& d_h_in,
+                                      const c10::optional<at::Tensor>& d_c, const at::Tensor& d_reads_in,
+                                      const at::Tensor& d_w_read, const at::Tensor& d_w_write,
+                                      const at::Tensor& d_new_memory, const at::Tensor& memory,
+                                      const at::Tensor& w_read_prev, const at::Tensor& w_write_prev,
+                                      const std::vector<at::Tensor>& heads, const at::Tensor& u,
+                                      const c10::optional<at::Tensor>& h_prev,
+                                      const c10::optional<at::Tensor>& c_prev, const at::Tensor& h,
+                                      const at::Tensor& tanh_c, const at::Tensor& gates, const at::Tensor& p,
+                                      const at::Tensor& hr, const at::Tensor& W_ih,
+                                      const c10::optional<at::Tensor>& W_hh, const at::Tensor& W_hd,
+                                      const at::Tensor& W_out, int64_t R, int64_t W, int64_t M, int64_t K);
 
 #ifdef NTM_WITH_CUDA
 namespace cuda {

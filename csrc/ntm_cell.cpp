@@ -10,6 +10,7 @@
 #include <ATen/Parallel.h>
 
 #include <cmath>
+#include <utility>
 #include <vector>
 
 #include "fast_math.h"
@@ -225,6 +226,92 @@ std::vector<at::Tensor> cell_head_backward(const at::Tensor& d_h_in, const c10::
   at::Tensor d_h_prev, dW_hh;
   if (lstm) d_h_prev = d_pre.mm(*W_hh), dW_hh = d_pre.t().mm(*h_prev);
   return {d_u, d_h_prev, d_c_prev, dW_ih, db_ih, dW_hh, dW_hd, db_hd};
+}
+
+}  // namespace ntm
+
+namespace ntm {
+namespace {
+
+// A [B, N, M] memory (or gradient) as the kernels take it: its [B, M, N] storage when slot-minor, else
+// row-major (copied if it is neither, e.g. an expanded initial memory). Returns (tensor, slot-minor?).
+std::pair<at::Tensor, bool> kernel_memory(const at::Tensor& x) {
+  const at::Tensor xt = x.transpose(1, 2);
+  if (!x.is_contiguous() && xt.is_contiguous()) return {xt, true};
+  return {x.contiguous(), false};
+}
+
+HeadTensors head_tensors(const std::vector<at::Tensor>& t, size_t from, const at::Tensor& w_prev) {
+  return {t[from], t[from + 1], t[from + 2], t[from + 3], t[from + 4], w_prev};
+}
+
+}  // namespace
+
+// One whole fused time step (fused_cell.py): cell_head_forward, the memory_step kernels, the output layer.
+// Returns logits, h, c, reads [B, R·M], w_read, w_write, new memory (slot-minor), then what the backward
+// needs: u, tanh_c, gates, p, hr, and the 12 activated head tensors.
+std::vector<at::Tensor> step_forward(const at::Tensor& x, const c10::optional<at::Tensor>& h_prev,
+                                     const c10::optional<at::Tensor>& c_prev, const at::Tensor& reads_prev,
+                                     const at::Tensor& w_read_prev, const at::Tensor& w_write_prev,
+                                     const at::Tensor& memory, const at::Tensor& W_ih, const at::Tensor& b_ih,
+                                     const c10::optional<at::Tensor>& W_hh, const c10::optional<at::Tensor>& b_hh,
+                                     const at::Tensor& W_hd, const at::Tensor& b_hd, const at::Tensor& W_out,
+                                     const at::Tensor& b_out, int64_t R, int64_t W, int64_t M, int64_t K) {
+  auto cell = cell_head_forward(x, h_prev, c_prev, reads_prev, W_ih, b_ih, W_hh, b_hh, W_hd, b_hd, R, W, M, K);
+  const at::Tensor &u = cell[0], &h = cell[1];
+  const std::vector<at::Tensor> heads(cell.begin() + 6, cell.end());  // read 5, write 5 + erase, add
+  const int64_t B = x.size(0), N = w_read_prev.size(2);
+  const auto [mem, memory_t] = kernel_memory(memory);
+  const at::Tensor reads = at::empty({B, R, M}, x.options()), w_read = at::empty({B, R, N}, x.options());
+  const at::Tensor w_write = at::empty({B, W, N}, x.options()), new_memory_t = at::empty({B, M, N}, x.options());
+  cpu::memory_step_forward(mem, head_tensors(heads, 0, w_read_prev.contiguous()),
+                           head_tensors(heads, 5, w_write_prev.contiguous()),
+                           heads[10], heads[11], reads, w_read, w_write, new_memory_t, memory_t, true);
+  const at::Tensor hr = at::cat({h, reads.view({B, R * M})}, 1);
+  const at::Tensor logits = at::addmm(b_out, hr, W_out.t());  // y = [h; r] W_outᵀ + b_out
+  std::vector<at::Tensor> out = {logits, h, cell[2], reads.view({B, R * M}), w_read, w_write,
+                                 new_memory_t.transpose(1, 2), u, cell[3], cell[4], cell[5], hr};
+  out.insert(out.end(), heads.begin(), heads.end());
+  return out;
+}
+
+// Its backward: the output layer, the memory_step backward kernel, cell_head_backward. Returns d_u, d_h_prev,
+// d_c_prev, d_w_read_prev, d_w_write_prev, d_memory (in the memory's layout), then the weight gradients
+// dW_ih, db_ih, dW_hh, dW_hd, db_hd, dW_out, db_out.
+std::vector<at::Tensor> step_backward(const at::Tensor& d_logits, const at::Tensor& d_h_in,
+                                      const c10::optional<at::Tensor>& d_c, const at::Tensor& d_reads_in,
+                                      const at::Tensor& d_w_read, const at::Tensor& d_w_write,
+                                      const at::Tensor& d_new_memory, const at::Tensor& memory,
+                                      const at::Tensor& w_read_prev, const at::Tensor& w_write_prev,
+                                      const std::vector<at::Tensor>& heads, const at::Tensor& u,
+                                      const c10::optional<at::Tensor>& h_prev,
+                                      const c10::optional<at::Tensor>& c_prev, const at::Tensor& h,
+                                      const at::Tensor& tanh_c, const at::Tensor& gates, const at::Tensor& p,
+                                      const at::Tensor& hr, const at::Tensor& W_ih,
+                                      const c10::optional<at::Tensor>& W_hh, const at::Tensor& W_hd,
+                                      const at::Tensor& W_out, int64_t R, int64_t W, int64_t M, int64_t K) {
+  const int64_t B = h.size(0), C = h.size(1), N = w_read_prev.size(2);
+  const at::Tensor dW_out = d_logits.t().mm(hr), db_out = d_logits.sum(0);
+  const at::Tensor d_hr = d_logits.mm(W_out);
+  const at::Tensor d_h = d_h_in + d_hr.narrow(1, 0, C);
+  const at::Tensor d_reads = (d_reads_in + d_hr.narrow(1, C, R * M)).view({B, R, M});
+  // Memory interaction (Eq 2-9).
+  const auto [mem, memory_t] = kernel_memory(memory);
+  const auto [d_new, d_new_t] = kernel_memory(d_new_memory);
+  const at::TensorOptions o = h.options();
+  const at::Tensor d_memory = at::empty(mem.sizes(), o);  // in the memory's layout, as the kernel writes it
+  std::vector<at::Tensor> d_heads;  // read [key, β, g, s, γ], write [key, β, g, s, γ, erase, add]
+  for (const at::Tensor& t : heads) d_heads.push_back(at::empty(t.sizes(), o));
+  const at::Tensor d_w_read_prev = at::empty({B, R, N}, o), d_w_write_prev = at::empty({B, W, N}, o);
+  cpu::memory_step_backward(mem, head_tensors(heads, 0, w_read_prev.contiguous()),
+                            head_tensors(heads, 5, w_write_prev.contiguous()),
+                            heads[10], heads[11], d_reads, d_w_read.contiguous(), d_w_write.contiguous(), d_new,
+                            d_memory, head_tensors(d_heads, 0, d_w_read_prev),
+                            head_tensors(d_heads, 5, d_w_write_prev), d_heads[10], d_heads[11], memory_t, d_new_t);
+  auto cell = cell_head_backward(d_h, d_c, d_heads, u, h_prev, c_prev, h, tanh_c, gates, p, W_ih, W_hh, W_hd, R,
+                                 W, M, K);
+  return {cell[0], cell[1], cell[2], d_w_read_prev, d_w_write_prev, memory_t ? d_memory.transpose(1, 2) : d_memory,
+          cell[3], cell[4], cell[5], cell[6], cell[7], dW_out, db_out};
 }
 
 }  // namespace ntm

@@ -3,11 +3,11 @@
 `NTMCell.forward` computes a step as ~30 tensor ops (controller, head activations, memory interaction,
 output layer), and autograd records a node for most of them. At the batch sizes of NTM training on CPU the
 per-op and per-node overheads (Python dispatch, allocation, the autograd engine) cost as much as the fused
-memory kernel itself. Here the forward runs those ops without recording (inside an autograd.Function) and
-the backward is written out by hand: the memory interaction's part is the fused C++ backward
-(`extension._memory_step_backward_impl`), the rest are the few matrix products and elementwise formulas
-below, the controller's and head layer's in C++ (csrc/ntm_cell.cpp: matrix products plus one hand-written
-pass per elementwise part). Weight gradients are per-step products that autograd accumulates over the sequence.
+memory kernel itself. Here the whole step is one autograd node whose forward and backward are one C++ call
+each (csrc/ntm_cell.cpp: `step_forward`, `step_backward`): the matrix products through ATen, one
+hand-written pass per elementwise part (LSTM gates, the head activations and their derivatives), the fused
+memory_step kernels in between; the backward is written out by hand. Weight gradients are per-step products
+that autograd accumulates over the sequence.
 
 Math (Section 3.3 activations; `nn.LSTMCell`'s gate order i, f, g, o):
     u = [x; r_prev];  gates = u W_ihᵀ + b_ih + h_prev W_hhᵀ + b_hh   (LSTM)   or   h = tanh(u W_ihᵀ + b_ih)
@@ -21,6 +21,7 @@ Tested against the unfused cell (same backend) and the reference in tests/test_f
 from __future__ import annotations
 
 import torch
+
 from . import extension
 
 
@@ -28,57 +29,39 @@ class _Step(torch.autograd.Function):
     """apply(cell, x, h_prev, c_prev, reads_prev, w_read_prev, w_write_prev, memory, *weights) ->
     (logits, h, c, reads [B, R*M], w_read, w_write, memory). weights: W_ih, b_ih, W_hh, b_hh (LSTM) or
     W_ih, b_ih (feedforward), then W_heads, b_heads, W_out, b_out. h_prev and c_prev are None for a
-    feedforward controller. The controller and head layer run in C++ (csrc/ntm_cell.cpp), the memory
-    interaction in the fused memory_step kernels, the output layer here."""
+    feedforward controller. Forward and backward are one C++ call each (csrc/ntm_cell.cpp: step_forward,
+    step_backward), around the fused memory_step kernels."""
 
     @staticmethod
     def forward(ctx, cell, x, h_prev, c_prev, reads_prev, w_read_prev, w_write_prev, memory, *weights):
         lstm = cell.controller_kind == "lstm"
         W_ih, b_ih, W_hh, b_hh = weights[:4] if lstm else (*weights[:2], None, None)
         W_hd, b_hd, W_out, b_out = weights[-4:]
-        B, R, W, M, K = x.shape[0], cell.R, cell.W, cell.M, 2 * cell.S + 1
         x, reads_prev = x.contiguous(), reads_prev.contiguous()
         if lstm:
             h_prev, c_prev = h_prev.contiguous(), c_prev.contiguous()
-        u, h, c, tanh_c, gates, p, *heads = extension._kernels(x).cell_head_forward(
-            x, h_prev, c_prev, reads_prev, W_ih, b_ih, W_hh, b_hh, W_hd, b_hd, R, W, M, K)
-        read_heads = [*heads[:5], w_read_prev.contiguous()]
-        write_heads = [*heads[5:10], w_write_prev.contiguous(), *heads[10:]]
-        reads, w_read, w_write, new_memory = extension._memory_step_impl(memory, read_heads, write_heads)
-        reads = reads.reshape(B, R * M)
-        hr = torch.cat([h, reads], dim=1)
-        logits = torch.addmm(b_out, hr, W_out.t())  # y = [h; r] W_outᵀ + b_out
-
-        ctx.cell, ctx.lstm = cell, lstm
-        ctx.save_for_backward(u, h_prev, c_prev, h, tanh_c, gates, p, hr, memory, W_ih, W_hh, W_hd, W_out,
-                              *read_heads, *write_heads)
+        sizes = (cell.R, cell.W, cell.M, 2 * cell.S + 1)
+        logits, h, c, reads, w_read, w_write, new_memory, u, tanh_c, gates, p, hr, *heads = extension._kernels(
+            x).step_forward(x, h_prev, c_prev, reads_prev, w_read_prev, w_write_prev, memory, W_ih, b_ih, W_hh,
+                            b_hh, W_hd, b_hd, W_out, b_out, *sizes)
+        ctx.cell, ctx.lstm, ctx.sizes = cell, lstm, sizes
+        ctx.save_for_backward(memory, w_read_prev, w_write_prev, u, h_prev, c_prev, h, tanh_c, gates, p, hr, W_ih,
+                              W_hh, W_hd, W_out, *heads)
         return logits, h, (c if lstm else None), reads, w_read, w_write, new_memory
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, d_logits, d_h, d_c, d_reads, d_w_read, d_w_write, d_memory):
-        cell, lstm = ctx.cell, ctx.lstm
-        u, h_prev, c_prev, h, tanh_c, gates, p, hr, memory, W_ih, W_hh, W_hd, W_out, *heads = ctx.saved_tensors
-        read_heads, write_heads = heads[:6], heads[6:]
-        B, R, W, M, C = h.shape[0], cell.R, cell.W, cell.M, h.shape[1]
-
-        # Output layer.
-        dW_out, db_out = d_logits.t().mm(hr), d_logits.sum(0)
-        d_hr = d_logits.mm(W_out)
-        d_h = d_h + d_hr[:, :C]
-        d_reads = (d_reads + d_hr[:, C:]).reshape(B, R, M)
-        # Memory interaction (Eq 2-9): the fused kernel's backward.
-        d_mem_prev, *d_heads = extension._memory_step_backward_impl([d_reads, d_w_read, d_w_write, d_memory],
-                                                                    memory, read_heads, write_heads)
-        d_w_read_prev, d_w_write_prev = d_heads[5], d_heads[11]
-        # Head activations, head layer and controller.
-        d_u, d_h_prev, d_c_prev, dW_ih, db_ih, dW_hh, dW_hd, db_hd = extension._kernels(h).cell_head_backward(
-            d_h, d_c.contiguous() if lstm else None, d_heads[:5] + d_heads[6:11] + d_heads[12:], u, h_prev,
-            c_prev, h, tanh_c, gates, p, W_ih, W_hh, W_hd, R, W, M, 2 * cell.S + 1)
-        n_x = u.shape[1] - R * M
-        d_x, d_reads_prev = d_u[:, :n_x], d_u[:, n_x:]
-        controller = (dW_ih, db_ih, dW_hh, db_ih) if lstm else (dW_ih, db_ih)
-        return (None, d_x, d_h_prev, d_c_prev, d_reads_prev, d_w_read_prev, d_w_write_prev, d_mem_prev,
+        memory, w_read_prev, w_write_prev, u, h_prev, c_prev, h, tanh_c, gates, p, hr, W_ih, W_hh, W_hd, W_out, \
+            *heads = ctx.saved_tensors
+        d_u, d_h_prev, d_c_prev, d_w_read_prev, d_w_write_prev, d_mem_prev, dW_ih, db_ih, dW_hh, dW_hd, db_hd, \
+            dW_out, db_out = extension._kernels(h).step_backward(
+                d_logits.contiguous(), d_h, d_c.contiguous() if ctx.lstm else None, d_reads, d_w_read, d_w_write,
+                d_memory, memory, w_read_prev, w_write_prev, heads, u, h_prev, c_prev, h, tanh_c, gates, p, hr,
+                W_ih, W_hh, W_hd, W_out, *ctx.sizes)
+        n_x = u.shape[1] - ctx.cell.R * ctx.cell.M
+        controller = (dW_ih, db_ih, dW_hh, db_ih) if ctx.lstm else (dW_ih, db_ih)
+        return (None, d_u[:, :n_x], d_h_prev, d_c_prev, d_u[:, n_x:], d_w_read_prev, d_w_write_prev, d_mem_prev,
                 *controller, dW_hd, db_hd, dW_out, db_out)
 
 
