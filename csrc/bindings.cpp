@@ -109,10 +109,6 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("write_backward", &write_backward, "gradients of write: d_memory, d_w, d_erase, d_add");
   m.def("memory_step_forward", &memory_step_forward,
         "one step: reads, w_read, w_write, new memory (memory_t / new_memory_t: passed slot-minor, [B,M,N])");
-  m.def("cell_head_forward", &ntm::cell_head_forward,
-        "fused NTM step, controller and head layer: saved tensors, then the activated read and write heads");
-  m.def("cell_head_backward", &ntm::cell_head_backward,
-        "fused NTM step, controller and head layer backward: d_u, d_h_prev, d_c_prev, weight gradients");
   m.def("step_forward", &ntm::step_forward, "one whole fused NTM time step (CPU): outputs, then saved tensors");
   m.def("step_backward", &ntm::step_backward, "its backward: input and state gradients, then weight gradients");
   m.def("memory_step_backward", &memory_step_backward,

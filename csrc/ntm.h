@@ -46,20 +46,6 @@ namespace cpu {
 NTM_DECLARE_OPS
 }  // namespace cpu
 
-// The controller and head layer of a fused NTM time step (ntm_cell.cpp; CPU).
-std::vector<at::Tensor> cell_head_forward(const at::Tensor& x, const c10::optional<at::Tensor>& h_prev,
-                                          const c10::optional<at::Tensor>& c_prev, const at::Tensor& reads_prev,
-                                          const at::Tensor& W_ih, const at::Tensor& b_ih,
-                                          const c10::optional<at::Tensor>& W_hh, const c10::optional<at::Tensor>& b_hh,
-                                          const at::Tensor& W_hd, const at::Tensor& b_hd, int64_t R, int64_t W,
-                                          int64_t M, int64_t K);
-std::vector<at::Tensor> cell_head_backward(const at::Tensor& d_h_in, const c10::optional<at::Tensor>& d_c,
-                                           const std::vector<at::Tensor>& d_heads, const at::Tensor& u,
-                                           const c10::optional<at::Tensor>& h_prev,
-                                           const c10::optional<at::Tensor>& c_prev, const at::Tensor& h,
-                                           const at::Tensor& tanh_c, const at::Tensor& gates, const at::Tensor& p,
-                                           const at::Tensor& W_ih, const c10::optional<at::Tensor>& W_hh,
-                                           const at::Tensor& W_hd, int64_t R, int64_t W, int64_t M, int64_t K);
 // The whole fused time step (ntm_cell.cpp): cell_head_forward, the memory_step kernels, the output layer.
 std::vector<at::Tensor> step_forward(const at::Tensor& x, const c10::optional<at::Tensor>& h_prev,
                                      const c10::optional<at::Tensor>& c_prev, const at::Tensor& reads_prev,

@@ -1,9 +1,11 @@
-// The controller and head layer of one fused NTM time step (ntm_fast/fused_cell.py), forward and backward.
-// The matrix products are ATen calls (MKL/oneDNN); every elementwise part is one hand-written pass: the
-// LSTM gates and cell, the head activations of Section 3.3 (β = softplus, g = σ, s = softmax, γ = 1 +
-// softplus, erase = σ) and their backwards. At batch sizes of 1-32 a step's ~60 separate elementwise ATen ops
-// (dispatch, allocation, iterator setup each) cost more than the memory kernel; here they are 4 loops. CPU,
-// float32/float64, contiguous tensors (the caller's: fused_cell.py). The loops' simd pragmas are written
+// One whole fused NTM time step on CPU (ntm_fast/fused_cell.py), forward and backward: step_forward and
+// step_backward, one call each per time step from Python. Inside, the controller and head layer
+// (cell_head_forward / cell_head_backward) around the fused memory_step kernels (ntm_cpu.cpp) and the output
+// layer. The matrix products are ATen calls (MKL); every elementwise part is one hand-written pass: the LSTM
+// gates and cell, the head activations of Section 3.3 (β = softplus, g = σ, s = softmax, γ = 1 + softplus,
+// erase = σ) and their backwards. At batch sizes of 1-32 a step's ~60 separate elementwise ATen ops and ~40
+// autograd nodes (dispatch, allocation, iterator setup, Python each) cost more than the memory kernel.
+// float32/float64; the caller passes contiguous state and weights. The loops' simd pragmas are written
 // _Pragma("omp simd"): a #pragma cannot sit inside AT_DISPATCH's macro argument.
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
