@@ -6,10 +6,29 @@ Each maker returns a dict of keyword arguments for the op (heads as ntm_fast.ops
   one_hot   - one-hot previous weightings and shifts, gate 0 or 1, γ = 50 (exact zeros everywhere)
   zero_rows - about half the memory rows all zero, plus one all-zero key
   extreme   - β = 1e3 and γ = 50 with a sharp memory
+
+`backend_or_skip` is how every kernel test meets a backend that cannot run here.
 """
+import os
+
+import pytest
 import torch
 
+from ntm_fast.backends import unavailable_reason
 from ntm_fast.ops import ReadHeads, WriteHeads
+
+# Backends whose absence is a failure, not a skip (CI sets NTM_FAST_REQUIRE_BACKENDS=triton,cpp).
+REQUIRED = {b for b in os.environ.get("NTM_FAST_REQUIRE_BACKENDS", "").split(",") if b}
+
+
+def backend_or_skip(name, device_type):
+    """`name` if it runs on `device_type` tensors here; else skip saying why (fail if it is REQUIRED)."""
+    reason = unavailable_reason(name, device_type)
+    if reason is not None:
+        if name in REQUIRED:
+            pytest.fail(f"backend {name!r} is required (NTM_FAST_REQUIRE_BACKENDS) but unavailable: {reason}")
+        pytest.skip(f"backend {name!r} unavailable: {reason}")
+    return name
 
 KINDS = ("random", "one_hot", "zero_rows", "extreme")
 

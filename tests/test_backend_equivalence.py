@@ -5,7 +5,6 @@ through each custom backward.
 A backend that cannot run here is skipped with its reason, unless NTM_FAST_REQUIRE_BACKENDS lists it
 (CI sets it, so a backend that silently stopped loading fails the run instead of skipping).
 """
-import os
 
 import pytest
 import torch
@@ -13,11 +12,10 @@ import torch
 import cases
 import ntm_fast
 from ntm_fast import ops
-from ntm_fast.backends import poisoned_outputs, unavailable_reason
+from ntm_fast.backends import poisoned_outputs
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 KERNEL_BACKENDS = ("triton", "cpp", "cuda")
-REQUIRED = {b for b in os.environ.get("NTM_FAST_REQUIRE_BACKENDS", "").split(",") if b}
 
 # (B, N, M, H, S): odd sizes; S up to 3 with N=7 makes the shift window wrap the whole memory.
 ADDRESS_SIZES = [(1, 7, 1, 1, 0), (3, 33, 20, 2, 1), (5, 128, 33, 4, 3), (2, 7, 20, 3, 3), (4, 33, 1, 1, 2)]
@@ -25,18 +23,9 @@ ADDRESS_SIZES = [(1, 7, 1, 1, 0), (3, 33, 20, 2, 1), (5, 128, 33, 4, 3), (2, 7, 
 STEP_SIZES = [(1, 7, 1, 1, 1, 0), (3, 33, 20, 1, 1, 1), (5, 128, 33, 2, 2, 3), (2, 7, 20, 4, 3, 2)]
 
 
-def backend_or_skip(name):
-    reason = unavailable_reason(name, torch.device(DEVICE).type)
-    if reason is not None:
-        if name in REQUIRED:
-            pytest.fail(f"backend {name!r} is required (NTM_FAST_REQUIRE_BACKENDS) but unavailable: {reason}")
-        pytest.skip(f"backend {name!r} unavailable: {reason}")
-    return name
-
-
 @pytest.fixture(params=KERNEL_BACKENDS)
 def backend(request):
-    return backend_or_skip(request.param)
+    return cases.backend_or_skip(request.param, torch.device(DEVICE).type)
 
 
 def _outputs(result):

@@ -14,18 +14,11 @@ import torch
 
 import cases
 from ntm_fast import extension, ops
-from ntm_fast.backends import BackendUnavailable, unavailable_reason
-
-REQUIRED = {b for b in os.environ.get("NTM_FAST_REQUIRE_BACKENDS", "").split(",") if b}
-
+from ntm_fast.backends import BackendUnavailable
 
 @pytest.fixture(scope="module")
 def cpp():
-    reason = unavailable_reason("cpp", "cpu")
-    if reason is not None:
-        if "cpp" in REQUIRED:
-            pytest.fail(f"backend 'cpp' is required (NTM_FAST_REQUIRE_BACKENDS) but unavailable: {reason}")
-        pytest.skip(f"backend 'cpp' unavailable: {reason}")
+    cases.backend_or_skip("cpp", "cpu")
     return extension.OPS
 
 

@@ -3,25 +3,17 @@ the cpp backend on CPU. Its forward and every gradient against the unfused cell 
 tight, float32 as the reference's own error allows), for both controllers and odd sizes; torch.autograd
 gradcheck through the hand-written backward; when it is (not) used; a few training steps equal the
 reference's."""
-import os
-
 import pytest
 import torch
 
+import cases
 from ntm_fast import fused_cell
-from ntm_fast.backends import unavailable_reason
 from ntm_fast.model import NTM
-
-REQUIRED = {b for b in os.environ.get("NTM_FAST_REQUIRE_BACKENDS", "").split(",") if b}
 
 
 @pytest.fixture(scope="module", autouse=True)
 def cpp():
-    reason = unavailable_reason("cpp", "cpu")
-    if reason is not None:
-        if "cpp" in REQUIRED:
-            pytest.fail(f"backend 'cpp' is required (NTM_FAST_REQUIRE_BACKENDS) but unavailable: {reason}")
-        pytest.skip(f"backend 'cpp' unavailable: {reason}")
+    cases.backend_or_skip("cpp", "cpu")
 
 
 def _model(controller, dtype, backend, **sizes):
