@@ -72,24 +72,30 @@ void write_backward(const at::Tensor& memory, const at::Tensor& w, const at::Ten
           erase, add, grad_out, d_memory, d_w, d_erase, d_add);
 }
 
+// memory_step takes its [B, N, M] memory tensors (memory, new memory, their gradients) in either layout:
+// kernel_memory (ntm.h) tells the kernels which.
 void memory_step_forward(const at::Tensor& memory, const Tensors& rh, const Tensors& wh, const at::Tensor& erase,
                          const at::Tensor& add, const at::Tensor& reads, const at::Tensor& w_read,
-                         const at::Tensor& w_write, const at::Tensor& new_memory, bool memory_t, bool new_memory_t) {
-  NTM_RUN(check(memory, {rh, wh, {erase, add, reads, w_read, w_write, new_memory}}), memory_step_forward, memory,
-          heads(rh), heads(wh), erase, add, reads, w_read, w_write, new_memory, memory_t, new_memory_t);
+                         const at::Tensor& w_write, const at::Tensor& new_memory) {
+  const auto [mem, memory_t] = ntm::kernel_memory(memory);
+  const auto [out, new_memory_t] = ntm::kernel_memory(new_memory, true);
+  NTM_RUN(check(mem, {rh, wh, {erase, add, reads, w_read, w_write, out}}), memory_step_forward, mem, heads(rh),
+          heads(wh), erase, add, reads, w_read, w_write, out, memory_t, new_memory_t);
 }
 
 void memory_step_backward(const at::Tensor& memory, const Tensors& rh, const Tensors& wh, const at::Tensor& erase,
                           const at::Tensor& add, const at::Tensor& grad_reads, const at::Tensor& grad_w_read,
                           const at::Tensor& grad_w_write, const at::Tensor& grad_new_memory,
                           const at::Tensor& d_memory, const Tensors& d_rh, const Tensors& d_wh,
-                          const at::Tensor& d_erase, const at::Tensor& d_add, bool memory_t,
-                          bool grad_new_memory_t) {
-  NTM_RUN(check(memory, {rh, wh, d_rh, d_wh,
-                         {erase, add, grad_reads, grad_w_read, grad_w_write, grad_new_memory, d_memory, d_erase,
-                          d_add}}),
-          memory_step_backward, memory, heads(rh), heads(wh), erase, add, grad_reads, grad_w_read, grad_w_write,
-          grad_new_memory, d_memory, heads(d_rh), heads(d_wh), d_erase, d_add, memory_t, grad_new_memory_t);
+                          const at::Tensor& d_erase, const at::Tensor& d_add) {
+  const auto [mem, memory_t] = ntm::kernel_memory(memory);
+  const auto [grad, grad_t] = ntm::kernel_memory(grad_new_memory);
+  const auto [d_mem, d_memory_t] = ntm::kernel_memory(d_memory, true);
+  TORCH_CHECK(d_memory_t == memory_t, "ntm_fast._C: d_memory must have the memory's layout");
+  NTM_RUN(check(mem, {rh, wh, d_rh, d_wh,
+                      {erase, add, grad_reads, grad_w_read, grad_w_write, grad, d_mem, d_erase, d_add}}),
+          memory_step_backward, mem, heads(rh), heads(wh), erase, add, grad_reads, grad_w_read, grad_w_write, grad,
+          d_mem, heads(d_rh), heads(d_wh), d_erase, d_add, memory_t, grad_t);
 }
 
 }  // namespace
@@ -108,9 +114,9 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("write_forward", &write_forward, "Eq 3-4: new memory [B,N,M]");
   m.def("write_backward", &write_backward, "gradients of write: d_memory, d_w, d_erase, d_add");
   m.def("memory_step_forward", &memory_step_forward,
-        "one step: reads, w_read, w_write, new memory (memory_t / new_memory_t: passed slot-minor, [B,M,N])");
+        "one step: reads, w_read, w_write, new memory (memory tensors row-major or slot-minor)");
   m.def("step_forward", &ntm::step_forward, "one whole fused NTM time step (CPU): outputs, then saved tensors");
   m.def("step_backward", &ntm::step_backward, "its backward: input and state gradients, then weight gradients");
   m.def("memory_step_backward", &memory_step_backward,
-        "gradients of memory_step (memory_t: memory and d_memory slot-minor; grad_new_memory_t likewise)");
+        "gradients of memory_step (d_memory in the memory's layout)");
 }

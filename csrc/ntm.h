@@ -1,12 +1,13 @@
 // The extension's entry points. Every tensor is contiguous, of one dtype (float32 or float64) and on one
 // device; outputs are allocated by the caller (ntm_fast/extension.py) and every element of each is written.
 // memory_step's `*_t` flags say that a [B, N, M] memory (or its gradient) is passed as its slot-minor
-// storage [B, M, N] (CPU only; memory_step's CPU kernels return new memory that way).
+// storage [B, M, N] (CPU only; memory_step's CPU kernels return new memory that way): see kernel_memory.
 // Shapes as in ntm_fast/ops.py: B batch, H heads, N slots, M slot width, K = 2S+1 shift offsets.
 #pragma once
 
 #include <ATen/ATen.h>
 
+#include <utility>
 #include <vector>
 
 namespace ntm {
@@ -41,6 +42,17 @@ struct HeadTensors {
                             const at::Tensor& d_memory, const HeadTensors& d_read_heads,                         \
                             const HeadTensors& d_write_heads, const at::Tensor& d_erase, const at::Tensor& d_add,  \
                             bool memory_t, bool grad_new_memory_t);
+
+// A [B, N, M] memory or memory gradient as the kernels take it, and whether it is slot-minor: on CPU a
+// slot-minor tensor (strides [N·M, 1, N], memory_step's own output layout) as its [B, M, N] storage, anything
+// else row-major (`output`: it must already be, since a copy would not reach the caller).
+inline std::pair<at::Tensor, bool> kernel_memory(const at::Tensor& x, bool output = false) {
+  const at::Tensor xt = x.transpose(1, 2);
+  if (x.is_cpu() && !x.is_contiguous() && xt.is_contiguous()) return {xt, true};
+  TORCH_CHECK(!output || x.is_contiguous(), "ntm_fast._C: a memory output must be row-major or slot-minor, got strides ",
+              x.strides());
+  return {output ? x : x.contiguous(), false};
+}
 
 namespace cpu {
 NTM_DECLARE_OPS

@@ -235,14 +235,6 @@ std::vector<at::Tensor> cell_head_backward(const at::Tensor& d_h_in, const c10::
 namespace ntm {
 namespace {
 
-// A [B, N, M] memory (or gradient) as the kernels take it: its [B, M, N] storage when slot-minor, else
-// row-major (copied if it is neither, e.g. an expanded initial memory). Returns (tensor, slot-minor?).
-std::pair<at::Tensor, bool> kernel_memory(const at::Tensor& x) {
-  const at::Tensor xt = x.transpose(1, 2);
-  if (!x.is_contiguous() && xt.is_contiguous()) return {xt, true};
-  return {x.contiguous(), false};
-}
-
 HeadTensors head_tensors(const std::vector<at::Tensor>& t, size_t from, const at::Tensor& w_prev) {
   return {t[from], t[from + 1], t[from + 2], t[from + 3], t[from + 4], w_prev};
 }

@@ -116,15 +116,9 @@ def _like(tensors, memory):
 # memory_step's CPU kernels return new memory slot-minor: a [B, N, M] view of [B, M, N] storage (strides
 # [N*M, 1, N]), the layout they compute in, and take memory and its gradient in that layout or row-major.
 # So in a recurrence only the first step's memory is transposed (csrc/ntm_cpu.cpp says more).
+# The C++ bindings tell the layouts apart (kernel_memory in csrc/ntm.h); here outputs are allocated.
 def _slot_minor(x: Tensor) -> bool:
-    return x.dim() == 3 and not x.is_contiguous() and x.transpose(1, 2).is_contiguous()
-
-
-def _memory_arg(x: Tensor) -> Tuple[Tensor, bool]:
-    """(the tensor the kernel gets, whether it is slot-minor): CPU slot-minor as its [B, M, N] storage."""
-    if x.device.type == "cpu" and _slot_minor(x):
-        return x.transpose(1, 2), True
-    return x.contiguous(), False
+    return x.device.type == "cpu" and not x.is_contiguous() and x.transpose(1, 2).is_contiguous()
 
 
 def _new_memory(memory: Tensor, slot_minor: bool) -> Tensor:
@@ -218,15 +212,13 @@ _write_backward = torch.library.custom_op("ntm_fast::write_backward", mutates_ar
 # --- memory_step: every head addresses M_{t-1}, then the reads and the write -----------------------------
 def _memory_step_impl(memory: Tensor, read_heads: List[Tensor],
                       write_heads: List[Tensor]) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
-    (memory_arg, memory_t), read_heads, write_heads = _memory_arg(memory), _contiguous(read_heads), _contiguous(write_heads)
+    read_heads, write_heads = _contiguous(read_heads), _contiguous(write_heads)
     (B, R, M), w_read_prev, w_write_prev = read_heads[0].shape, read_heads[5], write_heads[5]
     reads = empty_output((B, R, M), memory)
     w_read, w_write = _like([w_read_prev, w_write_prev], memory)
-    new_t = memory.device.type == "cpu"
-    new_memory = _new_memory(memory, new_t)
-    _kernels(memory).memory_step_forward(memory_arg, read_heads, write_heads[:6], *write_heads[6:], reads, w_read,
-                                         w_write, new_memory.transpose(1, 2) if new_t else new_memory, memory_t,
-                                         new_t)
+    new_memory = _new_memory(memory, memory.device.type == "cpu")
+    _kernels(memory).memory_step_forward(memory, read_heads, write_heads[:6], *write_heads[6:], reads, w_read,
+                                         w_write, new_memory)
     return reads, w_read, w_write, new_memory
 
 
@@ -244,15 +236,13 @@ def _(memory, read_heads, write_heads):
 
 def _memory_step_backward_impl(grads: List[Tensor], memory: Tensor, read_heads: List[Tensor],
                                write_heads: List[Tensor]) -> List[Tensor]:
-    (grad_new_memory, grad_t), (memory_arg, memory_t) = _memory_arg(grads[3]), _memory_arg(memory)
     read_heads, write_heads = _contiguous(read_heads), _contiguous(write_heads)
-    d_memory = _new_memory(memory, memory_t)  # in the memory's own layout
+    d_memory = _new_memory(memory, _slot_minor(memory))  # in the memory's own layout
     d_heads = _like([*read_heads, *write_heads], memory)
     d_read, d_write = d_heads[:6], d_heads[6:]
-    _kernels(memory).memory_step_backward(memory_arg, read_heads, write_heads[:6], *write_heads[6:],
-                                          *_contiguous(grads[:3]), grad_new_memory,
-                                          d_memory.transpose(1, 2) if memory_t else d_memory, d_read, d_write[:6],
-                                          *d_write[6:], memory_t, grad_t)
+    _kernels(memory).memory_step_backward(memory, read_heads, write_heads[:6], *write_heads[6:],
+                                          *_contiguous(grads[:3]), grads[3], d_memory, d_read, d_write[:6],
+                                          *d_write[6:])
     return [d_memory, *d_heads]
 
 
