@@ -11,6 +11,9 @@
 // layout, so in a recurrence only the first step transposes; the other ops transpose row-major memory into
 // the workspace and back. Backward recomputes the addressing intermediates (K, w_c, w_g, w_s) from the saved
 // inputs and builds the memory gradient in the memory's own layout.
+// Passes over an item's memory in memory_step: forward, one for the row norms and every head's dot products
+// (address_item), then the read and the write; backward, the same first pass (plus the read's d w), the
+// write's backward, and one last pass for every other memory and key gradient (address_item_backward).
 #include "fast_math.h"
 #include "ntm.h"
 
@@ -90,11 +93,14 @@ struct Trace {
 };
 
 // Per-thread scratch for one batch item at a time: the transposed memory, upstream gradient and memory
-// gradient ([M, N] each), row norms, the traces and weighting gradients of H heads, [N] buffers.
+// gradient ([M, N] each), row norms, the traces and weighting gradients of H heads (and R reads), what their
+// backward hands to the last pass over the memory (address_item_backward), [N] buffers; the item's heads.
 template <typename T>
 class Workspace {
  public:
-  Workspace(const Sizes s, int64_t H) : N_(s.N), MN_(s.M * s.N), H_(H), buf_(3 * MN_ + (7 + 7 * H) * N_) {}
+  Workspace(const Sizes s, int64_t H, int64_t R = 0)
+      : N_(s.N), MN_(s.M * s.N), H_(H), buf_(3 * MN_ + (7 + 9 * H + R) * N_), heads(H), d_heads(H),
+        sum_keys(1 + H + R), sum_outs(1 + H + R), vecs(H + R), inv_key_norm(H) {}
   T* mem_t() { return buf_.data(); }               // Mᵀ
   T* grad_t() { return buf_.data() + MN_; }        // (dM')ᵀ, the upstream memory gradient
   T* d_mem_t() { return buf_.data() + 2 * MN_; }  // (dM)ᵀ
@@ -108,6 +114,16 @@ class Workspace {
     T* t = slab(7 + 2 * H_ + 5 * h);
     return {t, t + N_, t + 2 * N_, t + 3 * N_, t + 4 * N_, w() + h * N_};
   }
+  T* d_cos() { return slab(7 + 7 * H_); }  // [H, N]: d K[i] of every head
+  T* coef() { return slab(7 + 8 * H_); }   // [H + R, N]: slot coefficients of the rank-one memory terms
+
+  std::vector<Head<T>> heads;  // [H]: one item's heads, read heads first
+  std::vector<HeadGrad<T>> d_heads;  // [H]: where their gradients go
+  // The vectors of address_item's pass over the memory (norms, H keys, R read gradients) and its outputs.
+  std::vector<const T*> sum_keys;
+  std::vector<T*> sum_outs;
+  std::vector<const T*> vecs;  // [H + R]: the rank-one terms' column vectors (keys, read gradients)
+  std::vector<T> inv_key_norm;  // [H]
 
  private:
   T* slab(int64_t k) { return buf_.data() + 3 * MN_ + k * N_; }
@@ -173,23 +189,28 @@ void transpose(const T* __restrict src, int64_t rows, int64_t cols, T* __restric
   }
 }
 
-// out[i] = Σ_m a_m(i)·Mᵀ[m,i] over the M columns, for every slot i: with key = k, a_m = k[m] (the dot
-// products k·M[i]); with key = null, a_m = Mᵀ[m,i] (the squared row norms). A block of kBlock slots keeps
-// its sums in registers over the whole column loop (several independent FMA chains), rather than reloading
-// and storing the partial sums once per column; the order of summation per slot is unchanged (m = 0..M-1).
-template <typename T>
-void column_sums(const T* __restrict mem_t, const T* __restrict key, const Sizes s, T* __restrict out) {
+// outs[j][i] = Σ_m a_j(m)·Mᵀ[m,i] over the M columns, for every slot i and kJ vectors a_j at once (one
+// pass over the memory): with keys[j] = k, a_j(m) = k[m] (the dot products k·M[i]); with keys[j] = null,
+// a_j(m) = Mᵀ[m,i] (the squared row norms). A block of kBlock slots keeps its kJ sums in registers over the
+// whole column loop (independent FMA chains) rather than reloading and storing them once per column; the
+// order of summation per slot is m = 0..M-1.
+template <typename T, int kJ>
+void column_sums_of(const T* __restrict mem_t, const T* const* keys, const Sizes s, T* const* outs) {
   constexpr int64_t kBlock = 256 / sizeof(T);  // 4 cache lines: 64 floats or 32 doubles
   const int64_t N = s.N, M = s.M;
   auto block = [&](int64_t i0, auto width) {
     constexpr int64_t kW = decltype(width)::value;
-    T acc[kW] = {};
+    T acc[kJ][kW] = {};
     for (int64_t m = 0; m < M; ++m) {
       const T* __restrict col = mem_t + m * N + i0;
+      for (int j = 0; j < kJ; ++j) {
+        const T* __restrict key = keys[j];
 #pragma omp simd
-      for (int64_t ii = 0; ii < kW; ++ii) acc[ii] += (key ? key[m] : col[ii]) * col[ii];
+        for (int64_t ii = 0; ii < kW; ++ii) acc[j][ii] += (key ? key[m] : col[ii]) * col[ii];
+      }
     }
-    for (int64_t ii = 0; ii < kW; ++ii) out[i0 + ii] = acc[ii];
+    for (int j = 0; j < kJ; ++j)
+      for (int64_t ii = 0; ii < kW; ++ii) outs[j][i0 + ii] = acc[j][ii];
   };
   int64_t i0 = 0;
   for (; i0 + kBlock <= N; i0 += kBlock) block(i0, std::integral_constant<int64_t, kBlock>());
@@ -197,10 +218,51 @@ void column_sums(const T* __restrict mem_t, const T* __restrict key, const Sizes
   for (; i0 < N; ++i0) block(i0, std::integral_constant<int64_t, 1>());
 }
 
-// ‖M[i]‖ smoothed as in Eq 6: sqrt(Σ_m M[i,m]² + ε), from Mᵀ.
+// The same for any number J of vectors, up to four per pass (their sums fill 16 of the 32 vector registers).
 template <typename T>
-void row_norms(const T* __restrict mem_t, const Sizes s, T* __restrict norm, T* __restrict inv_norm) {
-  column_sums<T>(mem_t, nullptr, s, norm);
+void column_sums(const T* __restrict mem_t, const T* const* keys, int64_t J, const Sizes s, T* const* outs) {
+  for (int64_t j = 0; j < J; j += 4) {
+    switch (std::min<int64_t>(J - j, 4)) {
+      case 1: column_sums_of<T, 1>(mem_t, keys + j, s, outs + j); break;
+      case 2: column_sums_of<T, 2>(mem_t, keys + j, s, outs + j); break;
+      case 3: column_sums_of<T, 3>(mem_t, keys + j, s, outs + j); break;
+      default: column_sums_of<T, 4>(mem_t, keys + j, s, outs + j); break;
+    }
+  }
+}
+
+// Sums over the slots in vector lanes: Σ_{i<n} f(i) with lane ii of each block of kLanes taking the terms
+// i ≡ ii (mod kLanes), the lanes then added pairwise (GCC ends a `#pragma omp simd reduction` by adding its
+// lanes one after another through the stack, a 16-long dependency chain per sum; the key gradient takes M
+// such sums per head).
+template <typename T>
+constexpr int kLanes = 64 / sizeof(T);  // one AVX-512 register
+
+template <typename T>
+T lane_total(T* acc) {
+#pragma GCC unroll 8
+  for (int w = kLanes<T> / 2; w > 0; w /= 2)
+#pragma GCC unroll 16
+    for (int ii = 0; ii < w; ++ii) acc[ii] += acc[ii + w];
+  return acc[0];
+}
+
+template <typename T, typename F>
+T sum_over(int64_t n, F&& f) {
+  constexpr int L = kLanes<T>;
+  T acc[L] = {};
+  int64_t i0 = 0;
+  for (; i0 + L <= n; i0 += L) {
+#pragma omp simd
+    for (int ii = 0; ii < L; ++ii) acc[ii] += f(i0 + ii);
+  }
+  for (int ii = 0; i0 + ii < n; ++ii) acc[ii] += f(i0 + ii);
+  return lane_total(acc);
+}
+
+// ‖M[i]‖ smoothed as in Eq 6, sqrt(Σ_m M[i,m]² + ε), and its inverse, from the squared norms in `norm`.
+template <typename T>
+void finish_row_norms(const Sizes s, T* __restrict norm, T* __restrict inv_norm) {
   for (int64_t i = 0; i < s.N; ++i) {
     norm[i] = std::sqrt(norm[i] + T(kCosineEps));
     inv_norm[i] = T(1) / norm[i];
@@ -238,13 +300,12 @@ inline int64_t shift_offset(int64_t jj, const Sizes s) {
   return ((j % s.N) + s.N) % s.N;
 }
 
-// Eq 5-9 for one head against one memory (given as Mᵀ and its row norms): fills the trace (w last).
+// Eq 5-9 for one head, given the dot products k·M[i] in t.cos and the memory's row norms: fills the trace
+// (w last).
 template <typename T>
-void address_head(const T* __restrict mem_t, const T* __restrict mem_norm, const Head<T> p, const Sizes s,
-                  const Trace<T> t) {
-  const int64_t N = s.N, M = s.M;
+void address_head(const T* __restrict mem_norm, const Head<T> p, const Sizes s, const Trace<T> t) {
+  const int64_t N = s.N;
   // Eq 6: K[i] = k·M[i] / (sqrt(‖k‖² + ε) · sqrt(‖M[i]‖² + ε)).
-  column_sums(mem_t, p.key, s, t.cos);
   const T key_norm = key_norm_of(p.key, s);
   for (int64_t i = 0; i < N; ++i) t.cos[i] /= key_norm * mem_norm[i];
   // Eq 5: w_c = softmax(β·K).
@@ -266,15 +327,15 @@ void address_head(const T* __restrict mem_t, const T* __restrict mem_norm, const
   scaled_softmax(t.log_w_s, p.gamma, t.w, N);
 }
 
-// Backward of address_head for upstream gradient d_w [N]. Writes the head's gradients, adds the memory
-// gradient through the dot products to d_mem_t and the one through the row norms to d_mem_norm (the
-// caller turns d_mem_norm into a memory gradient once for all heads: add_row_norm_grad).
+// Backward of address_head for upstream gradient d_w [N], down to the cosine similarities: writes the
+// head's gradients except the key's, d K[i] to d_cos, d(k·M[i]) to d_dot, and adds the gradient through the
+// row norms to d_mem_norm. What reaches the memory and the key (Eq 6's products with M) is formed for all
+// heads at once by address_item_backward. d_ws and d_wg are [N] scratch.
 template <typename T>
-void address_head_backward(const T* __restrict mem_t, const T* __restrict mem_norm, const T* __restrict inv_norm, const Head<T> p,
-                           const Sizes s, const Trace<T> t, const T* __restrict d_w, const HeadGrad<T> d,
-                           T* __restrict d_mem_t, T* __restrict d_mem_norm, T* __restrict d_ws,
-                           T* __restrict d_wg) {
-  const int64_t N = s.N, M = s.M;
+void address_head_backward(const T* __restrict inv_norm, const Head<T> p, const Sizes s, const Trace<T> t,
+                           const T* __restrict d_w, const HeadGrad<T> d, T* __restrict d_mem_norm,
+                           T* __restrict d_cos, T* __restrict d_dot, T* __restrict d_ws, T* __restrict d_wg) {
+  const int64_t N = s.N;
   const T tiny = std::numeric_limits<T>::min();
   // Eq 9: u = γ·log max(w_s, tiny), w = softmax(u); du = w ⊙ (dw - <w, dw>).
   T w_dw = 0;
@@ -311,7 +372,7 @@ void address_head_backward(const T* __restrict mem_t, const T* __restrict mem_no
     d_wg[i] *= p.gate;
   }
   *d.gate = d_gate;
-  // Eq 5: z = β·K, w_c = softmax(z); dz = w_c ⊙ (dw_c - <w_c, dw_c>); dβ = <dz, K>; dK = β·dz (in d_ws).
+  // Eq 5: z = β·K, w_c = softmax(z); dz = w_c ⊙ (dw_c - <w_c, dw_c>); dβ = <dz, K>; dK = β·dz.
   T wc_dwc = 0;
 #pragma omp simd reduction(+ : wc_dwc)
   for (int64_t i = 0; i < N; ++i) wc_dwc += t.w_c[i] * d_wg[i];
@@ -320,41 +381,117 @@ void address_head_backward(const T* __restrict mem_t, const T* __restrict mem_no
   for (int64_t i = 0; i < N; ++i) {
     const T dz = t.w_c[i] * (d_wg[i] - wc_dwc);
     d_beta += dz * t.cos[i];
-    d_ws[i] = p.beta * dz;
+    d_cos[i] = p.beta * dz;
   }
   *d.beta = d_beta;
-  // Eq 6: K[i] = dot[i] / (‖k‖·‖M[i]‖) with smoothed norms. The key gradient is summed per slot as
-  // dK[i]/‖k‖ · (M[i]/‖M[i]‖ - K[i]·k/‖k‖), the part of the unit row orthogonal to the key, so rows nearly
-  // parallel to the key (|K| → 1, where the two terms cancel) give a gradient near zero, not rounding noise.
-  const T key_norm = key_norm_of(p.key, s);
-  const T inv_key_norm = T(1) / key_norm;
+  // Eq 6: K[i] = dot[i] / (‖k‖·‖M[i]‖) with smoothed norms: d dot[i] = dK[i] / (‖k‖·‖M[i]‖), and
+  // d‖M[i]‖ = -dK[i]·K[i]/‖M[i]‖.
+  const T inv_key_norm = T(1) / key_norm_of(p.key, s);
 #pragma omp simd
   for (int64_t i = 0; i < N; ++i) {
-    const T a = d_ws[i] * inv_norm[i];
+    const T a = d_cos[i] * inv_norm[i];
     d_mem_norm[i] -= a * t.cos[i];
-    d_wg[i] = a * inv_key_norm;  // d dot[i]
-  }
-  for (int64_t m = 0; m < M; ++m) {
-    const T km = p.key[m], k_unit = p.key[m] * inv_key_norm;
-    const T* __restrict col = mem_t + m * N;
-    T* __restrict d_col = d_mem_t + m * N;
-    T dk = 0;
-#pragma omp simd reduction(+ : dk)
-    for (int64_t i = 0; i < N; ++i) {
-      dk += d_ws[i] * (col[i] / mem_norm[i] - t.cos[i] * k_unit);
-      d_col[i] += d_wg[i] * km;
-    }
-    d.key[m] = dk * inv_key_norm;
+    d_dot[i] = a * inv_key_norm;
   }
 }
 
-// d M[i] += d‖M[i]‖ · M[i] / ‖M[i]‖ (the row-norm part of Eq 6's gradient, all heads at once), transposed.
+// One column m of address_item_backward's memory gradient: d_col[i] += Σ_j coef[j,i]·v[j] over kJ terms
+// (and + dn[i]·col[i] when dn is given, d‖M[i]‖ already divided by ‖M[i]‖), in one load and store of d_col.
+template <typename T, int kJ>
+void add_terms(const T* __restrict col, const T* __restrict dn, const T* __restrict coef, const T* v_in, int64_t N,
+               T* __restrict d_col) {
+  T v[kJ > 0 ? kJ : 1];
+  for (int j = 0; j < kJ; ++j) v[j] = v_in[j];
+  if (dn) {
+#pragma omp simd
+    for (int64_t i = 0; i < N; ++i) {
+      T acc = d_col[i] + dn[i] * col[i];
+      for (int j = 0; j < kJ; ++j) acc += coef[j * N + i] * v[j];
+      d_col[i] = acc;
+    }
+  } else {
+#pragma omp simd
+    for (int64_t i = 0; i < N; ++i) {
+      T acc = d_col[i];
+      for (int j = 0; j < kJ; ++j) acc += coef[j * N + i] * v[j];
+      d_col[i] = acc;
+    }
+  }
+}
+
+// unit[i] = Mᵀ[m,i] / ‖M[i]‖ for one column m.
 template <typename T>
-void add_row_norm_grad(const T* __restrict mem_t, const T* __restrict inv_norm, T* __restrict d_mem_norm,
-                       const Sizes s, T* __restrict d_mem_t) {
-  for (int64_t i = 0; i < s.N; ++i) d_mem_norm[i] *= inv_norm[i];
-  for (int64_t m = 0; m < s.M; ++m)
-    for (int64_t i = 0; i < s.N; ++i) d_mem_t[m * s.N + i] += d_mem_norm[i] * mem_t[m * s.N + i];
+void unit_row(const T* __restrict col, const T* __restrict mem_norm, int64_t N, T* __restrict unit) {
+#pragma omp simd
+  for (int64_t i = 0; i < N; ++i) unit[i] = col[i] / mem_norm[i];
+}
+
+// Eq 5-9 for the heads in ws.heads against one item's memory Mᵀ: one pass over the memory for the row norms,
+// every head's dot products and the column sums Σ_m extra_keys[e][m]·Mᵀ[m,i] into extra_outs[e] (the read
+// backward's d w, Eq 2), then each head's addressing into its trace (ws.w() holds the weightings).
+template <typename T>
+void address_item(const T* mem_t, const Sizes s, Workspace<T>& ws, int64_t extra = 0,
+                  const T* const* extra_keys = nullptr, T* const* extra_outs = nullptr) {
+  const int64_t H = ws.heads.size();
+  ws.sum_keys[0] = nullptr, ws.sum_outs[0] = ws.mem_norm();
+  for (int64_t h = 0; h < H; ++h) ws.sum_keys[1 + h] = ws.heads[h].key, ws.sum_outs[1 + h] = ws.trace(h).cos;
+  for (int64_t e = 0; e < extra; ++e) ws.sum_keys[1 + H + e] = extra_keys[e], ws.sum_outs[1 + H + e] = extra_outs[e];
+  column_sums(mem_t, ws.sum_keys.data(), 1 + H + extra, s, ws.sum_outs.data());
+  finish_row_norms(s, ws.mem_norm(), ws.inv_norm());
+  for (int64_t h = 0; h < H; ++h) address_head(ws.mem_norm(), ws.heads[h], s, ws.trace(h));
+}
+
+// Backward of the heads' addressing (after address_item) for upstream gradients d_w [H, N], into
+// ws.d_heads, adding to the memory gradient dMᵀ; `reads` of the read heads' weightings (ws.w()'s first rows)
+// with gradients d_r [reads, M] add their Eq 2 term dMᵀ[m,i] += w_r[i]·dr[m] in the same pass.
+// The head-wise work is over the slots; then one last pass over the memory for everything that reaches it or
+// the keys (Eq 6, Eq 2):
+//   dMᵀ[m,i] += d‖M[i]‖·Mᵀ[m,i]/‖M[i]‖ + Σ_h d dot_h[i]·k_h[m] + Σ_r w_r[i]·dr_r[m]
+//   dk_h[m] = Σ_i dK_h[i]/‖k_h‖ · (M[i,m]/‖M[i]‖ - K_h[i]·k_h[m]/‖k_h‖),
+// the key gradient summed per slot as the part of the unit row orthogonal to the key, so rows nearly parallel
+// to the key (|K| → 1, where the two terms cancel) give a gradient near zero, not rounding noise. The unit
+// row M[i]/‖M[i]‖ is formed once per element for all heads.
+template <typename T>
+void address_item_backward(const T* __restrict mem_t, const Sizes s, Workspace<T>& ws, const T* d_w,
+                           int64_t reads, const T* d_r, T* __restrict d_mem_t) {
+  const int64_t N = s.N, M = s.M, H = ws.heads.size(), J = H + reads;
+  T* __restrict d_mem_norm = ws.d_mem_norm();
+  std::fill(d_mem_norm, d_mem_norm + N, T(0));
+  T *coef = ws.coef(), *inv_key_norm = ws.inv_key_norm.data();
+  for (int64_t h = 0; h < H; ++h) {
+    address_head_backward(ws.inv_norm(), ws.heads[h], s, ws.trace(h), d_w + h * N, ws.d_heads[h], d_mem_norm,
+                          ws.d_cos() + h * N, coef + h * N, ws.scratch(0), ws.scratch(1));
+    ws.vecs[h] = ws.heads[h].key;
+    inv_key_norm[h] = T(1) / key_norm_of(ws.heads[h].key, s);
+  }
+  std::copy(ws.w(), ws.w() + reads * N, coef + H * N);
+  for (int64_t r = 0; r < reads; ++r) ws.vecs[H + r] = d_r + r * M;
+  const T *__restrict mem_norm = ws.mem_norm(), *__restrict inv_norm = ws.inv_norm();
+  for (int64_t i = 0; i < N; ++i) d_mem_norm[i] *= inv_norm[i];  // d‖M[i]‖/‖M[i]‖
+  T* __restrict unit = ws.scratch(2);
+  for (int64_t m = 0; m < M; ++m) {
+    const T* __restrict col = mem_t + m * N;
+    T* __restrict d_col = d_mem_t + m * N;
+    unit_row(col, mem_norm, N, unit);
+    for (int64_t j = 0; j < J; j += 4) {
+      T v[4];
+      for (int64_t k = j; k < std::min<int64_t>(J, j + 4); ++k) v[k - j] = ws.vecs[k][m];
+      const T* dn = j == 0 ? d_mem_norm : nullptr;  // the row-norm term rides along with the first group
+      switch (std::min<int64_t>(J - j, 4)) {
+        case 1: add_terms<T, 1>(col, dn, coef + j * N, v, N, d_col); break;
+        case 2: add_terms<T, 2>(col, dn, coef + j * N, v, N, d_col); break;
+        case 3: add_terms<T, 3>(col, dn, coef + j * N, v, N, d_col); break;
+        default: add_terms<T, 4>(col, dn, coef + j * N, v, N, d_col); break;
+      }
+    }
+    if (J == 0) add_terms<T, 0>(col, d_mem_norm, coef, static_cast<const T*>(nullptr), N, d_col);
+    for (int64_t h = 0; h < H; ++h) {
+      const T k_unit = ws.heads[h].key[m] * inv_key_norm[h];
+      const T *__restrict dK = ws.d_cos() + h * N, *__restrict K = ws.trace(h).cos;
+      const T dk = sum_over<T>(N, [&](int64_t i) { return dK[i] * (unit[i] - K[i] * k_unit); });
+      ws.d_heads[h].key[m] = dk * inv_key_norm[h];
+    }
+  }
 }
 
 // Eq 2 for H heads: r[h] = Σ_i w[h,i]·M[i].
@@ -517,23 +654,33 @@ const T* as_t(const T* x, bool is_t, const Sizes s, T* buf) {
   return buf;
 }
 
-// One batch item's memory as Mᵀ, and its row norms when addressing needs them.
+// One batch item's memory as Mᵀ.
 template <typename T>
-const T* load_memory(const T* mem, bool is_t, const Sizes s, Workspace<T>& ws, bool norms) {
-  const T* mem_t = as_t(mem, is_t, s, ws.mem_t());
-  if (norms) row_norms(mem_t, s, ws.mem_norm(), ws.inv_norm());
-  return mem_t;
+const T* load_memory(const T* mem, bool is_t, const Sizes s, Workspace<T>& ws) {
+  return as_t(mem, is_t, s, ws.mem_t());
 }
 
 // Where a backward pass accumulates one item's memory gradient dMᵀ: straight in the output when that is
-// slot-minor, else in the workspace (store_memory_grad transposes it out). Zeroed (with d‖M[i]‖) unless
-// the pass starts with write_item_backward, which writes it.
+// slot-minor, else in the workspace (store_memory_grad transposes it out). Zeroed unless the pass starts
+// with write_item_backward, which writes it.
 template <typename T>
-T* zero_grads(const Sizes s, Workspace<T>& ws, bool out_t, T* d_mem, bool zero = true) {
+T* memory_grad_at(const Sizes s, Workspace<T>& ws, bool out_t, T* d_mem, bool zero = true) {
   T* d_mem_t = out_t ? d_mem : ws.d_mem_t();
   if (zero) std::fill(d_mem_t, d_mem_t + s.M * s.N, T(0));
-  std::fill(ws.d_mem_norm(), ws.d_mem_norm() + s.N, T(0));
   return d_mem_t;
+}
+
+// One item's heads (read heads first) and where their gradients go, into the workspace.
+template <typename T>
+void set_heads(Workspace<T>& ws, const Heads<const T*>* read, const Heads<const T*>* write, int64_t b,
+               const Sizes s, const Heads<T*>* d_read = nullptr, const Heads<T*>* d_write = nullptr) {
+  const int64_t R = read ? read->H : 0, W = write ? write->H : 0;
+  for (int64_t h = 0; h < R; ++h) ws.heads[h] = head_at(*read, b, h, s);
+  for (int64_t h = 0; h < W; ++h) ws.heads[R + h] = head_at(*write, b, h, s);
+  if (d_read)
+    for (int64_t h = 0; h < R; ++h) ws.d_heads[h] = grad_at(*d_read, b, h, s);
+  if (d_write)
+    for (int64_t h = 0; h < W; ++h) ws.d_heads[R + h] = grad_at(*d_write, b, h, s);
 }
 
 // Asks for the next batch item's [N, M] block while this one is computed: the kernels stream each item's
@@ -543,11 +690,9 @@ void prefetch_item(const T* x, int64_t count) {
   for (int64_t k = 0; k < count; k += 64 / sizeof(T)) __builtin_prefetch(x + k, 0, 2);  // into L2
 }
 
-// The finished memory gradient of one item (plus the row-norm part if addressed), in the output's layout.
+// The finished memory gradient of one item, in the output's layout.
 template <typename T>
-void store_memory_grad(const Sizes s, Workspace<T>& ws, const T* mem_t, bool norms, T* d_mem_t, bool out_t,
-                       T* d_mem) {
-  if (norms) add_row_norm_grad(mem_t, ws.inv_norm(), ws.d_mem_norm(), s, d_mem_t);
+void store_memory_grad(const Sizes s, const T* d_mem_t, bool out_t, T* d_mem) {
   if (!out_t) transpose(d_mem_t, s.M, s.N, d_mem);
 }
 
@@ -565,12 +710,9 @@ void address_forward(const at::Tensor& memory, const HeadTensors& heads, const a
     for_each_item(memory, [&](int64_t b0, int64_t b1) {
       Workspace<T> ws(s, p.H);
       for (int64_t b = b0; b < b1; ++b) {
-        const T* mem_t = load_memory(mem + b * s.N * s.M, false, s, ws, true);
-        for (int64_t h = 0; h < p.H; ++h) {
-          Trace<T> t = ws.trace(h);
-          t.w = out + p.row(b, h) * s.N;
-          address_head(mem_t, ws.mem_norm(), head_at(p, b, h, s), s, t);
-        }
+        set_heads<T>(ws, &p, nullptr, b, s);
+        address_item(load_memory(mem + b * s.N * s.M, false, s, ws), s, ws);
+        std::copy(ws.w(), ws.w() + p.H * s.N, out + b * p.H * s.N);
       }
     });
   });
@@ -588,15 +730,12 @@ void address_backward(const at::Tensor& memory, const HeadTensors& heads, const 
     for_each_item(memory, [&](int64_t b0, int64_t b1) {
       Workspace<T> ws(s, p.H);
       for (int64_t b = b0; b < b1; ++b) {
-        const T* mem_t = load_memory(mem + b * s.N * s.M, false, s, ws, true);
-        T* d_mem_t = zero_grads(s, ws, false, dmem + b * s.N * s.M);
-        for (int64_t h = 0; h < p.H; ++h) {
-          const Head<T> head = head_at(p, b, h, s);
-          address_head(mem_t, ws.mem_norm(), head, s, ws.trace(h));
-          address_head_backward(mem_t, ws.mem_norm(), ws.inv_norm(), head, s, ws.trace(h), gw + p.row(b, h) * s.N,
-                                grad_at(d, b, h, s), d_mem_t, ws.d_mem_norm(), ws.scratch(0), ws.scratch(1));
-        }
-        store_memory_grad(s, ws, mem_t, true, d_mem_t, false, dmem + b * s.N * s.M);
+        set_heads<T>(ws, &p, nullptr, b, s, &d);
+        const T* mem_t = load_memory(mem + b * s.N * s.M, false, s, ws);
+        address_item(mem_t, s, ws);
+        T* d_mem_t = memory_grad_at(s, ws, false, dmem + b * s.N * s.M);
+        address_item_backward(mem_t, s, ws, gw + b * p.H * s.N, 0, static_cast<const T*>(nullptr), d_mem_t);
+        store_memory_grad(s, d_mem_t, false, dmem + b * s.N * s.M);
       }
     });
   });
@@ -629,11 +768,11 @@ void read_backward(const at::Tensor& memory, const at::Tensor& w, const at::Tens
       Workspace<T> ws(s, 0);
       for (int64_t b = b0; b < b1; ++b) {
         T* dwb = dw + b * H * s.N;
-        const T* mem_t = load_memory(mem + b * s.N * s.M, false, s, ws, false);
-        T* d_mem_t = zero_grads(s, ws, false, dmem + b * s.N * s.M);
+        const T* mem_t = load_memory(mem + b * s.N * s.M, false, s, ws);
+        T* d_mem_t = memory_grad_at(s, ws, false, dmem + b * s.N * s.M);
         std::fill(dwb, dwb + H * s.N, T(0));
         read_item_backward(mem_t, wp + b * H * s.N, gr + b * H * s.M, H, s, dwb, d_mem_t);
-        store_memory_grad(s, ws, mem_t, false, d_mem_t, false, dmem + b * s.N * s.M);
+        store_memory_grad(s, d_mem_t, false, dmem + b * s.N * s.M);
       }
     });
   });
@@ -650,7 +789,7 @@ void write_forward(const at::Tensor& memory, const at::Tensor& w, const at::Tens
     for_each_item(memory, [&](int64_t b0, int64_t b1) {
       Workspace<T> ws(s, 0);
       for (int64_t b = b0; b < b1; ++b) {
-        const T* mem_t = load_memory(mem + b * NM, false, s, ws, false);
+        const T* mem_t = load_memory(mem + b * NM, false, s, ws);
         write_item(mem_t, wp + b * W * s.N, ep + b * W * s.M, ap + b * W * s.M, W, s, ws.d_mem_t());
         transpose(ws.d_mem_t(), s.M, s.N, op + b * NM);
       }
@@ -672,13 +811,13 @@ void write_backward(const at::Tensor& memory, const at::Tensor& w, const at::Ten
       Workspace<T> ws(s, 0);
       for (int64_t b = b0; b < b1; ++b) {
         T* dwb = dw + b * W * s.N;
-        const T* mem_t = load_memory(mem + b * NM, false, s, ws, false);
+        const T* mem_t = load_memory(mem + b * NM, false, s, ws);
         const T* grad_t = as_t(go + b * NM, false, s, ws.grad_t());
-        T* d_mem_t = zero_grads(s, ws, false, dmem + b * NM, false);
+        T* d_mem_t = memory_grad_at(s, ws, false, dmem + b * NM, false);
         std::fill(dwb, dwb + W * s.N, T(0));
         write_item_backward(mem_t, wp + b * W * s.N, ep + b * W * s.M, ap + b * W * s.M, grad_t, W, s, d_mem_t, dwb,
                             de + b * W * s.M, da + b * W * s.M, ws.scratch(0), ws.scratch(1));
-        store_memory_grad(s, ws, mem_t, false, d_mem_t, false, dmem + b * NM);
+        store_memory_grad(s, d_mem_t, false, dmem + b * NM);
       }
     });
   });
@@ -701,21 +840,15 @@ void memory_step_forward(const at::Tensor& memory, const HeadTensors& read_heads
       Workspace<T> ws(s, R + W);
       for (int64_t b = b0; b < b1; ++b) {
         if (b + 1 < b1) prefetch_item(mem + (b + 1) * NM, NM);
-        const T* mem_t = load_memory(mem + b * NM, memory_t, s, ws, true);
+        const T* mem_t = load_memory(mem + b * NM, memory_t, s, ws);
         // Every head addresses M_{t-1}; the reads (Eq 2) happen before the write (Eq 3-4).
-        for (int64_t h = 0; h < R; ++h) {
-          Trace<T> t = ws.trace(h);
-          t.w = wr + rp.row(b, h) * s.N;
-          address_head(mem_t, ws.mem_norm(), head_at(rp, b, h, s), s, t);
-        }
-        for (int64_t h = 0; h < W; ++h) {
-          Trace<T> t = ws.trace(R + h);
-          t.w = ww + wp.row(b, h) * s.N;
-          address_head(mem_t, ws.mem_norm(), head_at(wp, b, h, s), s, t);
-        }
-        read_item(mem_t, wr + b * R * s.N, R, s, rd + b * R * s.M);
+        set_heads(ws, &rp, &wp, b, s);
+        address_item(mem_t, s, ws);
+        std::copy(ws.w(), ws.w() + R * s.N, wr + b * R * s.N);
+        std::copy(ws.w() + R * s.N, ws.w() + (R + W) * s.N, ww + b * W * s.N);
+        read_item(mem_t, ws.w(), R, s, rd + b * R * s.M);
         T* out_t = new_memory_t ? nm + b * NM : ws.d_mem_t();
-        write_item(mem_t, ww + b * W * s.N, ep + b * W * s.M, ap + b * W * s.M, W, s, out_t);
+        write_item(mem_t, ws.w() + R * s.N, ep + b * W * s.M, ap + b * W * s.M, W, s, out_t);
         if (!new_memory_t) transpose(out_t, s.M, s.N, nm + b * NM);
       }
     });
@@ -736,39 +869,36 @@ void memory_step_backward(const at::Tensor& memory, const HeadTensors& read_head
     const auto wp = heads_of<T>(write_heads);
     const auto dr = heads_of<T, T*>(d_read_heads);
     const auto dw = heads_of<T, T*>(d_write_heads);
-    const int64_t R = rp.H, W = wp.H, NM = s.N * s.M;
+    const int64_t R = rp.H, W = wp.H, N = s.N, NM = s.N * s.M;
     const T *mem = memory.data_ptr<T>(), *ep = erase.data_ptr<T>(), *ap = add.data_ptr<T>();
     const T *g_reads = grad_reads.data_ptr<T>(), *g_wr = grad_w_read.data_ptr<T>();
     const T *g_ww = grad_w_write.data_ptr<T>(), *g_mem = grad_new_memory.data_ptr<T>();
     T *dmem = d_memory.data_ptr<T>(), *de = d_erase.data_ptr<T>(), *da = d_add.data_ptr<T>();
     for_each_item(memory, [&](int64_t b0, int64_t b1) {
-      Workspace<T> ws(s, R + W);
+      Workspace<T> ws(s, R + W, R);
+      std::vector<const T*> read_grads(R);
+      std::vector<T*> read_d_w(R);
       for (int64_t b = b0; b < b1; ++b) {
         if (b + 1 < b1) {
           prefetch_item(mem + (b + 1) * NM, NM);
           prefetch_item(g_mem + (b + 1) * NM, NM);
         }
-        const T* mem_t = load_memory(mem + b * NM, memory_t, s, ws, true);
+        const T* mem_t = load_memory(mem + b * NM, memory_t, s, ws);
         const T* grad_t = as_t(g_mem + b * NM, grad_new_memory_t, s, ws.grad_t());
-        T* d_mem_t = zero_grads(s, ws, memory_t, dmem + b * NM, false);
-        for (int64_t h = 0; h < R; ++h) address_head(mem_t, ws.mem_norm(), head_at(rp, b, h, s), s, ws.trace(h));
-        for (int64_t h = 0; h < W; ++h) address_head(mem_t, ws.mem_norm(), head_at(wp, b, h, s), s, ws.trace(R + h));
-        // d w = the upstream gradient + what the read and the write pass back.
+        T* d_mem_t = memory_grad_at(s, ws, memory_t, dmem + b * NM, false);
+        set_heads(ws, &rp, &wp, b, s, &dr, &dw);
+        // d w = the upstream gradient + what the read (Eq 2: Σ_m dr[m]·M[i,m], summed in the addressing's
+        // pass over the memory) and the write pass back.
         T* d_w = ws.d_w();
-        std::copy(g_wr + b * R * s.N, g_wr + (b + 1) * R * s.N, d_w);
-        std::copy(g_ww + b * W * s.N, g_ww + (b + 1) * W * s.N, d_w + R * s.N);
-        write_item_backward(mem_t, ws.w() + R * s.N, ep + b * W * s.M, ap + b * W * s.M, grad_t, W, s, d_mem_t,
-                            d_w + R * s.N, de + b * W * s.M, da + b * W * s.M, ws.scratch(2), ws.scratch(3));
-        read_item_backward(mem_t, ws.w(), g_reads + b * R * s.M, R, s, d_w, d_mem_t);
-        for (int64_t h = 0; h < R; ++h)
-          address_head_backward(mem_t, ws.mem_norm(), ws.inv_norm(), head_at(rp, b, h, s), s, ws.trace(h),
-                                d_w + h * s.N, grad_at(dr, b, h, s), d_mem_t, ws.d_mem_norm(), ws.scratch(0),
-                                ws.scratch(1));
-        for (int64_t h = 0; h < W; ++h)
-          address_head_backward(mem_t, ws.mem_norm(), ws.inv_norm(), head_at(wp, b, h, s), s, ws.trace(R + h),
-                                d_w + (R + h) * s.N, grad_at(dw, b, h, s), d_mem_t, ws.d_mem_norm(), ws.scratch(0),
-                                ws.scratch(1));
-        store_memory_grad(s, ws, mem_t, true, d_mem_t, memory_t, dmem + b * NM);
+        const T* d_r = g_reads + b * R * s.M;
+        for (int64_t h = 0; h < R; ++h) read_grads[h] = d_r + h * s.M, read_d_w[h] = d_w + h * N;
+        address_item(mem_t, s, ws, R, read_grads.data(), read_d_w.data());
+        for (int64_t k = 0; k < R * N; ++k) d_w[k] += g_wr[b * R * N + k];
+        std::copy(g_ww + b * W * N, g_ww + (b + 1) * W * N, d_w + R * N);
+        write_item_backward(mem_t, ws.w() + R * N, ep + b * W * s.M, ap + b * W * s.M, grad_t, W, s, d_mem_t,
+                            d_w + R * N, de + b * W * s.M, da + b * W * s.M, ws.scratch(2), ws.scratch(3));
+        address_item_backward(mem_t, s, ws, d_w, R, d_r, d_mem_t);
+        store_memory_grad(s, d_mem_t, memory_t, dmem + b * NM);
       }
     });
   });
