@@ -1,10 +1,15 @@
 """`ntm-fast bench`: the refusal to time a contender that disagrees with the reference, the contender list,
 CLI argument errors, and one tiny end-to-end run writing its files. No timing assertions."""
 import json
+import os
+import re
+import subprocess
+import sys
 import types
 
 import pytest
 
+from cases import backend_or_skip
 from ntm_fast import backends, reference
 from ntm_fast.backends import BACKENDS, Backend
 from ntm_fast.bench import Case, Settings, check_contenders, default_contenders, run_contender
@@ -87,3 +92,25 @@ def test_bench_end_to_end(tmp_path, capsys):
     assert all(r["status"] == "ok" and r["speedup"] == 1.0 for r in data["results"])
     assert all(r["seq_per_s"] > 0 for r in data["results"] if r["op"] == "step")
     assert (out / "bench.csv").read_text().count("\n") == 9 and (out / "bench.png").stat().st_size > 0
+
+
+def _cpu_kernels_script(*args):
+    script = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmarks", "cpu_kernels.py")
+    return subprocess.run([sys.executable, script, *args], capture_output=True, text=True)
+
+
+def test_cpu_kernels_script_times_both_passes():
+    backend_or_skip("cpp", "cpu")
+    result = _cpu_kernels_script("--batch", "3", "--memories", "2", "--reps", "2", "--rounds", "2")
+    assert result.returncode == 0, result.stderr
+    line = result.stdout.strip().splitlines()[-1]
+    times = [float(x) for x in re.findall(r"(?:median|min) ([0-9.]+)", line)]
+    assert "forward median" in line and "backward median" in line and len(times) == 4
+    assert all(t > 0 for t in times)
+
+
+@pytest.mark.parametrize("argv, message", [(["--batch", "0"], "--batch must be at least 1, got 0"),
+                                           (["--csrc", "/nonexistent"], "has no ntm_cpu.cpp")])
+def test_cpu_kernels_script_argument_errors(argv, message):
+    result = _cpu_kernels_script(*argv)
+    assert result.returncode == 2 and message in result.stderr and "Traceback" not in result.stderr
