@@ -1,5 +1,6 @@
 """The C++/CUDA extension itself: torch.library registration (opcheck), non-contiguous inputs, torch.compile,
-a failing build, and an nvcc compile check of every CUDA source (registers and spills printed).
+a failing build, an nvcc compile check of every CUDA source (registers and spills printed), and a compile
+check of the C++ side of the CUDA build (without a CUDA build of torch, against its headers).
 
 Its numerics against the reference are tested in test_backend_equivalence.py (backends "cpp" and "cuda").
 """
@@ -7,6 +8,7 @@ import os
 import re
 import shutil
 import subprocess
+import sysconfig
 import time
 
 import pytest
@@ -215,3 +217,50 @@ def test_cuda_sources_compile(source, tmp_path):
     print(f"\n{source} (sm_90): registers, spill stores/loads (bytes)")
     for kernel, (registers, stores, loads) in sorted(kernels.items()):
         print(f"  {kernel:36s} {registers:4d} registers  {stores:3d}/{loads:3d} spilled")
+
+
+def _cuda_include_dir(nvcc):
+    """The CUDA toolkit's include directory, as nvcc itself reports it."""
+    dry = subprocess.run([nvcc, "--dryrun", "-c", "-x", "cu", os.devnull, "-o", os.devnull], capture_output=True,
+                         text=True)
+    match = re.search(r'INCLUDES="-I([^"]+?)"', dry.stdout + dry.stderr)
+    return match.group(1).strip() if match else None
+
+
+def test_cuda_host_sources_compile_and_link(tmp_path):
+    """The C++ files of the CUDA build (-DNTM_WITH_CUDA) compile against this torch's headers, and every
+    ntm::cuda:: function the bindings call is defined by ntm_cuda.cpp with that exact signature, so a
+    declaration that drifted between ntm.h, ntm_cuda.cpp and bindings.cpp fails here rather than on a GPU
+    machine. A CPU build of torch lacks one generated header of c10/cuda (its export macros); a stand-in
+    is supplied for this compile-only check (nothing is linked into a library or run)."""
+    nvcc, cxx, nm = shutil.which("nvcc"), shutil.which(os.environ.get("CXX", "g++")), shutil.which("nm")
+    if nvcc is None or cxx is None or nm is None:
+        pytest.skip("needs nvcc (for the CUDA headers), a C++ compiler and nm")
+    cuda_include = _cuda_include_dir(nvcc)
+    if cuda_include is None or not os.path.isfile(os.path.join(cuda_include, "cuda_runtime_api.h")):
+        pytest.skip(f"no cuda_runtime_api.h under nvcc's include directory ({cuda_include})")
+    from torch.utils import cpp_extension
+
+    torch_include = cpp_extension.include_paths()
+    generated = os.path.join("c10", "cuda", "impl", "cuda_cmake_macros.h")
+    if not any(os.path.isfile(os.path.join(d, generated)) for d in torch_include):
+        stand_in = tmp_path / generated
+        stand_in.parent.mkdir(parents=True)
+        stand_in.write_text("#pragma once\n#define C10_CUDA_BUILD_SHARED_LIBS\n")
+        torch_include = [str(tmp_path), *torch_include]
+    includes = [f"-I{d}" for d in [*torch_include, cuda_include, sysconfig.get_paths()["include"], extension.CSRC]]
+    symbols = {}
+    for source, kind in (("ntm_cuda.cpp", "defined"), ("bindings.cpp", "undefined")):
+        obj = tmp_path / (source + ".o")
+        cmd = [cxx, "-std=c++20", "-c", "-O0", "-fPIC", "-DNTM_WITH_CUDA", "-DTORCH_EXTENSION_NAME=ntm_fast_C_cuda",
+               *includes, os.path.join(extension.CSRC, source), "-o", str(obj)]
+        result = subprocess.run(cmd, capture_output=True, text=True)
+        assert result.returncode == 0, f"{' '.join(cmd)} failed:\n{result.stderr[-4000:]}"
+        listed = subprocess.run([nm, "-C", "--defined-only" if kind == "defined" else "--undefined-only", str(obj)],
+                                capture_output=True, text=True, check=True).stdout
+        symbols[source] = {m.group(1) for m in re.finditer(r"^\s*(?:[0-9a-f]+\s+)?[A-Za-z]\s+(ntm::cuda::.*)$",
+                                                           listed, re.M)}
+    called = symbols["bindings.cpp"]
+    assert called, "bindings.cpp calls no ntm::cuda:: function with -DNTM_WITH_CUDA"
+    missing = called - symbols["ntm_cuda.cpp"]
+    assert not missing, f"called by bindings.cpp but not defined by ntm_cuda.cpp: {sorted(missing)}"
