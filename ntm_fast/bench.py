@@ -46,7 +46,7 @@ COMPILE_CHOICES = ("off", "ops", "all")  # which cases the compile contender run
 # Agreement with the reference required before timing (float32; the step accumulates over 2L+1 steps).
 TOLERANCE = {"op": dict(rtol=1e-4, atol=1e-5), STEP: dict(rtol=1e-3, atol=1e-4)}
 CSV_FIELDS = ("op", "mode", "batch", "slots", "contender", "status", "median_ms", "seq_per_s", "speedup",
-              "compile_s", "reps", "max_error", "threads")
+              "compile_s", "reps", "max_error", "threads", "rounds")
 
 
 @dataclass(frozen=True)
@@ -483,16 +483,52 @@ def plot(rows, path):
     plt.close(fig)
 
 
-def run_bench(contenders, compile_cases: str, cases, s: Settings, progress=True) -> list:
-    """Every contender in its own process; `compile_cases` (off/ops/all) picks the compile contender's cases."""
-    rows = []
+def _case_key(r) -> tuple:
+    return r["op"], r["mode"], r["batch"], r["slots"], r["contender"]
+
+
+def merge_rounds(rounds) -> list:
+    """One row per case and contender from several rounds' rows: the median over rounds of each round's
+    median time (kept in `round_ms`), ok only if every round was; a failed round's status otherwise."""
+    merged = {}
+    for rows in rounds:
+        for r in rows:
+            merged.setdefault(_case_key(r), []).append(r)
+    out = []
+    for runs in merged.values():
+        failed = [r for r in runs if r["status"] != "ok"]
+        if failed:
+            out.append({**failed[0], "rounds": len(runs)})
+            continue
+        row = {**runs[0], "rounds": len(runs), "round_ms": [r["median_ms"] for r in runs]}
+        row["median_ms"] = statistics.median(row["round_ms"])
+        row["max_error"] = max(r["max_error"] for r in runs)
+        if "seq_per_s" in row:
+            row["seq_per_s"] = row["batch"] / (row["median_ms"] / 1e3)
+        if "compile_s" in row:
+            row["compile_s"] = statistics.median(r["compile_s"] for r in runs)
+        out.append(row)
+    return out
+
+
+def run_bench(contenders, compile_cases: str, cases, s: Settings, progress=True, rounds: int = 1) -> list:
+    """Every contender in its own process; `compile_cases` (off/ops/all) picks the compile contender's cases.
+    With `rounds` > 1 the contenders' processes alternate that many times (the order reversed every other
+    round) and each case reports the median over rounds: on a shared machine whose speed drifts over
+    minutes, contenders timed one after the other would otherwise meet different machines."""
     runs = [(c, list(cases)) for c in contenders]
     if compile_cases != "off":
         runs.append((COMPILE, [c for c in cases if compile_cases == "all" or c.op != STEP]))
-    for i, (contender, its_cases) in enumerate(runs, 1):
-        if progress:
-            print(f"[{i}/{len(runs)}] {contender}: {len(its_cases)} cases", file=sys.stderr, flush=True)
-        rows += run_isolated(contender, its_cases, s, progress)
+    per_round = []
+    for k in range(rounds):
+        rows = []
+        for i, (contender, its_cases) in enumerate(runs if k % 2 == 0 else runs[::-1], 1):
+            if progress:
+                label = f"round {k + 1}/{rounds}, " if rounds > 1 else ""
+                print(f"[{label}{i}/{len(runs)}] {contender}: {len(its_cases)} cases", file=sys.stderr, flush=True)
+            rows += run_isolated(contender, its_cases, s, progress)
+        per_round.append(rows)
+    rows = merge_rounds(per_round)
     order = {c: i for i, (c, _) in enumerate(runs)}
     rows.sort(key=lambda r: ((OPS + (STEP,)).index(r["op"]), MODES.index(r["mode"]), r["slots"], r["batch"],
                              order[r["contender"]]))
@@ -531,6 +567,9 @@ def add_bench_parser(sub):
     p.add_argument("--budget", type=float, default=1.0,
                    help="seconds per case after which repetitions stop, CPU (at least 3 are taken; default 1)")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads per contender (default: torch's)")
+    p.add_argument("--rounds", type=int, default=1,
+                   help="run the contenders' processes this many times, alternating, and report each case's "
+                        "median over rounds (default 1; use 3-5 on a shared or noisy machine)")
     p.add_argument("--out", default="bench-results", help="output folder (default bench-results)")
     p.add_argument("--no-plot", action="store_true", help="skip bench.png")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
@@ -549,7 +588,7 @@ def cmd_bench(args):
                                   ("memory-width", [args.memory_width], 1), ("read-heads", [args.read_heads], 1),
                                   ("write-heads", [args.write_heads], 1), ("shift-range", [args.shift_range], 0),
                                   ("controller-size", [args.controller_size], 1), ("length", [args.length], 1),
-                                  ("warmup", [args.warmup], 0), ("reps", [args.reps], 1),
+                                  ("warmup", [args.warmup], 0), ("reps", [args.reps], 1), ("rounds", [args.rounds], 1),
                                   ("threads", [] if args.threads is None else [args.threads], 1)):
         _positive(name, values, minimum)
     if args.budget <= 0:
@@ -563,14 +602,15 @@ def cmd_bench(args):
                  device=args.device, warmup=args.warmup, reps=args.reps, budget_s=args.budget, threads=args.threads)
     cases = [Case(op, mode, b, n) for op in args.ops for mode in args.modes for n in args.slots
              for b in args.batch_sizes]
-    rows = run_bench(contenders, args.compile, cases, s, progress=not args.no_progress)
+    rows = run_bench(contenders, args.compile, cases, s, progress=not args.no_progress, rounds=args.rounds)
     wall_s = time.perf_counter() - start
     threads = sorted({r["threads"] for r in rows if "threads" in r})
-    meta = {**environment(args.device), "threads": threads, "wall_s": round(wall_s, 1),
+    meta = {**environment(args.device), "threads": threads, "rounds": args.rounds, "wall_s": round(wall_s, 1),
             "settings": dataclasses.asdict(s), "command": "ntm-fast " + " ".join(sys.argv[1:])}
     print(f"ntm-fast bench on {args.device}, torch {meta['torch']}, {', '.join(map(str, threads))} thread(s); "
           f"M={s.width} R={s.read_heads} W={s.write_heads} S={s.shift_range}, step: copy L={s.length} "
-          f"(fwd+bwd step includes the optimizer); vs ref = reference time / contender time")
+          f"(fwd+bwd step includes the optimizer); vs ref = reference time / contender time"
+          + (f"; times: median of {args.rounds} alternating rounds" if args.rounds > 1 else ""))
     print(format_table(rows))
     os.makedirs(args.out, exist_ok=True)
     write_csv(rows, os.path.join(args.out, "bench.csv"))

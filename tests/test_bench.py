@@ -12,7 +12,7 @@ import pytest
 from cases import backend_or_skip
 from ntm_fast import backends, reference
 from ntm_fast.backends import BACKENDS, Backend
-from ntm_fast.bench import Case, Settings, check_contenders, default_contenders, run_contender
+from ntm_fast.bench import Case, Settings, check_contenders, default_contenders, merge_rounds, run_contender
 from ntm_fast.cli import main
 
 TINY = Settings(width=4, controller_size=6, length=2, warmup=0, reps=3, budget_s=0.01)
@@ -70,6 +70,7 @@ def test_the_triton_interpreter_is_never_a_cpu_contender(monkeypatch, backend_ca
     (["--slots", "-3"], "--slots must be >= 1, got -3"),
     (["--reps", "0"], "--reps must be >= 1, got 0"),
     (["--threads", "0"], "--threads must be >= 1, got 0"),
+    (["--rounds", "0"], "--rounds must be >= 1, got 0"),
     (["--budget", "0"], "--budget must be positive"),
 ])
 def test_bench_argument_errors(argv, message, capsys):
@@ -93,6 +94,39 @@ def test_bench_end_to_end(tmp_path, capsys):
     assert all(r["seq_per_s"] > 0 for r in data["results"] if r["op"] == "step")
     assert (out / "bench.csv").read_text().count("\n") == 9 and (out / "bench.png").stat().st_size > 0
 
+
+
+def _row(contender, ms, status="ok", **extra):
+    row = {"op": "step", "mode": "fwd+bwd", "batch": 4, "slots": 8, "contender": contender, "status": status,
+           **extra}
+    return row if status != "ok" else {**row, "median_ms": ms, "max_error": 0.0, "seq_per_s": 4 / (ms / 1e3)}
+
+
+def test_merge_rounds_takes_the_median_over_rounds():
+    rounds = [[_row("reference", 10.0), _row("cpp", 2.0)], [_row("reference", 30.0), _row("cpp", 1.0)],
+              [_row("reference", 20.0), _row("cpp", 9.0)]]
+    merged = {r["contender"]: r for r in merge_rounds(rounds)}
+    assert merged["reference"]["median_ms"] == 20.0 and merged["reference"]["round_ms"] == [10.0, 30.0, 20.0]
+    assert merged["cpp"]["median_ms"] == 2.0 and merged["cpp"]["seq_per_s"] == 2000.0
+    assert merged["cpp"]["rounds"] == 3
+
+
+def test_merge_rounds_reports_a_failed_round():
+    rounds = [[_row("cpp", 2.0)], [_row("cpp", None, status="error: worker failed: boom")]]  # as run_isolated
+    (row,) = merge_rounds(rounds)
+    assert row["status"] == "error: worker failed: boom" and row["rounds"] == 2
+
+
+def test_bench_rounds_end_to_end(tmp_path, capsys):
+    out = tmp_path / "bench"
+    main(["bench", "--backends", "--compile", "off", "--ops", "read", "--modes", "fwd", "--batch-sizes", "2",
+          "--slots", "8", "--memory-width", "4", "--warmup", "0", "--reps", "3", "--budget", "0.01",
+          "--threads", "1", "--rounds", "2", "--out", str(out), "--no-progress", "--no-plot"])
+    assert "median of 2 alternating rounds" in capsys.readouterr().out
+    data = json.loads((out / "bench.json").read_text())
+    (row,) = data["results"]
+    assert data["meta"]["rounds"] == 2 and row["rounds"] == 2 and len(row["round_ms"]) == 2
+    assert row["median_ms"] == pytest.approx(sum(row["round_ms"]) / 2)
 
 def _cpu_kernels_script(*args):
     script = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmarks", "cpu_kernels.py")
