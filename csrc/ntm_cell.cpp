@@ -265,8 +265,9 @@ std::vector<at::Tensor> step_forward(const at::Tensor& x, const c10::optional<at
                            head_tensors(heads, 5, w_write_prev.contiguous()),
                            heads[10], heads[11], reads, w_read, w_write, new_memory_t, memory_t, true);
   const at::Tensor hr = at::cat({h, reads.view({B, R * M})}, 1);
-  // y = [h; r] W_outᵀ + b_out, formed as (W_out [h; r]ᵀ + b_out)ᵀ: with few outputs MKL is ~2.5× faster so.
-  const at::Tensor logits = at::addmm(b_out.unsqueeze(1), W_out, hr.t()).t();
+  // y = [h; r] W_outᵀ + b_out, formed as (W_out [h; r]ᵀ + b_out)ᵀ: with few outputs MKL is ~2.5× faster so
+  // (returned contiguous, as the unfused cell's logits are).
+  const at::Tensor logits = at::addmm(b_out.unsqueeze(1), W_out, hr.t()).t().contiguous();
   std::vector<at::Tensor> out = {logits, h, cell[2], reads.view({B, R * M}), w_read, w_write,
                                  new_memory_t.transpose(1, 2), u, cell[3], cell[4], cell[5], hr};
   out.insert(out.end(), heads.begin(), heads.end());

@@ -45,7 +45,7 @@ def _check_positive_int(name, value, minimum=1):
 
 
 class NTMCell(nn.Module):
-    """One NTM time step. `forward(x [B, X], state) -> (logits [B, Y], state, (w_read, w_write))`."""
+    """One NTM time step. `forward(x [B, X], state) -> (logits [B, Y], next NTMState)`."""
 
     def __init__(self, input_size, output_size, *, controller="lstm", controller_size=100, memory_slots=128,
                  memory_width=20, read_heads=1, write_heads=1, shift_range=1, memory_init="constant",

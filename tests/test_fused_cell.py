@@ -8,7 +8,7 @@ import torch
 
 import cases
 from ntm_fast import fused_cell
-from ntm_fast.model import NTM
+from ntm_fast.model import NTM, NTMCell
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -125,3 +125,17 @@ def test_training_steps_with_the_fused_step_equal_the_reference():
     assert cpp_losses == pytest.approx(ref_losses, rel=1e-10)
     for got, want in zip(cpp_params, ref_params):
         torch.testing.assert_close(got, want, rtol=1e-9, atol=1e-11)
+
+
+def test_fused_step_outputs_are_contiguous():
+    """The fused step's outputs behave like the unfused cell's (views, reshapes) and its input gradients are
+    usable whatever their layout."""
+    cases.backend_or_skip("cpp", "cpu")
+    torch.manual_seed(0)
+    model = NTMCell(5, 3, controller="lstm", controller_size=7, memory_slots=9, memory_width=4, backend="cpp")
+    x = torch.randn(4, 5, requires_grad=True)
+    logits, state = model(x, model.initial_state(4))
+    assert logits.is_contiguous() and logits.view(-1).shape == (12,)
+    logits2, _ = model(x, state)
+    (logits2.sum() + logits.sum()).backward()
+    assert torch.isfinite(x.grad).all()
