@@ -393,13 +393,17 @@ def check_contenders(names, device) -> list:
     return list(dict.fromkeys(["reference", *names]))  # the reference is always timed: ratios need it
 
 
+def _case_key(r) -> tuple:
+    """What identifies a case across contenders."""
+    return r["op"], r["mode"], r["batch"], r["slots"]
+
+
 def add_speedups(rows) -> list:
     """speedup = reference median / contender median on the same case (>1: faster than the reference)."""
-    key = lambda r: (r["op"], r["mode"], r["batch"], r["slots"])  # noqa: E731
-    ref = {key(r): r["median_ms"] for r in rows if r["contender"] == "reference" and r["status"] == "ok"}
+    ref = {_case_key(r): r["median_ms"] for r in rows if r["contender"] == "reference" and r["status"] == "ok"}
     for r in rows:
-        if r["status"] == "ok" and key(r) in ref:
-            r["speedup"] = ref[key(r)] / r["median_ms"]
+        if r["status"] == "ok" and _case_key(r) in ref:
+            r["speedup"] = ref[_case_key(r)] / r["median_ms"]
     return rows
 
 
@@ -483,17 +487,13 @@ def plot(rows, path):
     plt.close(fig)
 
 
-def _case_key(r) -> tuple:
-    return r["op"], r["mode"], r["batch"], r["slots"], r["contender"]
-
-
 def merge_rounds(rounds) -> list:
     """One row per case and contender from several rounds' rows: the median over rounds of each round's
     median time (kept in `round_ms`), ok only if every round was; a failed round's status otherwise."""
     merged = {}
     for rows in rounds:
         for r in rows:
-            merged.setdefault(_case_key(r), []).append(r)
+            merged.setdefault((*_case_key(r), r["contender"]), []).append(r)
     out = []
     for runs in merged.values():
         failed = [r for r in runs if r["status"] != "ok"]
