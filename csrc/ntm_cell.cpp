@@ -224,12 +224,12 @@ std::vector<at::Tensor> cell_head_backward(const at::Tensor& d_h_in, const c10::
     }
   });
   const at::Tensor dW_hd = d_p.t().mm(h), db_hd = d_p.sum(0);
-  // Products with a narrow side (the 29 columns of u) are formed transposed, (W_ihᵀ d_preᵀ)ᵀ and (uᵀ d_pre)ᵀ:
-  // MKL runs that orientation up to 1.6× faster at B=256 (one thread), and autograd takes the strided results
-  // as they are.
+  // The two products with the narrow side of u (29 columns) are formed transposed, (W_ihᵀ d_preᵀ)ᵀ and
+  // (uᵀ d_pre)ᵀ: MKL runs that orientation faster (benchmarks/cpu_gemm_orientation.py), and autograd takes
+  // the strided results as they are.
   const at::Tensor d_u = W_ih.t().mm(d_pre.t()).t(), dW_ih = u.t().mm(d_pre).t(), db_ih = d_pre.sum(0);
   at::Tensor d_h_prev, dW_hh;
-  if (lstm) d_h_prev = W_hh->t().mm(d_pre.t()).t(), dW_hh = h_prev->t().mm(d_pre).t();
+  if (lstm) d_h_prev = d_pre.mm(*W_hh), dW_hh = d_pre.t().mm(*h_prev);
   return {d_u, d_h_prev, d_c_prev, dW_ih, db_ih, dW_hh, dW_hd, db_hd};
 }
 
@@ -265,9 +265,7 @@ std::vector<at::Tensor> step_forward(const at::Tensor& x, const c10::optional<at
                            head_tensors(heads, 5, w_write_prev.contiguous()),
                            heads[10], heads[11], reads, w_read, w_write, new_memory_t, memory_t, true);
   const at::Tensor hr = at::cat({h, reads.view({B, R * M})}, 1);
-  // y = [h; r] W_outᵀ + b_out, formed as (W_out [h; r]ᵀ + b_out)ᵀ: with few outputs MKL is ~2.5× faster so
-  // (returned contiguous, as the unfused cell's logits are).
-  const at::Tensor logits = at::addmm(b_out.unsqueeze(1), W_out, hr.t()).t().contiguous();
+  const at::Tensor logits = at::addmm(b_out, hr, W_out.t());  // y = [h; r] W_outᵀ + b_out
   std::vector<at::Tensor> out = {logits, h, cell[2], reads.view({B, R * M}), w_read, w_write,
                                  new_memory_t.transpose(1, 2), u, cell[3], cell[4], cell[5], hr};
   out.insert(out.end(), heads.begin(), heads.end());
@@ -292,8 +290,8 @@ std::vector<at::Tensor> step_backward(const at::Tensor& d_logits, const at::Tens
   const int64_t B = h.size(0), C = h.size(1), N = w_read_prev.size(2);
   const at::Tensor dW_out = d_logits.t().mm(hr), db_out = d_logits.sum(0);
   const at::Tensor d_hr = d_logits.mm(W_out);
-  // The upstream gradients may arrive strided (the previous step's transposed products): the kernels below
-  // take contiguous rows.
+  // The upstream gradients may arrive strided (d_reads from the next step's transposed d_u, or any from the
+  // caller's loss): the kernels below take contiguous rows.
   const at::Tensor d_h = (d_h_in + d_hr.narrow(1, 0, C)).contiguous();
   const at::Tensor d_reads = (d_reads_in + d_hr.narrow(1, C, R * M)).contiguous().view({B, R, M});
   // Memory interaction (Eq 2-9).
