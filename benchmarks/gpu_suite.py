@@ -283,8 +283,9 @@ def main():
         report.append("- skipped in a dry run")
     else:
         report.append("- " + run_pytest("gpu", ["-m", "gpu", "tests/test_triton.py"], timeout=min(150, left_s() - 240)))
-        report.append("- " + run_pytest("equivalence_triton", ["tests/test_backend_equivalence.py", "-k", "triton"],
-                                        timeout=min(120, left_s() - 200)))
+        report.append("- " + run_pytest("equivalence_triton_cuda",
+                                        ["tests/test_backend_equivalence.py", "tests/test_extension.py", "-k",
+                                         "(triton or cuda) and not host_sources"], timeout=min(150, left_s() - 200)))
     print("\n".join(report[-3:]), flush=True)
 
     rows = benchmarks()
