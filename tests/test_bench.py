@@ -148,3 +148,15 @@ def test_cpu_kernels_script_times_both_passes():
 def test_cpu_kernels_script_argument_errors(argv, message):
     result = _cpu_kernels_script(*argv)
     assert result.returncode == 2 and message in result.stderr and "Traceback" not in result.stderr
+
+
+def test_cpu_gemm_orientation_script():
+    script = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmarks",
+                          "cpu_gemm_orientation.py")
+    result = subprocess.run([sys.executable, script, "--batch", "4", "--threads", "1"], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    rows = [line for line in result.stdout.splitlines() if "as written" in line]
+    times = [float(x) for r in rows for x in re.findall(r"(?:written|transposed)\s+([0-9.]+)", r)]
+    assert len(rows) == 8 and len(times) == 16 and all(t > 0 for t in times)
+    bad = subprocess.run([sys.executable, script, "--batch", "0"], capture_output=True, text=True)
+    assert bad.returncode == 2 and "--batch and --threads must be at least 1" in bad.stderr
