@@ -117,6 +117,12 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         "one step: reads, w_read, w_write, new memory (memory tensors row-major or slot-minor)");
   m.def("step_forward", &ntm::step_forward, "one whole fused NTM time step (CPU): outputs, then saved tensors");
   m.def("step_backward", &ntm::step_backward, "its backward: input and state gradients, then weight gradients");
+  pybind11::class_<ntm::SequenceTape, std::shared_ptr<ntm::SequenceTape>>(
+      m, "SequenceTape", "what sequence_forward keeps for sequence_backward (opaque)");
+  m.def("sequence_forward", &ntm::sequence_forward,
+        "a whole sequence through the fused step (CPU), a batch chunk per thread: logits [T,B,Y] and the tape");
+  m.def("sequence_backward", &ntm::sequence_backward,
+        "its backward: d_x, the initial state's gradients, then the weight gradients summed over time");
   m.def("memory_step_backward", &memory_step_backward,
         "gradients of memory_step (d_memory in the memory's layout)");
 }

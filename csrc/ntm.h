@@ -7,6 +7,7 @@
 
 #include <ATen/ATen.h>
 
+#include <memory>
 #include <utility>
 #include <vector>
 
@@ -78,6 +79,28 @@ std::vector<at::Tensor> step_backward(const at::Tensor& d_logits, const at::Tens
                                       const at::Tensor& hr, const at::Tensor& W_ih,
                                       const c10::optional<at::Tensor>& W_hh, const at::Tensor& W_hd,
                                       const at::Tensor& W_out, int64_t R, int64_t W, int64_t M, int64_t K);
+
+// A whole sequence through the fused step (ntm_cell.cpp; ntm_fast/fused_cell.py's _Sequence): the batch is cut
+// into one chunk per thread and each thread runs its chunk through every time step alone, so that nothing
+// joins the threads between steps. The tape is what the forward keeps for the backward: each chunk's initial
+// state (h, c, reads, w_read, w_write, memory; h and c unused for a feedforward controller) and every step's
+// step_forward result.
+struct SequenceTape {
+  int64_t R = 0, W = 0, M = 0, K = 0, X = 0;
+  bool lstm = false;
+  std::vector<int64_t> bounds;                              // chunk c holds batch rows [bounds[c], bounds[c+1])
+  std::vector<std::vector<at::Tensor>> init;                // [chunk] -> initial state
+  std::vector<std::vector<std::vector<at::Tensor>>> steps;  // [chunk][t] -> step_forward's result
+};
+std::pair<at::Tensor, std::shared_ptr<SequenceTape>> sequence_forward(
+    const at::Tensor& x, const c10::optional<at::Tensor>& h0, const c10::optional<at::Tensor>& c0,
+    const at::Tensor& reads0, const at::Tensor& w_read0, const at::Tensor& w_write0, const at::Tensor& memory0,
+    const at::Tensor& W_ih, const at::Tensor& b_ih, const c10::optional<at::Tensor>& W_hh,
+    const c10::optional<at::Tensor>& b_hh, const at::Tensor& W_hd, const at::Tensor& b_hd, const at::Tensor& W_out,
+    const at::Tensor& b_out, int64_t R, int64_t W, int64_t M, int64_t K);
+std::vector<at::Tensor> sequence_backward(const SequenceTape& tape, const at::Tensor& d_logits, const at::Tensor& W_ih,
+                                          const c10::optional<at::Tensor>& W_hh, const at::Tensor& W_hd,
+                                          const at::Tensor& W_out);
 
 #ifdef NTM_WITH_CUDA
 namespace cuda {

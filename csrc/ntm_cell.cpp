@@ -313,4 +313,137 @@ std::vector<at::Tensor> step_backward(const at::Tensor& d_logits, const at::Tens
           cell[3], cell[4], cell[5], cell[6], cell[7], dW_out, db_out};
 }
 
+
+namespace {
+
+// step_forward's result: outputs, then what its backward needs (the 12 head tensors from kHeads on).
+enum StepResult : size_t { kLogits, kH, kC, kReads, kWRead, kWWrite, kMemory, kU, kTanhC, kGates, kP, kHr, kHeads };
+// A chunk's recurrent state as the tape's init holds it; step_forward's result holds it one place later.
+enum State : size_t { sH, sC, sReads, sWRead, sWWrite, sMemory };
+
+c10::optional<at::Tensor> optional_if(bool present, const at::Tensor& t) {
+  return present ? c10::optional<at::Tensor>(t) : c10::nullopt;
+}
+
+// Chunk boundaries: one chunk per thread (fewer for a smaller batch), sizes differing by at most one.
+std::vector<int64_t> chunk_bounds(int64_t B) {
+  const int64_t chunks = std::max<int64_t>(1, std::min<int64_t>(at::get_num_threads(), B));
+  std::vector<int64_t> bounds(chunks + 1);
+  for (int64_t c = 0; c <= chunks; ++c) bounds[c] = c * B / chunks;
+  return bounds;
+}
+
+// Runs f(c, b0, nb) for every chunk c (rows b0 .. b0+nb), each chunk on its own thread. The kernels and ATen
+// calls inside see a parallel region and run serially (at::parallel_for) or single-threaded (MKL).
+template <typename F>
+void for_each_chunk(const std::vector<int64_t>& bounds, F&& f) {
+  const int64_t chunks = static_cast<int64_t>(bounds.size()) - 1;
+  at::parallel_for(0, chunks, 1, [&](int64_t c0, int64_t c1) {
+    for (int64_t c = c0; c < c1; ++c) f(c, bounds[c], bounds[c + 1] - bounds[c]);
+  });
+}
+
+}  // namespace
+
+// x [T, B, X] from the initial state (h0, c0 [B, C] or nullopt for a feedforward controller; reads0 [B, R·M];
+// w_read0 [B, R, N]; w_write0 [B, W, N]; memory0 [B, N, M], all contiguous) -> logits [T, B, Y] and the tape.
+// Each step is step_forward on the chunk's rows.
+std::pair<at::Tensor, std::shared_ptr<SequenceTape>> sequence_forward(
+    const at::Tensor& x, const c10::optional<at::Tensor>& h0, const c10::optional<at::Tensor>& c0,
+    const at::Tensor& reads0, const at::Tensor& w_read0, const at::Tensor& w_write0, const at::Tensor& memory0,
+    const at::Tensor& W_ih, const at::Tensor& b_ih, const c10::optional<at::Tensor>& W_hh,
+    const c10::optional<at::Tensor>& b_hh, const at::Tensor& W_hd, const at::Tensor& b_hd, const at::Tensor& W_out,
+    const at::Tensor& b_out, int64_t R, int64_t W, int64_t M, int64_t K) {
+  const int64_t T = x.size(0), B = x.size(1);
+  auto tape = std::make_shared<SequenceTape>();
+  tape->R = R, tape->W = W, tape->M = M, tape->K = K, tape->X = x.size(2), tape->lstm = h0.has_value();
+  tape->bounds = chunk_bounds(B);
+  const size_t chunks = tape->bounds.size() - 1;
+  tape->init.resize(chunks), tape->steps.resize(chunks);
+  const at::Tensor logits = at::empty({T, B, W_out.size(0)}, x.options());
+  const bool lstm = tape->lstm;
+  for_each_chunk(tape->bounds, [&](int64_t c, int64_t b0, int64_t nb) {
+    const auto rows = [&](const at::Tensor& t) { return t.narrow(0, b0, nb); };
+    std::vector<at::Tensor> state = {lstm ? rows(*h0) : at::Tensor(), lstm ? rows(*c0) : at::Tensor(), rows(reads0),
+                                     rows(w_read0), rows(w_write0), rows(memory0)};
+    tape->init[c] = state;
+    auto& steps = tape->steps[c];
+    steps.reserve(T);
+    for (int64_t t = 0; t < T; ++t) {
+      std::vector<at::Tensor> out =
+          step_forward(rows(x[t]), optional_if(lstm, state[sH]), optional_if(lstm, state[sC]), state[sReads],
+                       state[sWRead], state[sWWrite], state[sMemory], W_ih, b_ih, W_hh, b_hh, W_hd, b_hd, W_out, b_out,
+                       R, W, M, K);
+      logits[t].narrow(0, b0, nb).copy_(out[kLogits]);
+      state = {out[kH], out[kC], out[kReads], out[kWRead], out[kWWrite], out[kMemory]};
+      steps.push_back(std::move(out));
+    }
+  });
+  return {logits, tape};
+}
+
+// Backward of sequence_forward for the logits' gradient [T, B, Y]: each chunk runs step_backward from the last
+// step to the first on its own thread, summing its weight gradients; the chunks' sums are added at the end.
+// Returns d_x [T, B, X]; the initial state's gradients d_h0, d_c0 (undefined for a feedforward controller),
+// d_reads0, d_w_read0, d_w_write0, d_memory0 (row-major); then dW_ih, db_ih, dW_hh (undefined for a feedforward
+// controller), dW_hd, db_hd, dW_out, db_out.
+std::vector<at::Tensor> sequence_backward(const SequenceTape& tape, const at::Tensor& d_logits, const at::Tensor& W_ih,
+                                          const c10::optional<at::Tensor>& W_hh, const at::Tensor& W_hd,
+                                          const at::Tensor& W_out) {
+  const int64_t T = d_logits.size(0), B = d_logits.size(1), R = tape.R, W = tape.W, M = tape.M, X = tape.X;
+  TORCH_CHECK(T == static_cast<int64_t>(tape.steps[0].size()) && B == tape.bounds.back(),
+              "ntm_fast._C.sequence_backward: d_logits of shape ", d_logits.sizes(), " does not match the tape's ",
+              tape.steps[0].size(), " steps of batch ", tape.bounds.back());
+  const bool lstm = tape.lstm;
+  const int64_t C = W_hd.size(1), N = tape.init[0][sWRead].size(2);
+  const at::TensorOptions o = d_logits.options();
+  const at::Tensor d_x = at::empty({T, B, X}, o), d_reads0 = at::empty({B, R * M}, o);
+  const at::Tensor d_h0 = lstm ? at::empty({B, C}, o) : at::Tensor(), d_c0 = lstm ? at::empty({B, C}, o) : at::Tensor();
+  const at::Tensor d_w_read0 = at::empty({B, R, N}, o), d_w_write0 = at::empty({B, W, N}, o);
+  const at::Tensor d_memory0 = at::empty({B, N, M}, o);
+  const size_t chunks = tape.bounds.size() - 1;
+  std::vector<std::vector<at::Tensor>> weight_grads(chunks);  // per chunk: dW_ih, db_ih, dW_hh, dW_hd, ... db_out
+  for_each_chunk(tape.bounds, [&](int64_t c, int64_t b0, int64_t nb) {
+    const auto rows = [&](const at::Tensor& t) { return t.narrow(0, b0, nb); };
+    at::Tensor d_h = at::zeros({nb, C}, o), d_c = lstm ? at::zeros({nb, C}, o) : at::Tensor();
+    at::Tensor d_reads = at::zeros({nb, R * M}, o), d_w_read = at::zeros({nb, R, N}, o);
+    at::Tensor d_w_write = at::zeros({nb, W, N}, o), d_memory = at::zeros({nb, N, M}, o);
+    std::vector<at::Tensor>& sums = weight_grads[c];
+    for (int64_t t = T - 1; t >= 0; --t) {
+      const std::vector<at::Tensor>& out = tape.steps[c][t];
+      // The state the step started from: the initial one, or the previous step's outputs (one place later).
+      const std::vector<at::Tensor>& prev = t > 0 ? tape.steps[c][t - 1] : tape.init[c];
+      const size_t at = t > 0 ? 1 : 0;
+      const std::vector<at::Tensor> heads(out.begin() + kHeads, out.end());
+      std::vector<at::Tensor> g = step_backward(
+          rows(d_logits[t]).contiguous(), d_h, optional_if(lstm, d_c), d_reads, d_w_read, d_w_write, d_memory,
+          prev[sMemory + at], prev[sWRead + at], prev[sWWrite + at], heads, out[kU], optional_if(lstm, prev[sH + at]),
+          optional_if(lstm, prev[sC + at]), out[kH], out[kTanhC], out[kGates], out[kP], out[kHr], W_ih, W_hh, W_hd,
+          W_out, R, W, M, tape.K);
+      // g: d_u = [d_x, d_reads], d_h_prev, d_c_prev, d_w_read_prev, d_w_write_prev, d_memory_prev, then the
+      // step's weight gradients.
+      d_x[t].narrow(0, b0, nb).copy_(g[0].narrow(1, 0, X));
+      d_reads = g[0].narrow(1, X, R * M);
+      if (lstm) d_h = g[1], d_c = g[2];  // a feedforward controller's h is no state: d_h stays zero
+      d_w_read = g[3], d_w_write = g[4], d_memory = g[5];
+      if (sums.empty()) {
+        sums.assign(g.begin() + 6, g.end());
+      } else {
+        for (size_t k = 0; k < sums.size(); ++k)
+          if (sums[k].defined()) sums[k].add_(g[6 + k]);
+      }
+    }
+    if (lstm) rows(d_h0).copy_(d_h), rows(d_c0).copy_(d_c);
+    rows(d_reads0).copy_(d_reads), rows(d_w_read0).copy_(d_w_read), rows(d_w_write0).copy_(d_w_write);
+    rows(d_memory0).copy_(d_memory);
+  });
+  std::vector<at::Tensor> out = {d_x, d_h0, d_c0, d_reads0, d_w_read0, d_w_write0, d_memory0};
+  for (size_t k = 0; k < weight_grads[0].size(); ++k) {
+    at::Tensor sum = weight_grads[0][k];
+    for (size_t c = 1; c < chunks && sum.defined(); ++c) sum = sum + weight_grads[c][k];
+    out.push_back(sum.defined() ? sum.contiguous() : sum);
+  }
+  return out;
+}
+
 }  // namespace ntm

@@ -65,6 +65,41 @@ class _Step(torch.autograd.Function):
                 *controller, dW_hd, db_hd, dW_out, db_out)
 
 
+class _Sequence(torch.autograd.Function):
+    """apply(cell, x [T, B, X], h0, c0, reads0, w_read0, w_write0, memory0, *weights) -> logits [T, B, Y].
+
+    A whole sequence through the fused step in two C++ calls (csrc/ntm_cell.cpp: sequence_forward,
+    sequence_backward). The batch is cut into one chunk per thread and each thread runs its chunk through
+    every step alone: the per-step autograd nodes and Python, and the threads' joins after every matrix
+    product and kernel of a step, are gone, and the small ATen calls that ran on one thread run on all of
+    them. Each step computes what _Step computes for those rows; the weight gradients are summed over a chunk's
+    steps, then over the chunks. The tape (every step's saved tensors) stays on the C++ side."""
+
+    @staticmethod
+    def forward(ctx, cell, x, h0, c0, reads0, w_read0, w_write0, memory0, *weights):
+        lstm = cell.controller_kind == "lstm"
+        W_ih, b_ih, W_hh, b_hh = weights[:4] if lstm else (*weights[:2], None, None)
+        W_hd, b_hd, W_out, b_out = weights[-4:]
+        state = [None if t is None else t.contiguous() for t in (h0, c0, reads0, w_read0, w_write0, memory0)]
+        logits, ctx.tape = extension._kernels(x).sequence_forward(
+            x.contiguous(), *state, W_ih, b_ih, W_hh, b_hh, W_hd, b_hd, W_out, b_out, cell.R, cell.W, cell.M,
+            2 * cell.S + 1)
+        ctx.lstm = lstm
+        ctx.save_for_backward(W_ih, W_hh, W_hd, W_out)
+        return logits
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, d_logits):
+        W_ih, W_hh, W_hd, W_out = ctx.saved_tensors
+        d_x, d_h0, d_c0, d_reads0, d_w_read0, d_w_write0, d_memory0, dW_ih, db_ih, dW_hh, dW_hd, db_hd, dW_out, \
+            db_out = extension._kernels(d_logits).sequence_backward(ctx.tape, d_logits.contiguous(), W_ih, W_hh,
+                                                                     W_hd, W_out)
+        controller = (dW_ih, db_ih, dW_hh, db_ih) if ctx.lstm else (dW_ih, db_ih)
+        return (None, d_x, d_h0, d_c0, d_reads0, d_w_read0, d_w_write0, d_memory0, *controller, dW_hd, db_hd,
+                dW_out, db_out)
+
+
 def usable(cell, x: torch.Tensor) -> bool:
     """Whether `cell`'s step can run fused: the extension's kernels resolve for CPU tensors of a dtype they
     take, and no torch.compile is tracing (the compiler sees the registered per-op custom ops instead)."""
@@ -75,17 +110,26 @@ def usable(cell, x: torch.Tensor) -> bool:
     return resolve(cell.backend, x.device) is extension.OPS
 
 
+def _weights(cell) -> tuple:
+    """The cell's parameters in the order _Step and _Sequence take them."""
+    if cell.controller_kind == "lstm":
+        c = cell.controller
+        controller = (c.weight_ih, c.bias_ih, c.weight_hh, c.bias_hh)
+    else:
+        controller = (cell.controller.weight, cell.controller.bias)
+    return controller + (cell.heads.weight, cell.heads.bias, cell.output.weight, cell.output.bias)
+
+
 def step(cell, x, state):
     """NTMCell.forward's result for one step, through _Step (see the module docstring)."""
     lstm = cell.controller_kind == "lstm"
-    if lstm:
-        h_prev, c_prev = state.controller
-        weights = (cell.controller.weight_ih, cell.controller.bias_ih, cell.controller.weight_hh,
-                   cell.controller.bias_hh)
-    else:
-        h_prev = c_prev = None
-        weights = (cell.controller.weight, cell.controller.bias)
-    weights += (cell.heads.weight, cell.heads.bias, cell.output.weight, cell.output.bias)
+    h_prev, c_prev = state.controller if lstm else (None, None)
     logits, h, c, reads, w_read, w_write, memory = _Step.apply(
-        cell, x, h_prev, c_prev, state.reads, state.w_read, state.w_write, state.memory, *weights)
+        cell, x, h_prev, c_prev, state.reads, state.w_read, state.w_write, state.memory, *_weights(cell))
     return logits, (h, c) if lstm else None, reads, w_read, w_write, memory
+
+
+def sequence(cell, x, state):
+    """The logits [T, B, Y] of `cell` run over x [T, B, X] (T >= 1) from `state`, through _Sequence."""
+    h0, c0 = state.controller if cell.controller_kind == "lstm" else (None, None)
+    return _Sequence.apply(cell, x, h0, c0, state.reads, state.w_read, state.w_write, state.memory, *_weights(cell))

@@ -180,6 +180,8 @@ class NTM(nn.Module):
             raise ValueError(f"NTM.forward: argument 'x' is {x.dtype} on {x.device} but the model is "
                              f"{param.dtype} on {param.device}")
         state = self.cell.initial_state(x.shape[1])
+        if not return_trace and x.shape[0] > 0 and fused_cell.usable(self.cell, x[0]):
+            return fused_cell.sequence(self.cell, x, state)  # the C++ kernels: the whole sequence in two calls
         logits, w_reads, w_writes = [], [], []
         for x_t in x:
             y_t, state = self.cell(x_t, state)
