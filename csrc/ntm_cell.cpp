@@ -1,5 +1,6 @@
 // One whole fused NTM time step on CPU (ntm_fast/fused_cell.py), forward and backward: step_forward and
-// step_backward, one call each per time step from Python. Inside, the controller and head layer
+// step_backward, one call each per time step from Python (_Step), or called for every step of a sequence by
+// sequence_forward / sequence_backward (_Sequence, at the end of this file). Inside, the controller and head layer
 // (cell_head_forward / cell_head_backward) around the fused memory_step kernels (ntm_cpu.cpp) and the output
 // layer. The matrix products are ATen calls (MKL); every elementwise part is one hand-written pass: the LSTM
 // gates and cell, the head activations of Section 3.3 (β = softplus, g = σ, s = softmax, γ = 1 + softplus,

@@ -87,13 +87,13 @@ struct Trace {  // one head's addressing intermediates, [N] each
 
 // The block's shared memory: reduction scratch, row norms, one trace and two backward buffers, the
 // weightings and their gradients for H heads, and (when it fits) the memory tile.
-size_t shared_elems(const Sizes& s, int H) { return kWarps + size_t(s.N) * (9 + 2 * H); }
+size_t shared_elems(const Sizes& s, int H) { return kWarps + size_t(s.N) * (8 + 2 * H); }
 
 extern __shared__ __align__(16) unsigned char ntm_shared[];
 
 template <typename T>
 struct Shared {
-  T *red, *mem_norm, *d_mem_norm, *buf, *w, *d_w;
+  T *red, *mem_norm, *buf, *w, *d_w;
   const T* mem;  // this item's memory [N, M]: the shared tile, or global memory
   int N;
 
@@ -109,8 +109,7 @@ __device__ Shared<T> load_item(const T* memory, const Sizes& s, int H, bool tile
   sh.N = s.N;
   sh.red = p;
   sh.mem_norm = sh.red + kWarps;
-  sh.d_mem_norm = sh.mem_norm + s.N;
-  sh.buf = sh.d_mem_norm + s.N;
+  sh.buf = sh.mem_norm + s.N;
   sh.w = sh.buf + 7 * s.N;
   sh.d_w = sh.w + H * s.N;
   const size_t NM = size_t(s.N) * s.M;
@@ -188,9 +187,8 @@ __device__ void address_head(const Shared<T>& sh, const Head<T>& p, const Sizes&
   block_softmax(t.log_w_s, p.gamma, t.w, N, sh.red);
 }
 
-// Backward of address_head for the upstream gradient d_w [N]: writes the head's gradients, adds the
-// dot-product part of the memory gradient to d_mem (global, [N, M]) and the row-norm part to
-// sh.d_mem_norm (add_row_norm_grad turns it into memory gradient once for all heads). Ends synchronized.
+// Backward of address_head for the upstream gradient d_w [N]: writes the head's gradients and adds its part of
+// the memory gradient to d_mem (global, [N, M]). Ends synchronized.
 template <typename T>
 __device__ void address_head_backward(const Shared<T>& sh, const Head<T>& p, const Sizes& s, const Trace<T>& t,
                                       const T* d_w, const HeadGrad<T>& d, T* d_mem) {
@@ -242,13 +240,12 @@ __device__ void address_head_backward(const Shared<T>& sh, const Head<T>& p, con
   }
   part = block_reduce(part, sh.red);
   if (threadIdx.x == 0) *d.beta = part;
-  // Eq 6: d‖M[i]‖ -= dK[i]·K[i]/‖M[i]‖; d dot[i] = dK[i]/(‖k‖·‖M[i]‖) (into d_wg). The key gradient is summed
-  // per slot as dK[i]/‖k‖·(M[i]/‖M[i]‖ - K[i]·k/‖k‖), so near-parallel rows give ~0, not rounding noise.
+  // Eq 6, K[i] = k̂·M̂[i] with k̂ = k/‖k‖, M̂[i] = M[i]/‖M[i]‖ (smoothed norms):
+  //   dM[i] += dK[i]/‖M[i]‖·(k̂ - K[i]·M̂[i]),   dk += dK[i]/‖k‖·(M̂[i] - K[i]·k̂),
+  // each the part of one unit vector orthogonal to the other, formed per element: a row (anti)parallel to the
+  // key (|K| = 1) gives exactly 0, as the reference does, not a difference of two rounded terms.
   const T key_norm = key_norm_of(p.key, s, sh.red);
-  for (int i = threadIdx.x; i < N; i += kThreads) {
-    sh.d_mem_norm[i] -= d_ws[i] * t.cos[i] / sh.mem_norm[i];
-    d_wg[i] = d_ws[i] / (key_norm * sh.mem_norm[i]);
-  }
+  for (int i = threadIdx.x; i < N; i += kThreads) d_wg[i] = d_ws[i] / sh.mem_norm[i];
   __syncthreads();
   const int lane = threadIdx.x & 31;
   for (int m = threadIdx.x >> 5; m < M; m += kWarps) {  // a warp per column
@@ -258,17 +255,11 @@ __device__ void address_head_backward(const Shared<T>& sh, const Head<T>& p, con
     dk = warp_sum(dk);
     if (lane == 0) d.key[m] = dk / key_norm;
   }
-  for (size_t idx = threadIdx.x; idx < size_t(N) * M; idx += kThreads) d_mem[idx] += d_wg[idx / M] * p.key[idx % M];
-  __syncthreads();
-}
-
-// d M[i] += d‖M[i]‖·M[i]/‖M[i]‖, all heads' row-norm gradients at once.
-template <typename T>
-__device__ void add_row_norm_grad(const Shared<T>& sh, const Sizes& s, T* d_mem) {
-  for (size_t idx = threadIdx.x; idx < size_t(s.N) * s.M; idx += kThreads) {
-    const size_t i = idx / s.M;
-    d_mem[idx] += sh.d_mem_norm[i] / sh.mem_norm[i] * sh.mem[idx];
+  for (size_t idx = threadIdx.x; idx < size_t(N) * M; idx += kThreads) {
+    const size_t i = idx / M;
+    d_mem[idx] += d_wg[i] * (p.key[idx % M] / key_norm - t.cos[i] * (sh.mem[idx] / sh.mem_norm[i]));
   }
+  __syncthreads();
 }
 
 // Eq 2 for H heads: r[h,m] = Σ_i w[h,i]·M[i,m], a warp per (h, m).
@@ -379,7 +370,6 @@ __global__ void __launch_bounds__(kThreads) address_backward_kernel(const T* mem
   const Shared<T> sh = load_item(memory + size_t(b) * s.N * s.M, s, heads.H, tile, true);
   T* d_mem = d_memory + size_t(b) * s.N * s.M;
   zero(d_mem, size_t(s.N) * s.M);
-  zero(sh.d_mem_norm, s.N);
   __syncthreads();
   for (int h = 0; h < heads.H; ++h) {
     const Head<T> head = head_at(heads, b, h, s);
@@ -388,7 +378,6 @@ __global__ void __launch_bounds__(kThreads) address_backward_kernel(const T* mem
     address_head_backward(sh, head, s, t, grad_w + (size_t(b) * heads.H + h) * s.N, grad_at(d, heads.H, b, h, s),
                           d_mem);
   }
-  add_row_norm_grad(sh, s, d_mem);
 }
 
 template <typename T>
@@ -476,7 +465,6 @@ __global__ void __launch_bounds__(kThreads) memory_step_backward_kernel(
   const Shared<T> sh = address_all(memory, rh, wh, s, tile);
   T* d_mem = d_memory + b * NM;
   zero(d_mem, NM);
-  zero(sh.d_mem_norm, s.N);
   // d w = the upstream gradient + what the read and the write pass back.
   for (int idx = threadIdx.x; idx < (R + W) * s.N; idx += kThreads)
     sh.d_w[idx] = idx < R * s.N ? grad_w_read[size_t(b) * R * s.N + idx]
@@ -497,7 +485,6 @@ __global__ void __launch_bounds__(kThreads) memory_step_backward_kernel(
     address_head_backward(sh, head, s, t, sh.d_w + h * s.N,
                           is_read ? grad_at(d_rh, R, b, h, s) : grad_at(d_wh, W, b, h - R, s), d_mem);
   }
-  add_row_norm_grad(sh, s, d_mem);
 }
 
 // Launch one block per batch item with the shared memory for H heads, plus the memory tile when it fits.

@@ -66,6 +66,27 @@ def scratch(rows: int, B: int, N: int, like: torch.Tensor) -> torch.Tensor:
     return torch.empty((rows, B, N), dtype=compute_dtype(like.dtype), device=like.device)
 
 
+# Correctly rounded float32 division and square root. On NVIDIA GPUs Triton's `/` is div.full.f32 (up to 2 ulp
+# off) and tl.sqrt is sqrt.approx.f32; the reference's (PyTorch's) are IEEE. Eq 6's gradients are differences of
+# nearly equal terms where a key and a memory row are (anti)parallel (|K| = 1): with IEEE arithmetic both
+# vanish exactly, as in the reference, with the approximate ones they leave rounding noise that β = 1e3
+# amplifies past the reference's error (benchmarks/gpu-h200-2026-11-26-failures.txt). float64 is exact either way.
+@triton.jit
+def div(x, y, DTYPE: tl.constexpr):
+    if DTYPE == tl.float32:
+        return tl.div_rn(x, y)
+    else:
+        return x / y
+
+
+@triton.jit
+def sqrt(x, DTYPE: tl.constexpr):
+    if DTYPE == tl.float32:
+        return tl.sqrt_rn(x)
+    else:
+        return tl.sqrt(x)
+
+
 @triton.jit
 def load_head(ptr, rows, h, H, cols, B, C, DTYPE: tl.constexpr):
     """The [BLOCK_B, BLOCK_C] block of head h (of H) in a contiguous [B, H, C] tensor, zero padded, as DTYPE."""

@@ -26,7 +26,8 @@ import triton.language as tl
 
 from ntm_fast.backends import empty_output
 
-from ._common import EPS, contiguous, launch, load_head, memory_offsets, pow2, scratch, shift_args, store_head
+from ._common import (EPS, contiguous, div, launch, load_head, memory_offsets, pow2, scratch, shift_args, sqrt,
+                      store_head)
 
 
 @triton.jit
@@ -36,7 +37,7 @@ def _head_params(key_ptr, beta_ptr, gate_ptr, gamma_ptr, h, H, rows, B, M, DTYPE
     row_ok = rows < B
     hrows = rows * H + h
     key = load_head(key_ptr, rows, h, H, tl.arange(0, BLOCK_M), B, M, DTYPE)
-    key_norm = tl.sqrt(tl.sum(key * key, axis=1) + EPS)
+    key_norm = sqrt(tl.sum(key * key, axis=1) + EPS, DTYPE)
     beta = tl.load(beta_ptr + hrows, mask=row_ok, other=0.0).to(DTYPE)
     gate = tl.load(gate_ptr + hrows, mask=row_ok, other=0.0).to(DTYPE)
     gamma = tl.load(gamma_ptr + hrows, mask=row_ok, other=0.0).to(DTYPE)
@@ -59,8 +60,8 @@ def _content_logits(mem_ptr, key, key_norm, beta, rows, slots, B, N, M, DTYPE: t
     and its offsets and mask."""
     offsets, mask = memory_offsets(rows, slots, tl.arange(0, BLOCK_M), B, N, M)
     mem = tl.load(mem_ptr + offsets, mask=mask, other=0.0).to(DTYPE)
-    mem_norm = tl.sqrt(tl.sum(mem * mem, axis=2) + EPS)
-    sim = tl.sum(mem * key[:, None, :], axis=2) / (key_norm[:, None] * mem_norm)
+    mem_norm = sqrt(tl.sum(mem * mem, axis=2) + EPS, DTYPE)
+    sim = div(tl.sum(mem * key[:, None, :], axis=2), key_norm[:, None] * mem_norm, DTYPE)
     logits = tl.where((slots < N)[None, :], beta[:, None] * sim, float("-inf"))
     return logits, sim, mem_norm, mem, offsets, mask
 
@@ -83,7 +84,7 @@ def _gated_weights(mem_ptr, wprev_ptr, wg_ptr, key, key_norm, beta, gate, hrows,
     for start in range(0, N, BLOCK_N):
         slots, offs, head_offs, mask = _slot_tile(start, rows, hrows, B, N, BLOCK_N)
         logits = tl.load(wg_ptr + offs, mask=mask, other=float("-inf"))
-        w_content = tl.exp(logits - run_max[:, None]) / run_sum[:, None]
+        w_content = div(tl.exp(logits - run_max[:, None]), run_sum[:, None], DTYPE)
         w_prev = tl.load(wprev_ptr + head_offs, mask=mask, other=0.0).to(DTYPE)
         tl.store(wg_ptr + offs, gate[:, None] * w_content + (1 - gate[:, None]) * w_prev, mask=mask)
     tl.debug_barrier()
@@ -139,7 +140,7 @@ def address_head_fwd(mem_ptr, key_ptr, beta_ptr, gate_ptr, shift_ptr, gamma_ptr,
     for start in range(0, N, BLOCK_N):
         slots, offs, head_offs, mask = _slot_tile(start, rows, hrows, B, N, BLOCK_N)
         z = tl.load(z_ptr + offs, mask=mask, other=float("-inf"))
-        tl.store(w_ptr + head_offs, tl.exp(z - run_max[:, None]) / run_sum[:, None], mask=mask)
+        tl.store(w_ptr + head_offs, div(tl.exp(z - run_max[:, None]), run_sum[:, None], DTYPE), mask=mask)
 
 
 @triton.jit
@@ -179,7 +180,7 @@ def address_head_bwd(mem_ptr, key_ptr, beta_ptr, gate_ptr, shift_ptr, gamma_ptr,
         w = tl.load(w_ptr + head_offs, mask=mask, other=0.0).to(DTYPE)
         g_z = w * (tl.load(gw_ptr + head_offs, mask=mask, other=0.0).to(DTYPE) - w_dot_gw[:, None])
         g_gamma += tl.sum(g_z * tl.log(clamped), axis=1)
-        g_ws = tl.where(w_shifted >= TINY, gamma[:, None] * g_z / clamped, 0.0)
+        g_ws = tl.where(w_shifted >= TINY, div(gamma[:, None] * g_z, clamped, DTYPE), 0.0)
         tl.store(gws_ptr + offs, g_ws, mask=mask)
         # Eq 8 backward for the shift weights: ∂L/∂s[j+S] = Σ_i ∂L/∂w_s[i]·w_g[(i-j) mod N].
         for k in range(K):
@@ -196,7 +197,7 @@ def address_head_bwd(mem_ptr, key_ptr, beta_ptr, gate_ptr, shift_ptr, gamma_ptr,
         slots, offs, head_offs, mask = _slot_tile(start, rows, hrows, B, N, BLOCK_N)
         g_wg = _shifted(gws_ptr, shift_ptr, hrows, rows, slots, B, N, S, WRAP, True, DTYPE, BLOCK_B, BLOCK_N)
         logits, _, _, _, _, _ = _content_logits(mem_ptr, key, key_norm, beta, rows, slots, B, N, M, DTYPE, BLOCK_M)
-        w_content = tl.exp(logits - c_max[:, None]) / c_sum[:, None]
+        w_content = div(tl.exp(logits - c_max[:, None]), c_sum[:, None], DTYPE)
         w_prev = tl.load(wprev_ptr + head_offs, mask=mask, other=0.0).to(DTYPE)
         g_gate += tl.sum(g_wg * (w_content - w_prev), axis=1)
         wc_dot_gwg += tl.sum(w_content * g_wg, axis=1)
@@ -210,22 +211,22 @@ def address_head_bwd(mem_ptr, key_ptr, beta_ptr, gate_ptr, shift_ptr, gamma_ptr,
     # similarity gives an exactly zero gradient instead of a difference of two large rounded terms.
     g_beta = tl.zeros([BLOCK_B], DTYPE)
     g_key = tl.zeros([BLOCK_B, BLOCK_M], DTYPE)
-    key_unit = key / key_norm[:, None]
+    key_unit = div(key, key_norm[:, None], DTYPE)
     for start in range(0, N, BLOCK_N):
         slots, offs, head_offs, mask = _slot_tile(start, rows, hrows, B, N, BLOCK_N)
         logits, sim, mem_norm, mem, mem_offs, mem_mask = _content_logits(mem_ptr, key, key_norm, beta, rows, slots,
                                                                           B, N, M, DTYPE, BLOCK_M)
-        w_content = tl.exp(logits - c_max[:, None]) / c_sum[:, None]
+        w_content = div(tl.exp(logits - c_max[:, None]), c_sum[:, None], DTYPE)
         g_wg = tl.load(wg_ptr + offs, mask=mask, other=0.0)
         g_logits = w_content * gate[:, None] * (g_wg - wc_dot_gwg[:, None])
         g_beta += tl.sum(g_logits * sim, axis=1)
         g_sim = beta[:, None] * g_logits
-        mem_unit = mem / mem_norm[:, :, None]
+        mem_unit = div(mem, mem_norm[:, :, None], DTYPE)
         g_key += tl.sum(g_sim[:, :, None] * (mem_unit - sim[:, :, None] * key_unit[:, None, :]), axis=1)
-        g_mem = (g_sim / mem_norm)[:, :, None] * (key_unit[:, None, :] - sim[:, :, None] * mem_unit)
+        g_mem = div(g_sim, mem_norm, DTYPE)[:, :, None] * (key_unit[:, None, :] - sim[:, :, None] * mem_unit)
         previous = tl.load(gmem_ptr + mem_offs, mask=mem_mask, other=0.0).to(DTYPE)
         tl.store(gmem_ptr + mem_offs, tl.where(accumulate, previous, 0.0) + g_mem, mask=mem_mask)
-    g_key = g_key / key_norm[:, None]
+    g_key = div(g_key, key_norm[:, None], DTYPE)
 
     store_head(gkey_ptr, g_key, rows, h, H, tl.arange(0, BLOCK_M), B, M)
     store_head(gshift_ptr, g_shift, rows, h, H, tl.arange(0, BLOCK_K), B, K)

@@ -121,8 +121,9 @@ def unavailable_reason(name: str, device_type: str | None = None) -> str | None:
     """None if backend `name` can run (on `device_type`, if given); otherwise why not."""
     backend = BACKENDS[name]
     if device_type is not None and device_type not in backend.devices():
-        served = ", ".join(backend.devices()) or "nothing on this machine"
-        return f"it runs on {served} tensors, not {device_type}"
+        if not backend.devices():  # it runs on no device here: loading it says why
+            return _try_load(name)[1] or "it runs on no device of this machine"
+        return f"it runs on {', '.join(backend.devices())} tensors, not {device_type}"
     return _try_load(name)[1]
 
 

@@ -1,13 +1,18 @@
-"""One whole NTM time step as a single autograd node, for the C++ extension's CPU kernels.
+"""One whole NTM time step as a single autograd node, and a whole sequence as one, for the C++ extension's
+CPU kernels.
 
 `NTMCell.forward` computes a step as ~30 tensor ops (controller, head activations, memory interaction,
 output layer), and autograd records a node for most of them. At the batch sizes of NTM training on CPU the
 per-op and per-node overheads (Python dispatch, allocation, the autograd engine) cost as much as the fused
-memory kernel itself. Here the whole step is one autograd node whose forward and backward are one C++ call
-each (csrc/ntm_cell.cpp: `step_forward`, `step_backward`): the matrix products through ATen, one
+memory kernel itself. `_Step` makes the whole step one autograd node whose forward and backward are one C++
+call each (csrc/ntm_cell.cpp: `step_forward`, `step_backward`): the matrix products through ATen, one
 hand-written pass per elementwise part (LSTM gates, the head activations and their derivatives), the fused
-memory_step kernels in between; the backward is written out by hand. Weight gradients are per-step products
-that autograd accumulates over the sequence.
+memory_step kernels in between; the backward is written out by hand. NTMCell.forward uses it.
+
+`_Sequence` runs those same step functions over a whole sequence in one C++ call each way
+(`sequence_forward`, `sequence_backward`), one batch chunk per thread from the first step to the last, and
+sums the weight gradients over the steps. Per step there is then no Python, no autograd node and no point
+where the threads wait for each other. NTM.forward uses it (unless it returns a trace of the weightings).
 
 Math (Section 3.3 activations; `nn.LSTMCell`'s gate order i, f, g, o):
     u = [x; r_prev];  gates = u W_ihᵀ + b_ih + h_prev W_hhᵀ + b_hh   (LSTM)   or   h = tanh(u W_ihᵀ + b_ih)

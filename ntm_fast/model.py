@@ -4,8 +4,9 @@ One time step (DESIGN.md, "The math", item 8):
     controller([x_t; r_{t-1}]) -> head parameters -> every head addresses M_{t-1} -> reads r_t
     -> write gives M_t -> y_t = Linear([h_t; r_t]) (logits).
 The memory interaction of a step is a single `ntm_fast.ops.memory_step` call, so a fused backend covers
-all of it; with the C++ extension's CPU kernels the whole step is one autograd node (fused_cell.py). Head activations (Section 3.3): key linear, β = softplus, g = sigmoid, s = softmax over the
-2S+1 shifts, γ = 1 + softplus, erase = sigmoid, add linear.
+all of it; with the C++ extension's CPU kernels the whole step is one autograd node, and NTM.forward runs
+the whole sequence as one (fused_cell.py). Head activations (Section 3.3): key linear, β = softplus,
+g = sigmoid, s = softmax over the 2S+1 shifts, γ = 1 + softplus, erase = sigmoid, add linear.
 """
 from __future__ import annotations
 

@@ -303,7 +303,7 @@ def format_report(r: dict) -> str:
     if r["split"]:
         lines.append(f"The {MEMORY} (sum) row's min MB is the fused minimum; the split ops each read memory again.")
     if r.get("fused_step"):
-        lines.append("This backend runs the whole time step as one fused autograd node (ntm_fast/fused_cell.py); the "
+        lines.append("This backend runs the whole sequence as one fused autograd node (ntm_fast/fused_cell.py); the "
                      "parts are its unfused ops timed alone, so they overlap and can add up to more than the step.")
     return "\n".join(lines)
 

@@ -62,6 +62,22 @@ def test_unknown_and_unavailable_backends():
     assert "reference" in ntm_fast.available_backends("cpu")
 
 
+def test_a_backend_that_runs_nowhere_here_says_why(monkeypatch):
+    """Without a GPU and without the interpreter, triton serves no device: the reason is its own, not a list."""
+    if torch.cuda.is_available():
+        pytest.skip("a CUDA GPU is visible: triton runs on it")
+    from ntm_fast import backends
+
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    backends._try_load.cache_clear()
+    try:
+        with pytest.raises(ValueError, match=r"backend 'triton' is unavailable for cpu tensors: (no CUDA GPU is visible "
+                                             r"and TRITON_INTERPRET=1 is not set|triton is not installed)"):
+            ops.address(**addr(), backend="triton")
+    finally:
+        backends._try_load.cache_clear()
+
+
 @pytest.mark.parametrize("kwargs,pattern", [
     (dict(controller="gru"), r"'controller' must be one of 'lstm', 'feedforward', got 'gru'"),
     (dict(memory_init="zeros"), r"'memory_init' must be one of 'constant', 'learned', 'random', got 'zeros'"),

@@ -1,8 +1,9 @@
-"""The fused NTM step (ntm_fast/fused_cell.py with csrc/ntm_cell.cpp): one autograd node per time step with
-the cpp backend on CPU. Its forward and every gradient against the unfused cell and the reference (float64
-tight, float32 as the reference's own error allows), for both controllers and odd sizes; torch.autograd
-gradcheck through the hand-written backward; when it is (not) used; a few training steps equal the
-reference's."""
+"""The fused NTM step and sequence (ntm_fast/fused_cell.py with csrc/ntm_cell.cpp) with the cpp backend on CPU:
+one autograd node per time step (_Step, NTMCell.forward) or per sequence (_Sequence, NTM.forward). Their
+forwards and every gradient against the unfused cell and the reference (float64 tight, float32 as the
+reference's own error allows), for both controllers and odd sizes; the sequence's batch chunks (one per
+thread) at batch sizes that do not divide evenly; torch.autograd gradcheck through the hand-written
+backwards; when they are (not) used; a few training steps equal the reference's."""
 import pytest
 import torch
 
@@ -27,14 +28,24 @@ def _model(controller, dtype, backend, **sizes):
     return model
 
 
-def _run(model, x, fused):
-    """Logits and every parameter's and the input's gradient for a fixed cotangent."""
+def _per_step(model, x):
+    """NTM.forward one NTMCell call per step (the fused _Step when usable), instead of one _Sequence."""
+    state, logits = model.cell.initial_state(x.shape[1]), []
+    for x_t in x:
+        y_t, state = model.cell(x_t, state)
+        logits.append(y_t)
+    return torch.stack(logits)
+
+
+def _run(model, x, fused, per_step=False):
+    """Logits and every parameter's and the input's gradient for a fixed cotangent. fused: through _Sequence
+    (or _Step with per_step); not fused: the unfused cell of the model's backend."""
     x = x.clone().requires_grad_(True)
     real = fused_cell.usable
     try:
         if not fused:
             fused_cell.usable = lambda cell, x: False
-        logits = model(x)
+        logits = _per_step(model, x) if per_step else model(x)
         cotangent = torch.randn(logits.shape, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
         grads = torch.autograd.grad((logits * cotangent.to(logits)).sum(), [x, *model.parameters()])
     finally:
@@ -46,13 +57,14 @@ def _run(model, x, fused):
 @pytest.mark.parametrize("sizes", [dict(), dict(read_heads=1, write_heads=1, shift_range=0, memory_slots=1),
                                    dict(shift_range=2, memory_width=1, controller_size=1)],
                          ids=["R2W3S1", "R1W1S0N1", "S2M1C1"])
-def test_fused_step_matches_the_unfused_cell_and_the_reference(controller, sizes):
-    x = torch.randn(6, 4, 7, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
+@pytest.mark.parametrize("per_step", [False, True], ids=["sequence", "step"])
+def test_fused_step_matches_the_unfused_cell_and_the_reference(controller, sizes, per_step):
+    x = torch.randn(6, 5, 7, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
     oracle = _run(_model(controller, torch.float64, "reference", **sizes), x, fused=False)
     for dtype in (torch.float64, torch.float32):
         model = _model(controller, dtype, "cpp", **sizes)
         assert fused_cell.usable(model.cell, x.to(dtype))
-        fused, unfused = _run(model, x.to(dtype), True), _run(model, x.to(dtype), False)
+        fused, unfused = _run(model, x.to(dtype), True, per_step), _run(model, x.to(dtype), False)
         reference = _run(_model(controller, dtype, "reference", **sizes), x.to(dtype), False)
         for i, (got, same_backend, ref, want) in enumerate(zip(fused, unfused, reference, oracle)):
             assert torch.isfinite(got).all(), i
@@ -63,6 +75,43 @@ def test_fused_step_matches_the_unfused_cell_and_the_reference(controller, sizes
                 ref_err = (ref.double() - want).abs().max().item()
                 torch.testing.assert_close(got.double(), want, rtol=1e-4, atol=1e-5 + 4 * ref_err,
                                            msg=lambda m: f"tensor {i}: {m}")
+
+
+@pytest.mark.parametrize("threads, batch", [(1, 4), (2, 1), (2, 5), (3, 2), (4, 7)])
+def test_fused_sequence_chunks_give_the_per_step_result(threads, batch):
+    """_Sequence cuts the batch into one chunk per thread (at most one per row): every split gives what the
+    per-step fused node gives, to the last bits in float64 (each row's arithmetic is the same; only the weight
+    gradients' summation order differs)."""
+    x = torch.randn(5, batch, 7, generator=torch.Generator().manual_seed(4), dtype=torch.float64)
+    model = _model("lstm", torch.float64, "cpp", memory_init="learned")
+    want = _run(model, x, True, per_step=True)
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(threads)
+        got = _run(model, x, True)
+    finally:
+        torch.set_num_threads(before)
+    for i, (g, w) in enumerate(zip(got, want)):
+        torch.testing.assert_close(g, w, rtol=1e-12, atol=1e-13, msg=lambda m: f"tensor {i}: {m}")
+
+
+def test_fused_sequence_backward_twice_with_retain_graph():
+    model = _model("lstm", torch.float32, "cpp")
+    x = torch.randn(4, 3, 7, generator=torch.Generator().manual_seed(5))
+    loss = model(x).square().sum()
+    first = torch.autograd.grad(loss, list(model.parameters()), retain_graph=True)
+    second = torch.autograd.grad(loss, list(model.parameters()))
+    for a, b in zip(first, second):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
+def test_trace_and_sequence_agree():
+    """return_trace runs the steps one by one (it needs every step's weightings): the same logits."""
+    model = _model("lstm", torch.float32, "cpp")
+    x = torch.randn(4, 3, 7, generator=torch.Generator().manual_seed(6))
+    logits, trace = model(x, return_trace=True)
+    torch.testing.assert_close(model(x), logits, rtol=1e-6, atol=1e-7)
+    assert trace["read_weights"].shape == (4, 3, 2, 11)
 
 
 @pytest.mark.parametrize("controller", ["lstm", "feedforward"])
@@ -92,6 +141,35 @@ def test_gradcheck_of_the_fused_step(controller):
         return tuple(o for o in outs if o is not None)
 
     assert torch.autograd.gradcheck(step, inputs)
+
+
+@pytest.mark.parametrize("controller", ["lstm", "feedforward"])
+def test_gradcheck_of_the_fused_sequence(controller):
+    """gradcheck of _Sequence with respect to the input, the initial state and every weight, split into two
+    chunks."""
+    model = _model(controller, torch.float64, "cpp", controller_size=4, memory_slots=5, memory_width=3,
+                   read_heads=1, write_heads=2)
+    cell, lstm = model.cell, controller == "lstm"
+    g = torch.Generator().manual_seed(7)
+    state = cell.initial_state(3)
+    start = [torch.randn(3, 4, generator=g, dtype=torch.float64) for _ in range(2)] if lstm else []
+    start += [torch.randn(3, 3, generator=g, dtype=torch.float64), state.w_read.detach().clone(),
+              state.w_write.detach().clone(), torch.randn(3, 5, 3, generator=g, dtype=torch.float64)]
+    inputs = [torch.randn(3, 3, 7, generator=g, dtype=torch.float64), *start,
+              *(p.detach().clone() for p in fused_cell._weights(cell))]
+    inputs = [t.clone().requires_grad_(True) for t in inputs]
+
+    def run(x, *rest):
+        rest = list(rest)
+        h0, c0 = (rest.pop(0), rest.pop(0)) if lstm else (None, None)
+        return fused_cell._Sequence.apply(cell, x, h0, c0, *rest)
+
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        assert torch.autograd.gradcheck(run, inputs)
+    finally:
+        torch.set_num_threads(before)
 
 
 def test_when_the_fused_step_is_used():
