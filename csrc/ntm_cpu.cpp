@@ -27,6 +27,8 @@
 #endif
 #include <cmath>
 #include <limits>
+#include <tuple>
+#include <utility>
 #include <vector>
 
 namespace ntm {
@@ -93,37 +95,37 @@ struct Trace {
 };
 
 // Per-thread scratch for one batch item at a time: the transposed memory, upstream gradient and memory
-// gradient ([M, N] each), row norms, the traces and weighting gradients of H heads (and R reads), what their
-// backward hands to the last pass over the memory (address_item_backward), [N] buffers; the item's heads.
+// gradient ([M, N] each), row norms, the traces and weighting gradients of H heads, what their backward hands
+// to the last pass over the memory (address_item_backward), [N] buffers; the item's heads.
 template <typename T>
 class Workspace {
  public:
   Workspace(const Sizes s, int64_t H, int64_t R = 0)
-      : N_(s.N), MN_(s.M * s.N), H_(H), buf_(3 * MN_ + (7 + 9 * H + R) * N_), heads(H), d_heads(H),
-        sum_keys(1 + H + R), sum_outs(1 + H + R), vecs(H + R), inv_key_norm(H) {}
+      : N_(s.N), MN_(s.M * s.N), H_(H), buf_(3 * MN_ + (6 + 9 * H) * N_), heads(H), d_heads(H),
+        sum_keys(1 + H + R), sum_outs(1 + H + R), key_norm(H), key_unit(H * s.M), read_grad(R) {}
   T* mem_t() { return buf_.data(); }               // Mᵀ
   T* grad_t() { return buf_.data() + MN_; }        // (dM')ᵀ, the upstream memory gradient
   T* d_mem_t() { return buf_.data() + 2 * MN_; }  // (dM)ᵀ
   T* mem_norm() { return slab(0); }
-  T* d_mem_norm() { return slab(1); }
-  T* scratch(int i) { return slab(2 + i); }  // i = 0..3
-  T* inv_norm() { return slab(6); }          // 1 / ‖M[i]‖
-  T* w() { return slab(7); }                 // [H, N]: every head's weighting
-  T* d_w() { return slab(7 + H_); }          // [H, N]: their gradients
+  T* scratch(int i) { return slab(1 + i); }  // i = 0..3
+  T* inv_norm() { return slab(5); }          // 1 / ‖M[i]‖
+  T* w() { return slab(6); }                 // [H, N]: every head's weighting
+  T* d_w() { return slab(6 + H_); }          // [H, N]: their gradients
   Trace<T> trace(int64_t h) {
-    T* t = slab(7 + 2 * H_ + 5 * h);
+    T* t = slab(6 + 2 * H_ + 5 * h);
     return {t, t + N_, t + 2 * N_, t + 3 * N_, t + 4 * N_, w() + h * N_};
   }
-  T* d_cos() { return slab(7 + 7 * H_); }  // [H, N]: d K[i] of every head
-  T* coef() { return slab(7 + 8 * H_); }   // [H + R, N]: slot coefficients of the rank-one memory terms
+  T* d_cos() { return slab(6 + 7 * H_); }  // [H, N]: d K[i] of every head
+  T* coef() { return slab(6 + 8 * H_); }   // [H, N]: d K[i] / ‖M[i]‖ of every head
 
   std::vector<Head<T>> heads;  // [H]: one item's heads, read heads first
   std::vector<HeadGrad<T>> d_heads;  // [H]: where their gradients go
   // The vectors of address_item's pass over the memory (norms, H keys, R read gradients) and its outputs.
   std::vector<const T*> sum_keys;
   std::vector<T*> sum_outs;
-  std::vector<const T*> vecs;  // [H + R]: the rank-one terms' column vectors (keys, read gradients)
-  std::vector<T> inv_key_norm;  // [H]
+  std::vector<T> key_norm;  // [H]: ‖k‖ of every head
+  std::vector<T> key_unit;  // [M, H]: k/‖k‖ of every head
+  std::vector<T> read_grad;  // [R]: dr[m] of every read head, one column m at a time
 
  private:
   T* slab(int64_t k) { return buf_.data() + 3 * MN_ + k * N_; }
@@ -231,33 +233,71 @@ void column_sums(const T* __restrict mem_t, const T* const* keys, int64_t J, con
   }
 }
 
-// Sums over the slots in vector lanes: Σ_{i<n} f(i) with lane ii of each block of kLanes taking the terms
-// i ≡ ii (mod kLanes), the lanes then added pairwise (GCC ends a `#pragma omp simd reduction` by adding its
-// lanes one after another through the stack, a 16-long dependency chain per sum; the key gradient takes M
-// such sums per head).
+// Reductions over the slots in vector lanes: op over f(i), i < n, with lane ii of each block of kLanes taking
+// the terms i ≡ ii (mod kLanes), the lanes then combined pairwise. (GCC ends a `#pragma omp simd reduction` by
+// combining its lanes one after another through the stack, a 16-long dependency chain per reduction; the
+// kernels take dozens of short reductions per batch item: the key gradient M per head, the read M per read
+// head, the write backward 2·M per write head, and every softmax and its backward.) f(i) is called once per
+// i, in order within a block, so it may also store.
 template <typename T>
 constexpr int kLanes = 64 / sizeof(T);  // one AVX-512 register
 
-template <typename T>
-T lane_total(T* acc) {
+template <typename T, typename Op>
+T lane_total(T* acc, Op op) {
 #pragma GCC unroll 8
   for (int w = kLanes<T> / 2; w > 0; w /= 2)
 #pragma GCC unroll 16
-    for (int ii = 0; ii < w; ++ii) acc[ii] += acc[ii + w];
+    for (int ii = 0; ii < w; ++ii) acc[ii] = op(acc[ii], acc[ii + w]);
   return acc[0];
 }
 
-template <typename T, typename F>
-T sum_over(int64_t n, F&& f) {
+template <typename T, typename F, typename Op>
+T reduce_over(int64_t n, T init, F&& f, Op op) {
   constexpr int L = kLanes<T>;
-  T acc[L] = {};
+  T acc[L];
+  for (int ii = 0; ii < L; ++ii) acc[ii] = init;
   int64_t i0 = 0;
   for (; i0 + L <= n; i0 += L) {
 #pragma omp simd
-    for (int ii = 0; ii < L; ++ii) acc[ii] += f(i0 + ii);
+    for (int ii = 0; ii < L; ++ii) acc[ii] = op(acc[ii], f(i0 + ii));
   }
-  for (int ii = 0; i0 + ii < n; ++ii) acc[ii] += f(i0 + ii);
-  return lane_total(acc);
+  for (int ii = 0; i0 + ii < n; ++ii) acc[ii] = op(acc[ii], f(i0 + ii));
+  return lane_total(acc, op);
+}
+
+template <typename T>
+inline T plus(T a, T b) {
+  return a + b;
+}
+
+template <typename T>
+inline T larger(T a, T b) {
+  return a > b ? a : b;
+}
+
+// Two sums in one pass: f(i, a, b) adds its terms to a and b.
+template <typename T, typename F>
+std::pair<T, T> sums_over(int64_t n, F&& f) {
+  constexpr int L = kLanes<T>;
+  T a[L] = {}, b[L] = {};
+  int64_t i0 = 0;
+  for (; i0 + L <= n; i0 += L) {
+#pragma omp simd
+    for (int ii = 0; ii < L; ++ii) f(i0 + ii, a[ii], b[ii]);
+  }
+  for (int ii = 0; i0 + ii < n; ++ii) f(i0 + ii, a[ii], b[ii]);
+  return {lane_total(a, plus<T>), lane_total(b, plus<T>)};
+}
+
+// Σ_{i<n} f(i) and max_{i<n} f(i) (-inf for n = 0).
+template <typename T, typename F>
+T sum_over(int64_t n, F&& f) {
+  return reduce_over<T>(n, T(0), f, plus<T>);
+}
+
+template <typename T, typename F>
+T max_over(int64_t n, F&& f) {
+  return reduce_over<T>(n, -std::numeric_limits<T>::infinity(), f, larger<T>);
 }
 
 // ‖M[i]‖ smoothed as in Eq 6, sqrt(Σ_m M[i,m]² + ε), and its inverse, from the squared norms in `norm`.
@@ -279,15 +319,8 @@ T key_norm_of(const T* __restrict key, const Sizes s) {
 // y = softmax(scale · x) over n entries.
 template <typename T>
 void scaled_softmax(const T* __restrict x, T scale, T* __restrict y, int64_t n) {
-  T mx = -std::numeric_limits<T>::infinity();
-#pragma omp simd reduction(max : mx)
-  for (int64_t i = 0; i < n; ++i) mx = std::max(mx, scale * x[i]);
-  T sum = 0;
-#pragma omp simd reduction(+ : sum)
-  for (int64_t i = 0; i < n; ++i) {
-    y[i] = FastMath<T>::exp(scale * x[i] - mx);
-    sum += y[i];
-  }
+  const T mx = max_over<T>(n, [&](int64_t i) { return scale * x[i]; });
+  const T sum = sum_over<T>(n, [&](int64_t i) { return y[i] = FastMath<T>::exp(scale * x[i] - mx); });
   const T inv = T(1) / sum;
 #pragma omp simd
   for (int64_t i = 0; i < n; ++i) y[i] *= inv;
@@ -328,102 +361,48 @@ void address_head(const T* __restrict mem_norm, const Head<T> p, const Sizes s, 
 }
 
 // Backward of address_head for upstream gradient d_w [N], down to the cosine similarities: writes the
-// head's gradients except the key's, d K[i] to d_cos, d(k·M[i]) to d_dot, and adds the gradient through the
-// row norms to d_mem_norm. What reaches the memory and the key (Eq 6's products with M) is formed for all
-// heads at once by address_item_backward. d_ws and d_wg are [N] scratch.
+// head's gradients except the key's, d K[i] to d_cos and d K[i]/‖M[i]‖ to coef. What reaches the memory and
+// the key (Eq 6's products with M) is formed for all heads at once by address_item_backward. d_ws and d_wg
+// are [N] scratch.
 template <typename T>
 void address_head_backward(const T* __restrict inv_norm, const Head<T> p, const Sizes s, const Trace<T> t,
-                           const T* __restrict d_w, const HeadGrad<T> d, T* __restrict d_mem_norm,
-                           T* __restrict d_cos, T* __restrict d_dot, T* __restrict d_ws, T* __restrict d_wg) {
+                           const T* __restrict d_w, const HeadGrad<T> d, T* __restrict d_cos,
+                           T* __restrict coef, T* __restrict d_ws, T* __restrict d_wg) {
   const int64_t N = s.N;
   const T tiny = std::numeric_limits<T>::min();
   // Eq 9: u = γ·log max(w_s, tiny), w = softmax(u); du = w ⊙ (dw - <w, dw>).
-  T w_dw = 0;
-#pragma omp simd reduction(+ : w_dw)
-  for (int64_t i = 0; i < N; ++i) w_dw += t.w[i] * d_w[i];
-  T d_gamma = 0;
-#pragma omp simd reduction(+ : d_gamma)
-  for (int64_t i = 0; i < N; ++i) {
+  const T w_dw = sum_over<T>(N, [&](int64_t i) { return t.w[i] * d_w[i]; });
+  *d.gamma = sum_over<T>(N, [&](int64_t i) {
     const T du = t.w[i] * (d_w[i] - w_dw);
-    d_gamma += du * t.log_w_s[i];
     d_ws[i] = t.w_s[i] >= tiny ? p.gamma * du / t.w_s[i] : T(0);  // the clamp passes no gradient
-  }
-  *d.gamma = d_gamma;
+    return du * t.log_w_s[i];
+  });
   // Eq 8: d s[j+S] = Σ_i dw_s[i]·w_g[(i-j) mod N];  d w_g[n] = Σ_j s[j+S]·dw_s[(n+j) mod N].
   std::fill(d_wg, d_wg + N, T(0));
   for (int64_t jj = 0; jj < s.K; ++jj) {
     const int64_t o = shift_offset(jj, s);
     const T sj = p.shift[jj];
-    T ds = 0;
-#pragma omp simd reduction(+ : ds)
-    for (int64_t i = o; i < N; ++i) ds += d_ws[i] * t.w_g[i - o];
-#pragma omp simd reduction(+ : ds)
-    for (int64_t i = 0; i < o; ++i) ds += d_ws[i] * t.w_g[i - o + N];
-    d.shift[jj] = ds;
+    d.shift[jj] = sum_over<T>(N - o, [&](int64_t i) { return d_ws[i + o] * t.w_g[i]; }) +
+                  sum_over<T>(o, [&](int64_t i) { return d_ws[i] * t.w_g[i - o + N]; });
     for (int64_t n = 0; n < N - o; ++n) d_wg[n] += sj * d_ws[n + o];
     for (int64_t n = N - o; n < N; ++n) d_wg[n] += sj * d_ws[n + o - N];
   }
   // Eq 7: d g = Σ dw_g ⊙ (w_c - w_prev); d w_prev = (1 - g)·dw_g; d w_c = g·dw_g (kept in d_wg).
-  T d_gate = 0;
-#pragma omp simd reduction(+ : d_gate)
-  for (int64_t i = 0; i < N; ++i) {
-    d_gate += d_wg[i] * (t.w_c[i] - p.w_prev[i]);
+  *d.gate = sum_over<T>(N, [&](int64_t i) {
+    const T dg = d_wg[i] * (t.w_c[i] - p.w_prev[i]);
     d.w_prev[i] = (1 - p.gate) * d_wg[i];
     d_wg[i] *= p.gate;
-  }
-  *d.gate = d_gate;
+    return dg;
+  });
   // Eq 5: z = β·K, w_c = softmax(z); dz = w_c ⊙ (dw_c - <w_c, dw_c>); dβ = <dz, K>; dK = β·dz.
-  T wc_dwc = 0;
-#pragma omp simd reduction(+ : wc_dwc)
-  for (int64_t i = 0; i < N; ++i) wc_dwc += t.w_c[i] * d_wg[i];
-  T d_beta = 0;
-#pragma omp simd reduction(+ : d_beta)
-  for (int64_t i = 0; i < N; ++i) {
+  const T wc_dwc = sum_over<T>(N, [&](int64_t i) { return t.w_c[i] * d_wg[i]; });
+  *d.beta = sum_over<T>(N, [&](int64_t i) {
     const T dz = t.w_c[i] * (d_wg[i] - wc_dwc);
-    d_beta += dz * t.cos[i];
     d_cos[i] = p.beta * dz;
-  }
-  *d.beta = d_beta;
-  // Eq 6: K[i] = dot[i] / (‖k‖·‖M[i]‖) with smoothed norms: d dot[i] = dK[i] / (‖k‖·‖M[i]‖), and
-  // d‖M[i]‖ = -dK[i]·K[i]/‖M[i]‖.
-  const T inv_key_norm = T(1) / key_norm_of(p.key, s);
+    return dz * t.cos[i];
+  });
 #pragma omp simd
-  for (int64_t i = 0; i < N; ++i) {
-    const T a = d_cos[i] * inv_norm[i];
-    d_mem_norm[i] -= a * t.cos[i];
-    d_dot[i] = a * inv_key_norm;
-  }
-}
-
-// One column m of address_item_backward's memory gradient: d_col[i] += Σ_j coef[j,i]·v[j] over kJ terms
-// (and + dn[i]·col[i] when dn is given, d‖M[i]‖ already divided by ‖M[i]‖), in one load and store of d_col.
-template <typename T, int kJ>
-void add_terms(const T* __restrict col, const T* __restrict dn, const T* __restrict coef, const T* v_in, int64_t N,
-               T* __restrict d_col) {
-  T v[kJ > 0 ? kJ : 1];
-  for (int j = 0; j < kJ; ++j) v[j] = v_in[j];
-  if (dn) {
-#pragma omp simd
-    for (int64_t i = 0; i < N; ++i) {
-      T acc = d_col[i] + dn[i] * col[i];
-      for (int j = 0; j < kJ; ++j) acc += coef[j * N + i] * v[j];
-      d_col[i] = acc;
-    }
-  } else {
-#pragma omp simd
-    for (int64_t i = 0; i < N; ++i) {
-      T acc = d_col[i];
-      for (int j = 0; j < kJ; ++j) acc += coef[j * N + i] * v[j];
-      d_col[i] = acc;
-    }
-  }
-}
-
-// unit[i] = Mᵀ[m,i] / ‖M[i]‖ for one column m.
-template <typename T>
-void unit_row(const T* __restrict col, const T* __restrict mem_norm, int64_t N, T* __restrict unit) {
-#pragma omp simd
-  for (int64_t i = 0; i < N; ++i) unit[i] = col[i] / mem_norm[i];
+  for (int64_t i = 0; i < N; ++i) coef[i] = d_cos[i] * inv_norm[i];
 }
 
 // Eq 5-9 for the heads in ws.heads against one item's memory Mᵀ: one pass over the memory for the row norms,
@@ -441,55 +420,89 @@ void address_item(const T* mem_t, const Sizes s, Workspace<T>& ws, int64_t extra
   for (int64_t h = 0; h < H; ++h) address_head(ws.mem_norm(), ws.heads[h], s, ws.trace(h));
 }
 
+// One column m of address_item_backward's last pass, for kH heads (pointers to their [N] vectors: c = dK/‖M‖,
+// dK, K; ku = k̂[m] of each) and `reads` read terms (their weightings w_read [reads, N] and dr[m] of each,
+// dr_m): updates d_col in one load and store per slot and returns the heads' key-gradient sums in dk. The
+// accumulators are local so that they stay in registers.
+template <typename T, int kH>
+void orthogonal_terms(const T* __restrict col, const T* __restrict mem_norm, int64_t N, const T* const* c,
+                      const T* const* dK, const T* const* K, const T* ku, int64_t reads, const T* __restrict w_read,
+                      const T* dr_m, T* __restrict d_col, T* dk) {
+  constexpr int L = kLanes<T>;
+  T acc[kH][L] = {};
+  auto block = [&](int64_t i0, auto width) {  // slots i0 .. i0+width, slot i0+ii in lane ii
+    constexpr int64_t kW = decltype(width)::value;
+    T unit[kW], d[kW];
+#pragma omp simd
+    for (int64_t ii = 0; ii < kW; ++ii) unit[ii] = col[i0 + ii] / mem_norm[i0 + ii], d[ii] = d_col[i0 + ii];
+    for (int64_t r = 0; r < reads; ++r) {
+      const T dr = dr_m[r];
+      const T* __restrict w = w_read + r * N + i0;
+#pragma omp simd
+      for (int64_t ii = 0; ii < kW; ++ii) d[ii] += w[ii] * dr;
+    }
+    for (int h = 0; h < kH; ++h) {
+      const T *__restrict ch = c[h] + i0, *__restrict dKh = dK[h] + i0, *__restrict Kh = K[h] + i0;
+#pragma omp simd
+      for (int64_t ii = 0; ii < kW; ++ii) {
+        d[ii] += ch[ii] * (ku[h] - Kh[ii] * unit[ii]);
+        acc[h][ii] += dKh[ii] * (unit[ii] - Kh[ii] * ku[h]);
+      }
+    }
+#pragma omp simd
+    for (int64_t ii = 0; ii < kW; ++ii) d_col[i0 + ii] = d[ii];
+  };
+  int64_t i0 = 0;
+  for (; i0 + L <= N; i0 += L) block(i0, std::integral_constant<int64_t, L>());
+  for (; i0 < N; ++i0) block(i0, std::integral_constant<int64_t, 1>());
+  for (int h = 0; h < kH; ++h) dk[h] = lane_total(acc[h], plus<T>);
+}
+
 // Backward of the heads' addressing (after address_item) for upstream gradients d_w [H, N], into
 // ws.d_heads, adding to the memory gradient dMᵀ; `reads` of the read heads' weightings (ws.w()'s first rows)
 // with gradients d_r [reads, M] add their Eq 2 term dMᵀ[m,i] += w_r[i]·dr[m] in the same pass.
 // The head-wise work is over the slots; then one last pass over the memory for everything that reaches it or
-// the keys (Eq 6, Eq 2):
-//   dMᵀ[m,i] += d‖M[i]‖·Mᵀ[m,i]/‖M[i]‖ + Σ_h d dot_h[i]·k_h[m] + Σ_r w_r[i]·dr_r[m]
-//   dk_h[m] = Σ_i dK_h[i]/‖k_h‖ · (M[i,m]/‖M[i]‖ - K_h[i]·k_h[m]/‖k_h‖),
-// the key gradient summed per slot as the part of the unit row orthogonal to the key, so rows nearly parallel
-// to the key (|K| → 1, where the two terms cancel) give a gradient near zero, not rounding noise. The unit
-// row M[i]/‖M[i]‖ is formed once per element for all heads.
+// the keys (Eq 6 with K = k̂·M̂[i], k̂ = k/‖k‖, M̂[i] = M[i]/‖M[i]‖; Eq 2):
+//   dMᵀ[m,i] += Σ_h dK_h[i]/‖M[i]‖ · (k̂_h[m] - K_h[i]·M̂[i,m]) + Σ_r w_r[i]·dr_r[m]
+//   dk_h[m]   = Σ_i dK_h[i]/‖k_h‖ · (M̂[i,m] - K_h[i]·k̂_h[m]),
+// each the part of one unit vector orthogonal to the other, formed per element: a row (anti)parallel to a key
+// (|K| = 1) gives exactly 0 in both, as the reference does, not a difference of two rounded terms. M̂ is
+// formed once per element for all heads, in registers, and the key gradients' sums stay in vector lanes.
 template <typename T>
 void address_item_backward(const T* __restrict mem_t, const Sizes s, Workspace<T>& ws, const T* d_w,
                            int64_t reads, const T* d_r, T* __restrict d_mem_t) {
-  const int64_t N = s.N, M = s.M, H = ws.heads.size(), J = H + reads;
-  T* __restrict d_mem_norm = ws.d_mem_norm();
-  std::fill(d_mem_norm, d_mem_norm + N, T(0));
-  T *coef = ws.coef(), *inv_key_norm = ws.inv_key_norm.data();
+  const int64_t N = s.N, M = s.M, H = ws.heads.size();
+  T* __restrict coef = ws.coef();
+  T *__restrict key_norm = ws.key_norm.data(), *__restrict key_unit = ws.key_unit.data();
   for (int64_t h = 0; h < H; ++h) {
-    address_head_backward(ws.inv_norm(), ws.heads[h], s, ws.trace(h), d_w + h * N, ws.d_heads[h], d_mem_norm,
+    address_head_backward(ws.inv_norm(), ws.heads[h], s, ws.trace(h), d_w + h * N, ws.d_heads[h],
                           ws.d_cos() + h * N, coef + h * N, ws.scratch(0), ws.scratch(1));
-    ws.vecs[h] = ws.heads[h].key;
-    inv_key_norm[h] = T(1) / key_norm_of(ws.heads[h].key, s);
+    key_norm[h] = key_norm_of(ws.heads[h].key, s);
+    for (int64_t m = 0; m < M; ++m) key_unit[m * H + h] = ws.heads[h].key[m] / key_norm[h];
   }
-  std::copy(ws.w(), ws.w() + reads * N, coef + H * N);
-  for (int64_t r = 0; r < reads; ++r) ws.vecs[H + r] = d_r + r * M;
-  const T *__restrict mem_norm = ws.mem_norm(), *__restrict inv_norm = ws.inv_norm();
-  for (int64_t i = 0; i < N; ++i) d_mem_norm[i] *= inv_norm[i];  // d‖M[i]‖/‖M[i]‖
-  T* __restrict unit = ws.scratch(2);
+  const T* c[4];
+  const T* dK[4];
+  const T* K[4];
+  T dk[4];
+  T* dr = ws.read_grad.data();
   for (int64_t m = 0; m < M; ++m) {
     const T* __restrict col = mem_t + m * N;
     T* __restrict d_col = d_mem_t + m * N;
-    unit_row(col, mem_norm, N, unit);
-    for (int64_t j = 0; j < J; j += 4) {
-      T v[4];
-      for (int64_t k = j; k < std::min<int64_t>(J, j + 4); ++k) v[k - j] = ws.vecs[k][m];
-      const T* dn = j == 0 ? d_mem_norm : nullptr;  // the row-norm term rides along with the first group
-      switch (std::min<int64_t>(J - j, 4)) {
-        case 1: add_terms<T, 1>(col, dn, coef + j * N, v, N, d_col); break;
-        case 2: add_terms<T, 2>(col, dn, coef + j * N, v, N, d_col); break;
-        case 3: add_terms<T, 3>(col, dn, coef + j * N, v, N, d_col); break;
-        default: add_terms<T, 4>(col, dn, coef + j * N, v, N, d_col); break;
+    for (int64_t h0 = 0; h0 < H; h0 += 4) {  // heads in groups of up to four (H ≥ 1)
+      const int64_t kH = std::min<int64_t>(H - h0, 4);
+      for (int64_t h = 0; h < kH; ++h) {
+        c[h] = coef + (h0 + h) * N, dK[h] = ws.d_cos() + (h0 + h) * N, K[h] = ws.trace(h0 + h).cos;
       }
-    }
-    if (J == 0) add_terms<T, 0>(col, d_mem_norm, coef, static_cast<const T*>(nullptr), N, d_col);
-    for (int64_t h = 0; h < H; ++h) {
-      const T k_unit = ws.heads[h].key[m] * inv_key_norm[h];
-      const T *__restrict dK = ws.d_cos() + h * N, *__restrict K = ws.trace(h).cos;
-      const T dk = sum_over<T>(N, [&](int64_t i) { return dK[i] * (unit[i] - K[i] * k_unit); });
-      ws.d_heads[h].key[m] = dk * inv_key_norm[h];
+      const int64_t nr = h0 == 0 ? reads : 0;  // the read terms ride along with the first group
+      for (int64_t r = 0; r < nr; ++r) dr[r] = d_r[r * M + m];
+      const T* ku = key_unit + m * H + h0;
+      switch (kH) {
+        case 1: orthogonal_terms<T, 1>(col, ws.mem_norm(), N, c, dK, K, ku, nr, ws.w(), dr, d_col, dk); break;
+        case 2: orthogonal_terms<T, 2>(col, ws.mem_norm(), N, c, dK, K, ku, nr, ws.w(), dr, d_col, dk); break;
+        case 3: orthogonal_terms<T, 3>(col, ws.mem_norm(), N, c, dK, K, ku, nr, ws.w(), dr, d_col, dk); break;
+        default: orthogonal_terms<T, 4>(col, ws.mem_norm(), N, c, dK, K, ku, nr, ws.w(), dr, d_col, dk); break;
+      }
+      for (int64_t h = 0; h < kH; ++h) ws.d_heads[h0 + h].key[m] = dk[h] / key_norm[h0 + h];
     }
   }
 }
@@ -500,10 +513,7 @@ void read_item(const T* __restrict mem_t, const T* __restrict w, int64_t H, cons
   for (int64_t h = 0; h < H; ++h)
     for (int64_t m = 0; m < s.M; ++m) {
       const T* __restrict col = mem_t + m * s.N;
-      T acc = 0;
-#pragma omp simd reduction(+ : acc)
-      for (int64_t i = 0; i < s.N; ++i) acc += w[h * s.N + i] * col[i];
-      r[h * s.M + m] = acc;
+      r[h * s.M + m] = sum_over<T>(s.N, [&](int64_t i) { return w[h * s.N + i] * col[i]; });
     }
 }
 
@@ -600,17 +610,13 @@ void write_item_backward(const T* __restrict mem_t, const T* __restrict w, const
     T* __restrict d_col = d_mem_t + m * N;
     if (W == 1) {  // the common case in one pass: keep = 1 - w·e, no other heads
       const T e = erase[m], a = add[m];
-      T de = 0, da = 0;
-#pragma omp simd reduction(+ : de, da)
-      for (int64_t i = 0; i < N; ++i) {
+      std::tie(d_erase[m], d_add[m]) = sums_over<T>(N, [&](int64_t i, T& de, T& da) {
         d_col[i] = g[i] * (1 - w[i] * e);
         const T d_factor = g[i] * col[i];
         d_w[i] += a * g[i] - e * d_factor;
         de -= w[i] * d_factor;
         da += w[i] * g[i];
-      }
-      d_erase[m] = de;
-      d_add[m] = da;
+      });
       continue;
     }
     keep_product(w, erase, W, s, m, -1, keep);
@@ -620,16 +626,12 @@ void write_item_backward(const T* __restrict mem_t, const T* __restrict w, const
       const T e = erase[h * M + m], a = add[h * M + m];
       const T* __restrict wh = w + h * N;
       T* __restrict d_wh = d_w + h * N;
-      T de = 0, da = 0;
-#pragma omp simd reduction(+ : de, da)
-      for (int64_t i = 0; i < N; ++i) {
+      std::tie(d_erase[h * M + m], d_add[h * M + m]) = sums_over<T>(N, [&](int64_t i, T& de, T& da) {
         const T d_factor = g[i] * col[i] * others[i];  // d(1 - w·e)
         d_wh[i] += a * g[i] - e * d_factor;
         de -= wh[i] * d_factor;
         da += wh[i] * g[i];
-      }
-      d_erase[h * M + m] = de;
-      d_add[h * M + m] = da;
+      });
     }
   }
 }
