@@ -87,20 +87,24 @@ def environment():
 
 
 def run_pytest(name, argv, timeout):
-    """Run pytest in a subprocess; return its summary line (and write its output to OUT_DIR)."""
+    """Run pytest in a subprocess; return its summary line (and write its output to OUT_DIR). Verbose, so
+    that a run cut short by its time budget still names the tests that failed before the cut."""
     if timeout < 30:
         return f"{name}: skipped (time budget)"
     try:
-        proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *argv], cwd=ROOT,
-                              capture_output=True, text=True, timeout=timeout)
+        proc = subprocess.run([sys.executable, "-m", "pytest", "-v", "-rf", "--tb=line", "-p", "no:cacheprovider",
+                               *argv], cwd=ROOT, capture_output=True, text=True, timeout=timeout)
         output, status = proc.stdout + proc.stderr, f"exit {proc.returncode}"
     except subprocess.TimeoutExpired as err:
         output, status = (err.stdout or b"").decode() if isinstance(err.stdout, bytes) else (err.stdout or ""), \
             f"timed out after {timeout:.0f} s"
     with open(os.path.join(ARGS.out, f"pytest_{name}.txt"), "w") as f:
         f.write(output)
-    summary = [line for line in output.splitlines() if " passed" in line or " failed" in line or "error" in line]
-    return f"{name}: {status}; {summary[-1] if summary else 'no summary'}"
+    lines = output.splitlines()
+    summary = [line for line in lines if " passed" in line or " failed" in line or "error" in line]
+    failed = [line.split(" ")[0] for line in lines if " FAILED" in line and "::" in line]
+    named = f"; failed: {', '.join(failed[:8])}{' ...' if len(failed) > 8 else ''}" if failed else ""
+    return f"{name}: {status}; {summary[-1] if summary else 'no summary'}{named}"
 
 
 # --- benchmarks: bench.run_contender checks each contender against the reference, then times it -----------

@@ -160,3 +160,16 @@ def test_cpu_gemm_orientation_script():
     assert len(rows) == 8 and len(times) == 16 and all(t > 0 for t in times)
     bad = subprocess.run([sys.executable, script, "--batch", "0"], capture_output=True, text=True)
     assert bad.returncode == 2 and "--batch and --threads must be at least 1" in bad.stderr
+
+
+def test_cpu_sequence_script():
+    backend_or_skip("cpp", "cpu")
+    script = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmarks", "cpu_sequence.py")
+    result = subprocess.run([sys.executable, script, "--batch-sizes", "3", "--reps", "2", "--length", "2"],
+                            capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    (row,) = [line for line in result.stdout.splitlines() if line.startswith("B=3")]
+    times = [float(x) for x in re.findall(r"([0-9.]+) /\s+([0-9.]+)", row) for x in x]
+    assert len(times) == 4 and all(t > 0 for t in times) and "per-step / sequence" in row
+    bad = subprocess.run([sys.executable, script, "--reps", "0"], capture_output=True, text=True)
+    assert bad.returncode == 2 and "must be at least 1" in bad.stderr and "Traceback" not in bad.stderr
