@@ -97,7 +97,7 @@ std::pair<at::Tensor, std::shared_ptr<SequenceTape>> sequence_forward(
     const at::Tensor& reads0, const at::Tensor& w_read0, const at::Tensor& w_write0, const at::Tensor& memory0,
     const at::Tensor& W_ih, const at::Tensor& b_ih, const c10::optional<at::Tensor>& W_hh,
     const c10::optional<at::Tensor>& b_hh, const at::Tensor& W_hd, const at::Tensor& b_hd, const at::Tensor& W_out,
-    const at::Tensor& b_out, int64_t R, int64_t W, int64_t M, int64_t K);
+    const at::Tensor& b_out, int64_t R, int64_t W, int64_t M, int64_t K, bool keep_tape);
 std::vector<at::Tensor> sequence_backward(const SequenceTape& tape, const at::Tensor& d_logits, const at::Tensor& W_ih,
                                           const c10::optional<at::Tensor>& W_hh, const at::Tensor& W_hd,
                                           const at::Tensor& W_out);

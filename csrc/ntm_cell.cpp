@@ -348,13 +348,14 @@ void for_each_chunk(const std::vector<int64_t>& bounds, F&& f) {
 
 // x [T, B, X] from the initial state (h0, c0 [B, C] or nullopt for a feedforward controller; reads0 [B, R·M];
 // w_read0 [B, R, N]; w_write0 [B, W, N]; memory0 [B, N, M], all contiguous) -> logits [T, B, Y] and the tape.
-// Each step is step_forward on the chunk's rows.
+// Each step is step_forward on the chunk's rows. Without keep_tape (no gradient wanted) each step's tensors
+// are dropped once the next step has its state, and the tape holds no steps.
 std::pair<at::Tensor, std::shared_ptr<SequenceTape>> sequence_forward(
     const at::Tensor& x, const c10::optional<at::Tensor>& h0, const c10::optional<at::Tensor>& c0,
     const at::Tensor& reads0, const at::Tensor& w_read0, const at::Tensor& w_write0, const at::Tensor& memory0,
     const at::Tensor& W_ih, const at::Tensor& b_ih, const c10::optional<at::Tensor>& W_hh,
     const c10::optional<at::Tensor>& b_hh, const at::Tensor& W_hd, const at::Tensor& b_hd, const at::Tensor& W_out,
-    const at::Tensor& b_out, int64_t R, int64_t W, int64_t M, int64_t K) {
+    const at::Tensor& b_out, int64_t R, int64_t W, int64_t M, int64_t K, bool keep_tape) {
   const int64_t T = x.size(0), B = x.size(1);
   auto tape = std::make_shared<SequenceTape>();
   tape->R = R, tape->W = W, tape->M = M, tape->K = K, tape->X = x.size(2), tape->lstm = h0.has_value();
@@ -369,7 +370,7 @@ std::pair<at::Tensor, std::shared_ptr<SequenceTape>> sequence_forward(
                                      rows(w_read0), rows(w_write0), rows(memory0)};
     tape->init[c] = state;
     auto& steps = tape->steps[c];
-    steps.reserve(T);
+    if (keep_tape) steps.reserve(T);
     for (int64_t t = 0; t < T; ++t) {
       std::vector<at::Tensor> out =
           step_forward(rows(x[t]), optional_if(lstm, state[sH]), optional_if(lstm, state[sC]), state[sReads],
@@ -377,7 +378,7 @@ std::pair<at::Tensor, std::shared_ptr<SequenceTape>> sequence_forward(
                        R, W, M, K);
       logits[t].narrow(0, b0, nb).copy_(out[kLogits]);
       state = {out[kH], out[kC], out[kReads], out[kWRead], out[kWWrite], out[kMemory]};
-      steps.push_back(std::move(out));
+      if (keep_tape) steps.push_back(std::move(out));
     }
   });
   return {logits, tape};
@@ -394,7 +395,8 @@ std::vector<at::Tensor> sequence_backward(const SequenceTape& tape, const at::Te
   const int64_t T = d_logits.size(0), B = d_logits.size(1), R = tape.R, W = tape.W, M = tape.M, X = tape.X;
   TORCH_CHECK(T == static_cast<int64_t>(tape.steps[0].size()) && B == tape.bounds.back(),
               "ntm_fast._C.sequence_backward: d_logits of shape ", d_logits.sizes(), " does not match the tape's ",
-              tape.steps[0].size(), " steps of batch ", tape.bounds.back());
+              tape.steps[0].size(), " steps of batch ", tape.bounds.back(),
+              " (a forward run without keep_tape keeps no steps)");
   const bool lstm = tape.lstm;
   const int64_t C = W_hd.size(1), N = tape.init[0][sWRead].size(2);
   const at::TensorOptions o = d_logits.options();

@@ -71,7 +71,8 @@ class _Step(torch.autograd.Function):
 
 
 class _Sequence(torch.autograd.Function):
-    """apply(cell, x [T, B, X], h0, c0, reads0, w_read0, w_write0, memory0, *weights) -> logits [T, B, Y].
+    """apply(cell, keep_tape, x [T, B, X], h0, c0, reads0, w_read0, w_write0, memory0, *weights) -> logits
+    [T, B, Y]. keep_tape: whether a backward may follow (else every step's tensors are freed as it goes).
 
     A whole sequence through the fused step in two C++ calls (csrc/ntm_cell.cpp: sequence_forward,
     sequence_backward). The batch is cut into one chunk per thread and each thread runs its chunk through
@@ -81,14 +82,14 @@ class _Sequence(torch.autograd.Function):
     steps, then over the chunks. The tape (every step's saved tensors) stays on the C++ side."""
 
     @staticmethod
-    def forward(ctx, cell, x, h0, c0, reads0, w_read0, w_write0, memory0, *weights):
+    def forward(ctx, cell, keep_tape, x, h0, c0, reads0, w_read0, w_write0, memory0, *weights):
         lstm = cell.controller_kind == "lstm"
         W_ih, b_ih, W_hh, b_hh = weights[:4] if lstm else (*weights[:2], None, None)
         W_hd, b_hd, W_out, b_out = weights[-4:]
         state = [None if t is None else t.contiguous() for t in (h0, c0, reads0, w_read0, w_write0, memory0)]
         logits, ctx.tape = extension._kernels(x).sequence_forward(
             x.contiguous(), *state, W_ih, b_ih, W_hh, b_hh, W_hd, b_hd, W_out, b_out, cell.R, cell.W, cell.M,
-            2 * cell.S + 1)
+            2 * cell.S + 1, keep_tape)
         ctx.lstm = lstm
         ctx.save_for_backward(W_ih, W_hh, W_hd, W_out)
         return logits
@@ -101,8 +102,8 @@ class _Sequence(torch.autograd.Function):
             db_out = extension._kernels(d_logits).sequence_backward(ctx.tape, d_logits.contiguous(), W_ih, W_hh,
                                                                      W_hd, W_out)
         controller = (dW_ih, db_ih, dW_hh, db_ih) if ctx.lstm else (dW_ih, db_ih)
-        return (None, d_x, d_h0, d_c0, d_reads0, d_w_read0, d_w_write0, d_memory0, *controller, dW_hd, db_hd,
-                dW_out, db_out)
+        return (None, None, d_x, d_h0, d_c0, d_reads0, d_w_read0, d_w_write0, d_memory0, *controller, dW_hd,
+                db_hd, dW_out, db_out)
 
 
 def usable(cell, x: torch.Tensor) -> bool:
@@ -137,4 +138,6 @@ def step(cell, x, state):
 def sequence(cell, x, state):
     """The logits [T, B, Y] of `cell` run over x [T, B, X] (T >= 1) from `state`, through _Sequence."""
     h0, c0 = state.controller if cell.controller_kind == "lstm" else (None, None)
-    return _Sequence.apply(cell, x, h0, c0, state.reads, state.w_read, state.w_write, state.memory, *_weights(cell))
+    inputs = (x, h0, c0, state.reads, state.w_read, state.w_write, state.memory, *_weights(cell))
+    keep_tape = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in inputs)
+    return _Sequence.apply(cell, keep_tape, *inputs)

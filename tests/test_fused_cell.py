@@ -105,6 +105,33 @@ def test_fused_sequence_backward_twice_with_retain_graph():
         torch.testing.assert_close(a, b, rtol=0, atol=0)
 
 
+def test_fused_sequence_keeps_no_tape_without_gradients(monkeypatch):
+    """Under no_grad (or with nothing requiring a gradient) the sequence keeps no per-step tensors for a backward
+    that cannot come: the C++ forward is told so, and the logits are the same."""
+    model = _model("lstm", torch.float32, "cpp")
+    x = torch.randn(4, 3, 7, generator=torch.Generator().manual_seed(8))
+    flags, real = [], fused_cell.extension._kernels
+
+    class Recorder:
+        def __init__(self, module):
+            self.module = module
+
+        def sequence_forward(self, *args):
+            flags.append(args[-1])
+            return self.module.sequence_forward(*args)
+
+    monkeypatch.setattr(fused_cell.extension, "_kernels", lambda t: Recorder(real(t)))
+    with_grad = model(x)
+    with torch.no_grad():
+        without = model(x)
+    for p in model.parameters():
+        p.requires_grad_(False)
+    frozen = model(x)
+    assert flags == [True, False, False]
+    torch.testing.assert_close(without, with_grad.detach(), rtol=0, atol=0)
+    torch.testing.assert_close(frozen, with_grad.detach(), rtol=0, atol=0)
+
+
 def test_trace_and_sequence_agree():
     """return_trace runs the steps one by one (it needs every step's weightings): the same logits."""
     model = _model("lstm", torch.float32, "cpp")
@@ -162,7 +189,7 @@ def test_gradcheck_of_the_fused_sequence(controller):
     def run(x, *rest):
         rest = list(rest)
         h0, c0 = (rest.pop(0), rest.pop(0)) if lstm else (None, None)
-        return fused_cell._Sequence.apply(cell, x, h0, c0, *rest)
+        return fused_cell._Sequence.apply(cell, True, x, h0, c0, *rest)
 
     before = torch.get_num_threads()
     try:
