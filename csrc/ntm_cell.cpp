@@ -11,6 +11,7 @@
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
+#include <ATen/core/grad_mode.h>
 
 #include <cmath>
 #include <utility>
@@ -335,11 +336,14 @@ std::vector<int64_t> chunk_bounds(int64_t B) {
 }
 
 // Runs f(c, b0, nb) for every chunk c (rows b0 .. b0+nb), each chunk on its own thread. The kernels and ATen
-// calls inside see a parallel region and run serially (at::parallel_for) or single-threaded (MKL).
+// calls inside see a parallel region and run serially (at::parallel_for) or single-threaded (MKL). Autograd is
+// off in every thread: an OpenMP worker does not inherit the caller's thread-local grad mode, and with it on,
+// each ATen call on a weight (which requires grad) would record a graph node nobody differentiates.
 template <typename F>
 void for_each_chunk(const std::vector<int64_t>& bounds, F&& f) {
   const int64_t chunks = static_cast<int64_t>(bounds.size()) - 1;
   at::parallel_for(0, chunks, 1, [&](int64_t c0, int64_t c1) {
+    const at::NoGradGuard no_grad;
     for (int64_t c = c0; c < c1; ++c) f(c, bounds[c], bounds[c + 1] - bounds[c]);
   });
 }
