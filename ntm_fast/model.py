@@ -172,16 +172,17 @@ class NTM(nn.Module):
                     write_heads=c.W, shift_range=c.S, memory_init=c.memory_init)
 
     def forward(self, x, return_trace: bool = False):
-        if not isinstance(x, torch.Tensor) or x.dim() != 3 or x.shape[-1] != self.cell.input_size:
+        if (not isinstance(x, torch.Tensor) or x.dim() != 3 or x.shape[-1] != self.cell.input_size
+                or x.shape[0] < 1 or x.shape[1] < 1):
             got = list(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
-            raise ValueError(f"NTM.forward: argument 'x' must have shape [T, B, X] with X = "
+            raise ValueError(f"NTM.forward: argument 'x' must have shape [T, B, X] with T, B >= 1 and X = "
                              f"{self.cell.input_size}, got {got}")
         param = self.cell.read0
         if x.dtype != param.dtype or x.device != param.device:
             raise ValueError(f"NTM.forward: argument 'x' is {x.dtype} on {x.device} but the model is "
                              f"{param.dtype} on {param.device}")
         state = self.cell.initial_state(x.shape[1])
-        if not return_trace and x.shape[0] > 0 and fused_cell.usable(self.cell, x[0]):
+        if not return_trace and fused_cell.usable(self.cell, x[0]):
             return fused_cell.sequence(self.cell, x, state)  # the C++ kernels: the whole sequence in two calls
         logits, w_reads, w_writes = [], [], []
         for x_t in x:

@@ -92,8 +92,11 @@ def test_model_constructor_errors(kwargs, pattern):
 
 def test_model_forward_errors():
     model = NTM(9, 8, controller_size=8, memory_slots=8, memory_width=4)
-    with pytest.raises(ValueError, match=r"'x' must have shape \[T, B, X\] with X = 9, got \[5, 2, 8\]"):
+    with pytest.raises(ValueError, match=r"'x' must have shape \[T, B, X\] with T, B >= 1 and X = 9, got \[5, 2, 8\]"):
         model(torch.zeros(5, 2, 8))
+    for empty in ([0, 2, 9], [5, 0, 9]):  # no time step or no sequence: an error, not an empty stack
+        with pytest.raises(ValueError, match=rf"'x' must have shape \[T, B, X\].*got \{empty}"):
+            model(torch.zeros(*empty))
     with pytest.raises(ValueError, match=r"'x' is torch.float64 on cpu but the model is torch.float32"):
         model(torch.zeros(5, 2, 9, dtype=torch.float64))
 
