@@ -91,13 +91,15 @@ class _Sequence(torch.autograd.Function):
             x.contiguous(), *state, W_ih, b_ih, W_hh, b_hh, W_hd, b_hd, W_out, b_out, cell.R, cell.W, cell.M,
             2 * cell.S + 1, keep_tape)
         ctx.lstm = lstm
-        ctx.save_for_backward(W_ih, W_hh, W_hd, W_out)
+        # The tape holds the initial state's rows: saved here too, so that an in-place change of one before the
+        # backward raises autograd's error instead of giving wrong gradients.
+        ctx.save_for_backward(W_ih, W_hh, W_hd, W_out, *state)
         return logits
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, d_logits):
-        W_ih, W_hh, W_hd, W_out = ctx.saved_tensors
+        W_ih, W_hh, W_hd, W_out = ctx.saved_tensors[:4]
         d_x, d_h0, d_c0, d_reads0, d_w_read0, d_w_write0, d_memory0, dW_ih, db_ih, dW_hh, dW_hd, db_hd, dW_out, \
             db_out = extension._kernels(d_logits).sequence_backward(ctx.tape, d_logits.contiguous(), W_ih, W_hh,
                                                                      W_hd, W_out)

@@ -132,6 +132,19 @@ def test_fused_sequence_keeps_no_tape_without_gradients(monkeypatch):
     torch.testing.assert_close(frozen, with_grad.detach(), rtol=0, atol=0)
 
 
+def test_fused_sequence_refuses_a_changed_initial_state():
+    """The tape keeps the initial state's rows; changing one in place before the backward is autograd's error."""
+    model = _model("lstm", torch.float32, "cpp")
+    x = torch.randn(3, 2, 7, generator=torch.Generator().manual_seed(9))
+    state = model.cell.initial_state(2)
+    memory = state.memory.contiguous().requires_grad_(True)
+    logits = fused_cell.sequence(model.cell, x, state._replace(memory=memory))
+    with torch.no_grad():
+        memory.add_(1.0)
+    with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+        logits.sum().backward()
+
+
 def test_trace_and_sequence_agree():
     """return_trace runs the steps one by one (it needs every step's weightings): the same logits."""
     model = _model("lstm", torch.float32, "cpp")
