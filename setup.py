@@ -19,7 +19,7 @@ if os.environ.get("NTM_FAST_BUILD_EXT") == "1":
     from torch.utils import cpp_extension
 
     sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-    from ntm_fast import extension  # the source list and flags of the on-demand build
+    from ntm_fast.ops import extension  # the source list and flags of the on-demand build
 
     with_cuda = torch.version.cuda is not None and cpp_extension.CUDA_HOME is not None
     make = cpp_extension.CUDAExtension if with_cuda else cpp_extension.CppExtension
@@ -29,7 +29,8 @@ if os.environ.get("NTM_FAST_BUILD_EXT") == "1":
     cmdclass = {"build_ext": cpp_extension.BuildExtension}
 
 setup(
-    packages=["ntm_fast", "ntm_fast.tasks", "ntm_fast.kernels", "ntm_fast.csrc"],
+    packages=["ntm_fast", "ntm_fast.ops", "ntm_fast.model", "ntm_fast.tools", "ntm_fast.tools.tasks", "ntm_fast.kernels",
+              "ntm_fast.csrc"],
     package_dir={"ntm_fast": "ntm_fast", "ntm_fast.kernels": "kernels", "ntm_fast.csrc": "csrc"},
     package_data={"ntm_fast.csrc": ["*.h", "*.cpp", "*.cu"]},
     ext_modules=ext_modules,

@@ -28,7 +28,7 @@ def time_kernels(batch: int, memories: int, reps: int) -> dict:
     """Median and minimum microseconds per batch item of the forward and the backward kernel."""
     import torch
 
-    from ntm_fast import extension
+    from ntm_fast.ops import extension
 
     ext = extension.build(False)
     B, N, M, K, R, W, T = batch, 128, 20, 3, 1, 1, memories
@@ -91,7 +91,7 @@ def main(argv=None):
     if a.worker:  # one tree, in this process
         import torch
 
-        from ntm_fast import extension
+        from ntm_fast.ops import extension
 
         torch.set_num_threads(a.threads)
         extension.CSRC = os.path.abspath(a.csrc[0])

@@ -1,5 +1,5 @@
-"""The C++ backend's training step with the whole sequence as one fused autograd node (_Sequence, what
-NTM.forward uses) against one fused node per time step (_Step, NTMCell.forward called step by step).
+"""The C++ backend's training step with the whole sequence as one fused autograd node (FusedSequence, what
+NTM.forward uses) against one fused node per time step (FusedStep, NTMCell.forward called step by step).
 
     python benchmarks/cpu_sequence.py                        # B = 1, 32, 256; 2 threads; 20 steps each
     python benchmarks/cpu_sequence.py --batch-sizes 256 --reps 40
@@ -32,38 +32,38 @@ def per_step(cell, x, state):
 
 def time_both(batch_size: int, reps: int, length: int) -> dict:
     """{mode: [seconds per training step]} for 'sequence' and 'per-step', alternating."""
-    from ntm_fast import fused_cell
-    from ntm_fast.bench import step_trainer, training_step
+    from ntm_fast.model import fused
+    from ntm_fast.tools.bench import step_trainer, training_step
 
     model = dict(controller_size=100, memory_slots=128, memory_width=20, read_heads=1, write_heads=1,
                  shift_range=1)
     trainer = step_trainer("cpp", batch_size, "cpu", model=model, seed=0)
-    if not fused_cell.usable(trainer.model.cell, torch.zeros(1, trainer.model.cell.input_size)):
+    if not fused.usable(trainer.model.cell, torch.zeros(1, trainer.model.cell.input_size)):
         raise SystemExit("cpu_sequence.py: the cpp backend is unavailable here")
     batch = trainer.task.sample(batch_size, length, torch.Generator().manual_seed(0))
     train_step, gradients, _ = training_step(trainer, batch)
-    modes = {"sequence": fused_cell.sequence, "per-step": per_step}
-    real = fused_cell.sequence
+    modes = {"sequence": fused.sequence, "per-step": per_step}
+    real = fused.sequence
     try:
         grads = {}
         for name, fn in modes.items():
-            fused_cell.sequence = fn
+            fused.sequence = fn
             grads[name] = [g.clone() for g in gradients()]
         for a, b in zip(grads["sequence"], grads["per-step"]):
             torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
         times = {name: [] for name in modes}
         for _ in range(2):  # warm-up
             for fn in modes.values():
-                fused_cell.sequence = fn
+                fused.sequence = fn
                 train_step()
         for _ in range(reps):
             for name, fn in modes.items():
-                fused_cell.sequence = fn
+                fused.sequence = fn
                 start = time.perf_counter()
                 train_step()
                 times[name].append(time.perf_counter() - start)
     finally:
-        fused_cell.sequence = real
+        fused.sequence = real
     return times
 
 

@@ -53,9 +53,9 @@ ARGS = parse_args()
 import torch  # noqa: E402
 
 import ntm_fast  # noqa: E402
-from ntm_fast import bench  # noqa: E402
-from ntm_fast.backends import available_backends, import_kernels, resolve  # noqa: E402
-from ntm_fast.bench import COMPILE, MODES, OP_CALLS, OPS, STEP, Case  # noqa: E402
+from ntm_fast.tools import bench  # noqa: E402
+from ntm_fast.ops.dispatch import available_backends, import_kernels, resolved_ops  # noqa: E402
+from ntm_fast.tools.bench import COMPILE, MODES, OP_CALLS, OPS, STEP, Case  # noqa: E402
 
 import_kernels()
 OP_ORDER = ("memory_step", "address", "read", "write")
@@ -182,7 +182,7 @@ def launch_counts():
         for op in OPS:
             counts = {}
             for backend in ("reference", "triton"):
-                ops = resolve(backend, torch.device(ARGS.device))
+                ops = resolved_ops(backend, torch.device(ARGS.device).type)
                 leaves = [x.requires_grad_() for x in bench.op_inputs(op, B, N, S)]
                 launches.clear()
                 with AtenCounter() as fwd_ops:

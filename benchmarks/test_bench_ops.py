@@ -16,7 +16,7 @@ import os
 import pytest
 import torch
 
-from ntm_fast.bench import MODES, OPS, Case, Disagreement, Settings, default_contenders, prepare, synchronized
+from ntm_fast.tools.bench import MODES, OPS, Case, Disagreement, Settings, default_contenders, prepare, synchronized
 
 DEVICE = os.environ.get("NTM_BENCH_DEVICE", "cuda" if torch.cuda.is_available() else "cpu")
 SETTINGS = Settings(device=DEVICE)

@@ -1,15 +1,17 @@
-"""Fused Triton kernels for ntm_fast (installed as ntm_fast.kernels): the `triton` backend.
+"""Fused Triton kernels for ntm_fast (installed as ntm_fast.kernels): the `triton` backend's launchers.
 
-One module per op, each holding its kernels, launcher and torch.autograd.Function:
+One module per op, each holding its kernels and their plain forward/backward launchers (the autograd is
+ntm_fast/ops/autograd.py's, the protocol is documented there):
 
-* address.py     - addressing, Eq 5-9, all heads in one launch      address(memory, key, beta, gate, shift, gamma, w_prev)
-* read_write.py  - read (Eq 2) and erase/add write (Eq 3-4)         read(memory, w), write(memory, w, erase, add)
-* memory_step.py - a whole step's memory interaction, one launch    memory_step(memory, read_heads, write_heads, ...)
+* address.py     - addressing, Eq 5-9, all heads in one launch     address_forward / address_backward
+* read_write.py  - read (Eq 2) and erase/add write (Eq 3-4)        read_*, write_*
+* memory_step.py - a whole step's memory interaction, one launch   memory_step_forward / memory_step_backward
 
 Every op is one kernel launch forward and one backward. Inputs arrive validated by ntm_fast.ops.
 """
-from .address import address
-from .memory_step import memory_step
-from .read_write import read, write
+from .address import address_backward, address_forward
+from .memory_step import memory_step_backward, memory_step_forward
+from .read_write import read_backward, read_forward, write_backward, write_forward
 
-__all__ = ["address", "read", "write", "memory_step"]
+__all__ = ["address_forward", "address_backward", "read_forward", "read_backward", "write_forward",
+           "write_backward", "memory_step_forward", "memory_step_backward"]

@@ -16,10 +16,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ntm_fast.backends import triton_interpreted
-from ntm_fast.reference import COSINE_EPS
-
-EPS = tl.constexpr(COSINE_EPS)  # smoothing of the cosine similarity, as in the reference
+from ntm_fast.ops.shared import triton_interpreted
 
 # Elements of one [BLOCK_B, BLOCK_N, BLOCK_M] memory tile (tests lower it to force N tiling).
 TILE_ELEMENTS = 2**16 if triton_interpreted() else 4096
@@ -46,11 +43,11 @@ def launch(memory: torch.Tensor):
     return (triton.cdiv(B, blocks["BLOCK_B"]),), dict(B=B, N=N, M=M, DTYPE=dtype, num_warps=4, **blocks)
 
 
-def shift_args(dtype: torch.dtype, N: int, S: int) -> dict:
-    """Addressing's extra launch arguments. TINY is the clamp of the sharpening log (the reference's
-    finfo(dtype).tiny of the *input* dtype); WRAP is a multiple of N above 2S, added before `% N` so
-    shifted slot indices stay non-negative."""
-    return dict(S=S, WRAP=N * (2 * S // N + 1), TINY=torch.finfo(dtype).tiny)
+def shift_args(N: int, S: int, tiny: float, eps: float) -> dict:
+    """Addressing's extra launch arguments. TINY is the clamp of the sharpening log (reference.sharpen_floor
+    of the *input* dtype) and EPS the smoothing of the cosine (reference.COSINE_EPS), both passed by the
+    caller; WRAP is a multiple of N above 2S, added before `% N` so shifted slot indices stay non-negative."""
+    return dict(S=S, WRAP=N * (2 * S // N + 1), TINY=tiny, EPS=eps)
 
 
 def compute_dtype(dtype: torch.dtype) -> torch.dtype:

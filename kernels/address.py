@@ -24,14 +24,16 @@ import torch
 import triton
 import triton.language as tl
 
-from ntm_fast.backends import empty_output
+from ntm_fast.ops.heads import ReadHeads
+from ntm_fast.ops.shared import empty_output
 
-from ._common import (EPS, contiguous, div, launch, load_head, memory_offsets, pow2, scratch, shift_args, sqrt,
+from ._common import (contiguous, div, launch, load_head, memory_offsets, pow2, scratch, shift_args, sqrt,
                       store_head)
 
 
 @triton.jit
-def _head_params(key_ptr, beta_ptr, gate_ptr, gamma_ptr, h, H, rows, B, M, DTYPE: tl.constexpr,
+def _head_params(key_ptr, beta_ptr, gate_ptr, gamma_ptr, h, H, rows, B, M, EPS: tl.constexpr,
+                 DTYPE: tl.constexpr,
                  BLOCK_M: tl.constexpr):
     """key [BLOCK_B, BLOCK_M], sqrt(|k|²+ε), β, g, γ [BLOCK_B] of head h (of H) for the given batch rows."""
     row_ok = rows < B
@@ -54,7 +56,8 @@ def _slot_tile(start, rows, hrows, B, N, BLOCK_N: tl.constexpr):
 
 
 @triton.jit
-def _content_logits(mem_ptr, key, key_norm, beta, rows, slots, B, N, M, DTYPE: tl.constexpr,
+def _content_logits(mem_ptr, key, key_norm, beta, rows, slots, B, N, M, EPS: tl.constexpr,
+                    DTYPE: tl.constexpr,
                     BLOCK_M: tl.constexpr):
     """Eq 6 on one slot tile: β·K [BLOCK_B, BLOCK_N] (-inf beyond N), K, sqrt(|M[i]|²+ε), the memory tile
     and its offsets and mask."""
@@ -68,14 +71,16 @@ def _content_logits(mem_ptr, key, key_norm, beta, rows, slots, B, N, M, DTYPE: t
 
 @triton.jit
 def _gated_weights(mem_ptr, wprev_ptr, wg_ptr, key, key_norm, beta, gate, hrows, rows, B, N, M,
-                   DTYPE: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_M: tl.constexpr):
+                   EPS: tl.constexpr, DTYPE: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_N: tl.constexpr,
+                   BLOCK_M: tl.constexpr):
     """Eq 5-7 for one head: leaves w_g in the [B, N] scratch wg_ptr and returns the running max and sum of
     the β·K softmax (from which w_c = exp(β·K - max) / sum is recomputed)."""
     run_max = tl.full([BLOCK_B], float("-inf"), DTYPE)
     run_sum = tl.zeros([BLOCK_B], DTYPE)
     for start in range(0, N, BLOCK_N):
         slots, offs, _, mask = _slot_tile(start, rows, hrows, B, N, BLOCK_N)
-        logits, _, _, _, _, _ = _content_logits(mem_ptr, key, key_norm, beta, rows, slots, B, N, M, DTYPE, BLOCK_M)
+        logits, _, _, _, _, _ = _content_logits(mem_ptr, key, key_norm, beta, rows, slots, B, N, M, EPS, DTYPE,
+                                                BLOCK_M)
         new_max = tl.maximum(run_max, tl.max(logits, axis=1))
         run_sum = run_sum * tl.exp(run_max - new_max) + tl.sum(tl.exp(logits - new_max[:, None]), axis=1)
         run_max = new_max
@@ -112,7 +117,7 @@ def _shifted(src_ptr, shift_ptr, hrows, rows, slots, B, N, S, WRAP, TRANSPOSE: t
 
 @triton.jit
 def address_head_fwd(mem_ptr, key_ptr, beta_ptr, gate_ptr, shift_ptr, gamma_ptr, wprev_ptr, w_ptr, tmp_ptr,
-                     h, H, rows, B, N, M, S, WRAP, TINY: tl.constexpr, DTYPE: tl.constexpr,
+                     h, H, rows, B, N, M, S, WRAP, TINY: tl.constexpr, EPS: tl.constexpr, DTYPE: tl.constexpr,
                      BLOCK_B: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_M: tl.constexpr):
     """The whole addressing of head h (of H) for the given batch rows; w stored into w_ptr [B, H, N].
 
@@ -122,8 +127,8 @@ def address_head_fwd(mem_ptr, key_ptr, beta_ptr, gate_ptr, shift_ptr, gamma_ptr,
     wg_ptr = tmp_ptr
     z_ptr = tmp_ptr + B * N
     key, key_norm, beta, gate, gamma = _head_params(key_ptr, beta_ptr, gate_ptr, gamma_ptr, h, H, rows, B, M,
-                                                    DTYPE, BLOCK_M)
-    _gated_weights(mem_ptr, wprev_ptr, wg_ptr, key, key_norm, beta, gate, hrows, rows, B, N, M, DTYPE,
+                                                    EPS, DTYPE, BLOCK_M)
+    _gated_weights(mem_ptr, wprev_ptr, wg_ptr, key, key_norm, beta, gate, hrows, rows, B, N, M, EPS, DTYPE,
                    BLOCK_B, BLOCK_N, BLOCK_M)
     # Eq 8-9: z = γ·log max(w_s, tiny), softmax over slots with running statistics.
     run_max = tl.full([BLOCK_B], float("-inf"), DTYPE)
@@ -146,7 +151,7 @@ def address_head_fwd(mem_ptr, key_ptr, beta_ptr, gate_ptr, shift_ptr, gamma_ptr,
 @triton.jit
 def address_head_bwd(mem_ptr, key_ptr, beta_ptr, gate_ptr, shift_ptr, gamma_ptr, wprev_ptr, w_ptr, gw_ptr,
                      gmem_ptr, gkey_ptr, gbeta_ptr, ggate_ptr, gshift_ptr, ggamma_ptr, gwprev_ptr, tmp_ptr,
-                     h, H, rows, accumulate, B, N, M, S, WRAP, TINY: tl.constexpr, DTYPE: tl.constexpr,
+                     h, H, rows, accumulate, B, N, M, S, WRAP, TINY: tl.constexpr, EPS: tl.constexpr, DTYPE: tl.constexpr,
                      BLOCK_B: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr):
     """Gradients of head h's addressing given gw = ∂L/∂w (gw_ptr, [B, H, N]).
 
@@ -160,9 +165,9 @@ def address_head_bwd(mem_ptr, key_ptr, beta_ptr, gate_ptr, shift_ptr, gamma_ptr,
     wg_ptr = tmp_ptr
     gws_ptr = tmp_ptr + B * N
     key, key_norm, beta, gate, gamma = _head_params(key_ptr, beta_ptr, gate_ptr, gamma_ptr, h, H, rows, B, M,
-                                                    DTYPE, BLOCK_M)
+                                                    EPS, DTYPE, BLOCK_M)
     c_max, c_sum = _gated_weights(mem_ptr, wprev_ptr, wg_ptr, key, key_norm, beta, gate, hrows, rows, B, N, M,
-                                  DTYPE, BLOCK_B, BLOCK_N, BLOCK_M)
+                                  EPS, DTYPE, BLOCK_B, BLOCK_N, BLOCK_M)
 
     # Eq 9 backward. With z = γ·log max(w_s, tiny): ∂L/∂z = w·(gw - Σ w·gw); ∂L/∂γ = Σ ∂L/∂z·log max(w_s, tiny);
     # ∂L/∂w_s = γ·∂L/∂z / w_s where w_s ≥ tiny (the clamp passes no gradient below it).
@@ -196,7 +201,8 @@ def address_head_bwd(mem_ptr, key_ptr, beta_ptr, gate_ptr, shift_ptr, gamma_ptr,
     for start in range(0, N, BLOCK_N):
         slots, offs, head_offs, mask = _slot_tile(start, rows, hrows, B, N, BLOCK_N)
         g_wg = _shifted(gws_ptr, shift_ptr, hrows, rows, slots, B, N, S, WRAP, True, DTYPE, BLOCK_B, BLOCK_N)
-        logits, _, _, _, _, _ = _content_logits(mem_ptr, key, key_norm, beta, rows, slots, B, N, M, DTYPE, BLOCK_M)
+        logits, _, _, _, _, _ = _content_logits(mem_ptr, key, key_norm, beta, rows, slots, B, N, M, EPS, DTYPE,
+                                                BLOCK_M)
         w_content = div(tl.exp(logits - c_max[:, None]), c_sum[:, None], DTYPE)
         w_prev = tl.load(wprev_ptr + head_offs, mask=mask, other=0.0).to(DTYPE)
         g_gate += tl.sum(g_wg * (w_content - w_prev), axis=1)
@@ -215,7 +221,7 @@ def address_head_bwd(mem_ptr, key_ptr, beta_ptr, gate_ptr, shift_ptr, gamma_ptr,
     for start in range(0, N, BLOCK_N):
         slots, offs, head_offs, mask = _slot_tile(start, rows, hrows, B, N, BLOCK_N)
         logits, sim, mem_norm, mem, mem_offs, mem_mask = _content_logits(mem_ptr, key, key_norm, beta, rows, slots,
-                                                                          B, N, M, DTYPE, BLOCK_M)
+                                                                          B, N, M, EPS, DTYPE, BLOCK_M)
         w_content = div(tl.exp(logits - c_max[:, None]), c_sum[:, None], DTYPE)
         g_wg = tl.load(wg_ptr + offs, mask=mask, other=0.0)
         g_logits = w_content * gate[:, None] * (g_wg - wc_dot_gwg[:, None])
@@ -237,53 +243,44 @@ def address_head_bwd(mem_ptr, key_ptr, beta_ptr, gate_ptr, shift_ptr, gamma_ptr,
 
 @triton.jit
 def _address_fwd_kernel(mem_ptr, key_ptr, beta_ptr, gate_ptr, shift_ptr, gamma_ptr, wprev_ptr, w_ptr, tmp_ptr,
-                        H, B, N, M, S, WRAP, TINY: tl.constexpr, DTYPE: tl.constexpr,
+                        H, B, N, M, S, WRAP, TINY: tl.constexpr, EPS: tl.constexpr, DTYPE: tl.constexpr,
                         BLOCK_B: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_M: tl.constexpr):
     rows = tl.program_id(0).to(tl.int64) * BLOCK_B + tl.arange(0, BLOCK_B)
     for h in range(H):
         address_head_fwd(mem_ptr, key_ptr, beta_ptr, gate_ptr, shift_ptr, gamma_ptr, wprev_ptr, w_ptr, tmp_ptr,
-                         h, H, rows, B, N, M, S, WRAP, TINY, DTYPE, BLOCK_B, BLOCK_N, BLOCK_M)
+                         h, H, rows, B, N, M, S, WRAP, TINY, EPS, DTYPE, BLOCK_B, BLOCK_N, BLOCK_M)
 
 
 @triton.jit
 def _address_bwd_kernel(mem_ptr, key_ptr, beta_ptr, gate_ptr, shift_ptr, gamma_ptr, wprev_ptr, w_ptr, gw_ptr,
                         gmem_ptr, gkey_ptr, gbeta_ptr, ggate_ptr, gshift_ptr, ggamma_ptr, gwprev_ptr, tmp_ptr,
-                        H, B, N, M, S, WRAP, TINY: tl.constexpr, DTYPE: tl.constexpr, BLOCK_B: tl.constexpr,
+                        H, B, N, M, S, WRAP, TINY: tl.constexpr, EPS: tl.constexpr, DTYPE: tl.constexpr, BLOCK_B: tl.constexpr,
                         BLOCK_N: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr):
     rows = tl.program_id(0).to(tl.int64) * BLOCK_B + tl.arange(0, BLOCK_B)
     for h in range(H):  # heads in turn: each adds its ∂L/∂memory to the same tile, without atomics
         address_head_bwd(mem_ptr, key_ptr, beta_ptr, gate_ptr, shift_ptr, gamma_ptr, wprev_ptr, w_ptr, gw_ptr,
                          gmem_ptr, gkey_ptr, gbeta_ptr, ggate_ptr, gshift_ptr, ggamma_ptr, gwprev_ptr, tmp_ptr,
-                         h, H, rows, h > 0, B, N, M, S, WRAP, TINY, DTYPE, BLOCK_B, BLOCK_N, BLOCK_M, BLOCK_K)
+                         h, H, rows, h > 0, B, N, M, S, WRAP, TINY, EPS, DTYPE, BLOCK_B, BLOCK_N, BLOCK_M, BLOCK_K)
 
 
-class Address(torch.autograd.Function):
-    """w = address(memory, key, beta, gate, shift, gamma, w_prev); saves the inputs and w."""
-
-    @staticmethod
-    def forward(ctx, memory, key, beta, gate, shift, gamma, w_prev):
-        inputs = contiguous(memory, key, beta, gate, shift, gamma, w_prev)
-        (B, N, _), H, K = memory.shape, key.shape[1], shift.shape[-1]
-        w = empty_output((B, H, N), memory)
-        launch_grid, args = launch(memory)
-        _address_fwd_kernel[launch_grid](*inputs, w, scratch(2, B, N, memory), H, **args,
-                                         **shift_args(memory.dtype, N, (K - 1) // 2))
-        ctx.save_for_backward(*inputs, w)
-        return w
-
-    @staticmethod
-    def backward(ctx, grad_w):
-        *inputs, w = ctx.saved_tensors
-        memory, key, shift = inputs[0], inputs[1], inputs[4]
-        (B, N, _), H, K = memory.shape, key.shape[1], shift.shape[-1]
-        grads = [empty_output(t.shape, t) for t in inputs]
-        launch_grid, args = launch(memory)
-        _address_bwd_kernel[launch_grid](*inputs, w, grad_w.contiguous(), *grads, scratch(2, B, N, memory), H,
-                                         **args, **shift_args(memory.dtype, N, (K - 1) // 2), BLOCK_K=pow2(K))
-        return tuple(grads)
+def address_forward(memory, heads, w_prev, *, eps, tiny):
+    """Eq 5-9 for H heads in one launch: memory [B, N, M], heads (ReadHeads: key [B, H, M], beta/gate/gamma
+    [B, H], shift [B, H, 2S+1]), w_prev [B, H, N] -> w [B, H, N]."""
+    memory, key, beta, gate, shift, gamma, w_prev = contiguous(memory, *heads[:5], w_prev)
+    (B, N, _), H, K = memory.shape, key.shape[1], shift.shape[-1]
+    w = empty_output((B, H, N), memory)
+    grid, args = launch(memory)
+    _address_fwd_kernel[grid](memory, key, beta, gate, shift, gamma, w_prev, w, scratch(2, B, N, memory), H,
+                              **args, **shift_args(N, (K - 1) // 2, tiny, eps))
+    return w
 
 
-def address(memory, key, beta, gate, shift, gamma, w_prev):
-    """Eq 5-9 for H heads in one launch: memory [B, N, M], key [B, H, M], beta/gate/gamma [B, H],
-    shift [B, H, 2S+1], w_prev [B, H, N] -> w [B, H, N]."""
-    return Address.apply(memory, key, beta, gate, shift, gamma, w_prev)
+def address_backward(memory, heads, w_prev, w, grad_w, *, eps, tiny):
+    """-> (d_memory, d_heads: ReadHeads, d_w_prev); recomputes K, w_c, w_g and w_s from the inputs."""
+    inputs = contiguous(memory, *heads[:5], w_prev)
+    (B, N, _), H, K = memory.shape, inputs[1].shape[1], inputs[4].shape[-1]
+    d_memory, d_key, d_beta, d_gate, d_shift, d_gamma, d_w_prev = grads = [empty_output(t.shape, t) for t in inputs]
+    grid, args = launch(inputs[0])
+    _address_bwd_kernel[grid](*inputs, w.contiguous(), grad_w.contiguous(), *grads, scratch(2, B, N, memory), H,
+                              **args, **shift_args(N, (K - 1) // 2, tiny, eps), BLOCK_K=pow2(K))
+    return d_memory, ReadHeads(d_key, d_beta, d_gate, d_shift, d_gamma), d_w_prev

@@ -19,7 +19,8 @@ import torch
 import triton
 import triton.language as tl
 
-from ntm_fast.backends import empty_output
+from ntm_fast.ops.heads import ReadHeads, WriteHeads
+from ntm_fast.ops.shared import empty_output
 
 from ._common import contiguous, launch, memory_offsets, pow2, scratch, shift_args, store_heads
 from .address import address_head_bwd, address_head_fwd
@@ -30,15 +31,15 @@ from .read_write import read_bwd_tile, read_tile, write_bwd_tile, write_tile
 def _memory_step_fwd_kernel(mem_ptr, rkey_ptr, rbeta_ptr, rgate_ptr, rshift_ptr, rgamma_ptr,
                             wkey_ptr, wbeta_ptr, wgate_ptr, wshift_ptr, wgamma_ptr, erase_ptr, add_ptr,
                             rprev_ptr, wprev_ptr, reads_ptr, rw_ptr, ww_ptr, new_ptr, tmp_ptr,
-                            R, W, B, N, M, S, WRAP, TINY: tl.constexpr, DTYPE: tl.constexpr, BLOCK_B: tl.constexpr,
+                            R, W, B, N, M, S, WRAP, TINY: tl.constexpr, EPS: tl.constexpr, DTYPE: tl.constexpr, BLOCK_B: tl.constexpr,
                             BLOCK_N: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_R: tl.constexpr):
     rows = tl.program_id(0).to(tl.int64) * BLOCK_B + tl.arange(0, BLOCK_B)
     for h in range(R):
         address_head_fwd(mem_ptr, rkey_ptr, rbeta_ptr, rgate_ptr, rshift_ptr, rgamma_ptr, rprev_ptr, rw_ptr, tmp_ptr,
-                         h, R, rows, B, N, M, S, WRAP, TINY, DTYPE, BLOCK_B, BLOCK_N, BLOCK_M)
+                         h, R, rows, B, N, M, S, WRAP, TINY, EPS, DTYPE, BLOCK_B, BLOCK_N, BLOCK_M)
     for h in range(W):
         address_head_fwd(mem_ptr, wkey_ptr, wbeta_ptr, wgate_ptr, wshift_ptr, wgamma_ptr, wprev_ptr, ww_ptr, tmp_ptr,
-                         h, W, rows, B, N, M, S, WRAP, TINY, DTYPE, BLOCK_B, BLOCK_N, BLOCK_M)
+                         h, W, rows, B, N, M, S, WRAP, TINY, EPS, DTYPE, BLOCK_B, BLOCK_N, BLOCK_M)
     tl.debug_barrier()  # the weightings are complete
     reads = tl.zeros([BLOCK_B, BLOCK_R, BLOCK_M], DTYPE)
     for start in range(0, N, BLOCK_N):
@@ -59,7 +60,7 @@ def _memory_step_bwd_kernel(mem_ptr, rkey_ptr, rbeta_ptr, rgate_ptr, rshift_ptr,
                             gmem_ptr, grkey_ptr, grbeta_ptr, grgate_ptr, grshift_ptr, grgamma_ptr,
                             gwkey_ptr, gwbeta_ptr, gwgate_ptr, gwshift_ptr, gwgamma_ptr, gerase_ptr, gadd_ptr,
                             grprev_ptr, gwprev_ptr, tmp_ptr,
-                            R, W, B, N, M, S, WRAP, TINY: tl.constexpr, DTYPE: tl.constexpr, BLOCK_B: tl.constexpr,
+                            R, W, B, N, M, S, WRAP, TINY: tl.constexpr, EPS: tl.constexpr, DTYPE: tl.constexpr, BLOCK_B: tl.constexpr,
                             BLOCK_N: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_W: tl.constexpr,
                             BLOCK_K: tl.constexpr):
     rows = tl.program_id(0).to(tl.int64) * BLOCK_B + tl.arange(0, BLOCK_B)
@@ -84,49 +85,38 @@ def _memory_step_bwd_kernel(mem_ptr, rkey_ptr, rbeta_ptr, rgate_ptr, rshift_ptr,
     for h in range(R):
         address_head_bwd(mem_ptr, rkey_ptr, rbeta_ptr, rgate_ptr, rshift_ptr, rgamma_ptr, rprev_ptr, rw_ptr,
                          grprev_ptr, gmem_ptr, grkey_ptr, grbeta_ptr, grgate_ptr, grshift_ptr, grgamma_ptr,
-                         grprev_ptr, tmp_ptr, h, R, rows, True, B, N, M, S, WRAP, TINY, DTYPE, BLOCK_B, BLOCK_N,
+                         grprev_ptr, tmp_ptr, h, R, rows, True, B, N, M, S, WRAP, TINY, EPS, DTYPE, BLOCK_B, BLOCK_N,
                          BLOCK_M, BLOCK_K)
     for h in range(W):
         address_head_bwd(mem_ptr, wkey_ptr, wbeta_ptr, wgate_ptr, wshift_ptr, wgamma_ptr, wprev_ptr, ww_ptr,
                          gwprev_ptr, gmem_ptr, gwkey_ptr, gwbeta_ptr, gwgate_ptr, gwshift_ptr, gwgamma_ptr,
-                         gwprev_ptr, tmp_ptr, h, W, rows, True, B, N, M, S, WRAP, TINY, DTYPE, BLOCK_B, BLOCK_N,
+                         gwprev_ptr, tmp_ptr, h, W, rows, True, B, N, M, S, WRAP, TINY, EPS, DTYPE, BLOCK_B, BLOCK_N,
                          BLOCK_M, BLOCK_K)
 
 
-class MemoryStep(torch.autograd.Function):
-    """(reads, w_read, w_write, M_t) = memory_step(M_{t-1}, 5 read-head, 7 write-head tensors, w_read_prev,
-    w_write_prev); saves the inputs and the two weightings."""
-
-    @staticmethod
-    def forward(ctx, memory, *heads):
-        inputs = contiguous(memory, *heads)
-        (B, N, M), R, W, K = memory.shape, heads[0].shape[1], heads[5].shape[1], heads[3].shape[-1]
-        reads = empty_output((B, R, M), memory)
-        w_read, w_write = empty_output((B, R, N), memory), empty_output((B, W, N), memory)
-        new_memory = empty_output((B, N, M), memory)
-        launch_grid, args = launch(memory)
-        _memory_step_fwd_kernel[launch_grid](*inputs, reads, w_read, w_write, new_memory, scratch(2, B, N, memory),
-                                             R, W, **args, **shift_args(memory.dtype, N, (K - 1) // 2),
-                                             BLOCK_R=pow2(R))
-        ctx.save_for_backward(*inputs, w_read, w_write)
-        return reads, w_read, w_write, new_memory
-
-    @staticmethod
-    def backward(ctx, grad_reads, grad_w_read, grad_w_write, grad_new):
-        *inputs, w_read, w_write = ctx.saved_tensors
-        memory = inputs[0]
-        (B, N, M), R, W, K = memory.shape, w_read.shape[1], w_write.shape[1], inputs[4].shape[-1]
-        grads = [empty_output(t.shape, t) for t in inputs]
-        upstream = contiguous(grad_reads, grad_w_read, grad_w_write, grad_new)
-        launch_grid, args = launch(memory)
-        _memory_step_bwd_kernel[launch_grid](*inputs, w_read, w_write, *upstream, *grads, scratch(2, B, N, memory),
-                                             R, W, **args, **shift_args(memory.dtype, N, (K - 1) // 2),
-                                             BLOCK_W=pow2(W), BLOCK_K=pow2(K))
-        return tuple(grads)
-
-
-def memory_step(memory, read_heads, write_heads, w_read_prev, w_write_prev):
+def memory_step_forward(memory, read_heads, write_heads, w_read_prev, w_write_prev, *, eps, tiny):
     """Every head addressed against M_{t-1}, the reads, then the write, in one launch (see the module doc).
+    Returns (reads [B, R, M], w_read [B, R, N], w_write [B, W, N], M_t [B, N, M])."""
+    inputs = contiguous(memory, *read_heads, *write_heads, w_read_prev, w_write_prev)
+    (B, N, M), R, W, K = memory.shape, w_read_prev.shape[1], w_write_prev.shape[1], read_heads.shift.shape[-1]
+    reads = empty_output((B, R, M), memory)
+    w_read, w_write = empty_output((B, R, N), memory), empty_output((B, W, N), memory)
+    new_memory = empty_output((B, N, M), memory)
+    grid, args = launch(memory)
+    _memory_step_fwd_kernel[grid](*inputs, reads, w_read, w_write, new_memory, scratch(2, B, N, memory), R, W,
+                                  **args, **shift_args(N, (K - 1) // 2, tiny, eps), BLOCK_R=pow2(R))
+    return reads, w_read, w_write, new_memory
 
-    read_heads, write_heads: ntm_fast.ops.ReadHeads / WriteHeads. Returns (reads, w_read, w_write, M_t)."""
-    return MemoryStep.apply(memory, *read_heads, *write_heads, w_read_prev, w_write_prev)
+
+def memory_step_backward(memory, read_heads, write_heads, w_read_prev, w_write_prev, w_read, w_write, grad_reads,
+                         grad_w_read, grad_w_write, grad_memory, *, eps, tiny):
+    """-> (d_memory, d_read_heads: ReadHeads, d_write_heads: WriteHeads, d_w_read_prev, d_w_write_prev)."""
+    inputs = contiguous(memory, *read_heads, *write_heads, w_read_prev, w_write_prev)
+    (B, N, M), R, W, K = memory.shape, w_read.shape[1], w_write.shape[1], read_heads.shift.shape[-1]
+    d_memory, *d_heads = grads = [empty_output(t.shape, t) for t in inputs]
+    upstream = contiguous(grad_reads, grad_w_read, grad_w_write, grad_memory)
+    grid, args = launch(memory)
+    _memory_step_bwd_kernel[grid](*inputs, *contiguous(w_read, w_write), *upstream, *grads,
+                                  scratch(2, B, N, memory), R, W, **args, **shift_args(N, (K - 1) // 2, tiny, eps),
+                                  BLOCK_W=pow2(W), BLOCK_K=pow2(K))
+    return d_memory, ReadHeads(*d_heads[:5]), WriteHeads(*d_heads[5:12]), d_heads[12], d_heads[13]

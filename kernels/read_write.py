@@ -14,7 +14,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ntm_fast.backends import empty_output
+from ntm_fast.ops.shared import empty_output
 
 from ._common import contiguous, launch, load_head, memory_offsets, pow2, store_heads
 
@@ -168,55 +168,39 @@ def _write_bwd_kernel(mem_ptr, w_ptr, erase_ptr, add_ptr, gnew_ptr, gmem_ptr, gw
     store_heads(gadd_ptr, g_add, rows, B, W, M, BLOCK_W, BLOCK_M)
 
 
-class Read(torch.autograd.Function):
-    """r = read(memory, w); saves the inputs."""
-
-    @staticmethod
-    def forward(ctx, memory, w):
-        memory, w = contiguous(memory, w)
-        (B, N, M), H = memory.shape, w.shape[1]
-        out = empty_output((B, H, M), memory)
-        launch_grid, args = launch(memory)
-        _read_kernel[launch_grid](memory, w, out, H, **args, BLOCK_H=pow2(H))
-        ctx.save_for_backward(memory, w)
-        return out
-
-    @staticmethod
-    def backward(ctx, grad_read):
-        memory, w = ctx.saved_tensors
-        grad_memory, grad_w = empty_output(memory.shape, memory), empty_output(w.shape, w)
-        launch_grid, args = launch(memory)
-        _read_bwd_kernel[launch_grid](memory, w, grad_read.contiguous(), grad_memory, grad_w, w.shape[1], **args)
-        return grad_memory, grad_w
-
-
-class Write(torch.autograd.Function):
-    """M_t = write(memory, w, erase, add); saves the inputs."""
-
-    @staticmethod
-    def forward(ctx, memory, w, erase, add):
-        inputs = contiguous(memory, w, erase, add)
-        out = empty_output(memory.shape, memory)
-        launch_grid, args = launch(memory)
-        _write_kernel[launch_grid](*inputs, out, w.shape[1], **args)
-        ctx.save_for_backward(*inputs)
-        return out
-
-    @staticmethod
-    def backward(ctx, grad_new):
-        inputs = ctx.saved_tensors
-        grads = [empty_output(t.shape, t) for t in inputs]
-        W = inputs[1].shape[1]
-        launch_grid, args = launch(inputs[0])
-        _write_bwd_kernel[launch_grid](*inputs, grad_new.contiguous(), *grads, W, **args, BLOCK_W=pow2(W))
-        return tuple(grads)
-
-
-def read(memory, w):
+def read_forward(memory, w):
     """Eq 2: memory [B, N, M], w [B, H, N] -> reads [B, H, M]."""
-    return Read.apply(memory, w)
+    memory, w = contiguous(memory, w)
+    (B, N, M), H = memory.shape, w.shape[1]
+    reads = empty_output((B, H, M), memory)
+    grid, args = launch(memory)
+    _read_kernel[grid](memory, w, reads, H, **args, BLOCK_H=pow2(H))
+    return reads
 
 
-def write(memory, w, erase, add):
+def read_backward(memory, w, grad_reads):
+    """-> (d_memory, d_w)."""
+    memory, w = contiguous(memory, w)
+    d_memory, d_w = empty_output(memory.shape, memory), empty_output(w.shape, w)
+    grid, args = launch(memory)
+    _read_bwd_kernel[grid](memory, w, grad_reads.contiguous(), d_memory, d_w, w.shape[1], **args)
+    return d_memory, d_w
+
+
+def write_forward(memory, w, erase, add):
     """Eq 3-4 with W heads: memory [B, N, M], w [B, W, N], erase/add [B, W, M] -> new memory [B, N, M]."""
-    return Write.apply(memory, w, erase, add)
+    inputs = contiguous(memory, w, erase, add)
+    new_memory = empty_output(memory.shape, memory)
+    grid, args = launch(inputs[0])
+    _write_kernel[grid](*inputs, new_memory, w.shape[1], **args)
+    return new_memory
+
+
+def write_backward(memory, w, erase, add, grad_memory):
+    """-> (d_memory, d_w, d_erase, d_add)."""
+    inputs = contiguous(memory, w, erase, add)
+    grads = [empty_output(t.shape, t) for t in inputs]
+    W = w.shape[1]
+    grid, args = launch(inputs[0])
+    _write_bwd_kernel[grid](*inputs, grad_memory.contiguous(), *grads, W, **args, BLOCK_W=pow2(W))
+    return tuple(grads)

@@ -1,6 +1,10 @@
-"""ntm_fast: a Neural Turing Machine for PyTorch whose memory interaction runs as fused kernels."""
-from .backends import available_backends
-from .ops import ReadHeads, WriteHeads, address, memory_step, read, write
+"""ntm_fast: a Neural Turing Machine for PyTorch whose memory interaction runs as fused kernels.
+
+Layers, each importing only the ones below it (docs/design.md): ``tools`` (CLI, training, tasks, bench,
+profiling, plots, model zoo) -> ``model`` (NTM, NTMCell, the fused step and sequence) -> ``ops`` (op API,
+reference, dispatch, autograd) -> backends (``ntm_fast.kernels`` for Triton, the C++/CUDA extension).
+"""
+from .ops import ReadHeads, WriteHeads, address, available_backends, memory_step, read, write
 
 __version__ = "0.1.0"
 

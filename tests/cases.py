@@ -14,7 +14,7 @@ import os
 import pytest
 import torch
 
-from ntm_fast.backends import unavailable_reason
+from ntm_fast.ops.dispatch import unavailable_reason
 from ntm_fast.ops import ReadHeads, WriteHeads
 
 # Backends whose absence is a failure, not a skip (CI sets NTM_FAST_REQUIRE_BACKENDS=triton,cpp).

@@ -12,7 +12,7 @@ import torch
 import cases
 import ntm_fast
 from ntm_fast import ops
-from ntm_fast.backends import poisoned_outputs
+from ntm_fast.ops.shared import poisoned_outputs
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 KERNEL_BACKENDS = ("triton", "cpp", "cuda")

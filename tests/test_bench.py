@@ -10,10 +10,10 @@ import types
 import pytest
 
 from cases import backend_or_skip
-from ntm_fast import backends, reference
-from ntm_fast.backends import BACKENDS, Backend
-from ntm_fast.bench import Case, Settings, check_contenders, default_contenders, merge_rounds, run_contender
-from ntm_fast.cli import main
+from ntm_fast.ops import dispatch, reference
+from ntm_fast.ops.dispatch import BACKENDS, Backend
+from ntm_fast.tools.bench import Case, Settings, check_contenders, default_contenders, merge_rounds, run_contender
+from ntm_fast.tools.cli import main
 
 TINY = Settings(width=4, controller_size=6, length=2, warmup=0, reps=3, budget_s=0.01)
 
@@ -30,9 +30,9 @@ WRONG = types.SimpleNamespace(address=reference.address, read=lambda memory, w: 
 @pytest.fixture
 def backend_cache():
     """Backend loads are cached per process: forget them around a test that swaps backends."""
-    backends._try_load.cache_clear()
+    dispatch.forget()
     yield
-    backends._try_load.cache_clear()
+    dispatch.forget()
 
 
 @pytest.fixture
@@ -55,8 +55,8 @@ def test_a_disagreeing_contender_is_refused_not_timed(wrong_backend):
 
 def test_the_triton_interpreter_is_never_a_cpu_contender(monkeypatch, backend_cache):
     interpreted = Backend("triton", "stands in for the interpreter", lambda: ("cuda", "cpu"), lambda: reference)
-    monkeypatch.setattr(backends, "BACKENDS", {"reference": BACKENDS["reference"], "triton": interpreted})
-    assert backends.available_backends("cpu") == ["reference", "triton"]
+    monkeypatch.setattr(dispatch, "BACKENDS", {"reference": BACKENDS["reference"], "triton": interpreted})
+    assert dispatch.available_backends("cpu") == ["reference", "triton"]
     assert "triton" not in default_contenders("cpu") and "reference" in default_contenders("cpu")
     with pytest.raises(ValueError, match="only under the Triton interpreter"):
         check_contenders(["triton"], "cpu")

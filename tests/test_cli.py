@@ -6,7 +6,7 @@ import sys
 import pytest
 import torch
 
-from ntm_fast.cli import main
+from ntm_fast.tools.cli import main
 
 TINY = ["--controller-size", "12", "--memory-slots", "10", "--memory-width", "5"]
 

@@ -6,7 +6,7 @@ import torch
 import cases
 import ntm_fast
 from ntm_fast import NTM, ops
-from ntm_fast.train import TrainConfig, load_checkpoint
+from ntm_fast.tools.train import TrainConfig, load_checkpoint
 
 
 def addr(**over):
@@ -66,16 +66,16 @@ def test_a_backend_that_runs_nowhere_here_says_why(monkeypatch):
     """Without a GPU and without the interpreter, triton serves no device: the reason is its own, not a list."""
     if torch.cuda.is_available():
         pytest.skip("a CUDA GPU is visible: triton runs on it")
-    from ntm_fast import backends
+    from ntm_fast.ops import dispatch
 
     monkeypatch.delenv("TRITON_INTERPRET", raising=False)
-    backends._try_load.cache_clear()
+    dispatch.forget()
     try:
         with pytest.raises(ValueError, match=r"backend 'triton' is unavailable for cpu tensors: (no CUDA GPU is visible "
                                              r"and TRITON_INTERPRET=1 is not set|triton is not installed)"):
             ops.address(**addr(), backend="triton")
     finally:
-        backends._try_load.cache_clear()
+        dispatch.forget()
 
 
 @pytest.mark.parametrize("kwargs,pattern", [

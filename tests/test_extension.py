@@ -15,13 +15,15 @@ import pytest
 import torch
 
 import cases
-from ntm_fast import extension, ops
-from ntm_fast.backends import BackendUnavailable
+from ntm_fast import ops
+from ntm_fast.ops import dispatch, extension
+from ntm_fast.ops.autograd import KERNEL_OPS, kernel_backward, kernel_forward
+from ntm_fast.ops.shared import BackendUnavailable
 
 @pytest.fixture(scope="module")
 def cpp():
     cases.backend_or_skip("cpp", "cpu")
-    return extension.OPS
+    return dispatch.load("cpp")
 
 
 def _grad_leaves(tensors):
@@ -29,41 +31,36 @@ def _grad_leaves(tensors):
 
 
 def _op_args(op):
-    """Small float64 arguments of each forward custom op, requiring grad (heads as Tensor[] arguments)."""
+    """Small float64 inputs of each op, flat in KERNEL_OPS order, requiring grad."""
     if op == "address":
-        memory, *heads = _grad_leaves(cases.address_inputs(2, 7, 3, 2, 1).values())
-        return [memory, heads]
+        return _grad_leaves(cases.address_inputs(2, 7, 3, 2, 1).values())
     if op == "memory_step":
         step = cases.memory_step_inputs(2, 7, 3, 1, 2, 1)
-        r, w = step["read_heads"], step["write_heads"]
-        memory, *heads = _grad_leaves([step["memory"], *r, step["w_read_prev"], *w[:5], step["w_write_prev"],
-                                       w.erase, w.add])
-        return [memory, heads[:6], heads[6:]]
+        return _grad_leaves([step["memory"], *step["read_heads"], *step["write_heads"], step["w_read_prev"],
+                             step["w_write_prev"]])
     make = cases.read_inputs if op == "read" else cases.write_inputs
     return _grad_leaves(make(2, 7, 3, 2).values())
 
 
 def _detached(args):
-    return [[t.detach() for t in a] if isinstance(a, list) else a.detach() for a in args]
+    return [t.detach() for t in args]
 
 
-FORWARD_OPS = {"address": extension._address, "read": extension._read, "write": extension._write,
-               "memory_step": extension._memory_step}
-BACKWARD_OPS = {"address": extension._address_backward, "read": extension._read_backward,
-                "write": extension._write_backward, "memory_step": extension._memory_step_backward}
+def _backward_args(op, inputs):
+    """kernel_backward's arguments for `op` on `inputs`: the saved outputs and random output gradients."""
+    outputs = kernel_forward(op, "cpp", inputs)
+    saved = [outputs[i] for i in KERNEL_OPS[op].saved]
+    return [op, "cpp", inputs, saved, [torch.randn_like(o) for o in outputs]]
 
 
-@pytest.mark.parametrize("op", list(FORWARD_OPS))
+@pytest.mark.parametrize("op", list(KERNEL_OPS))
 def test_opcheck_forward(cpp, op):
-    torch.library.opcheck(FORWARD_OPS[op], _op_args(op))
+    torch.library.opcheck(kernel_forward, [op, "cpp", _op_args(op)])
 
 
-@pytest.mark.parametrize("op", list(BACKWARD_OPS))
+@pytest.mark.parametrize("op", list(KERNEL_OPS))
 def test_opcheck_backward(cpp, op):
-    inputs = _detached(_op_args(op))
-    outputs = FORWARD_OPS[op](*inputs)
-    outputs = outputs if isinstance(outputs, tuple) else (outputs,)
-    torch.library.opcheck(BACKWARD_OPS[op], [[torch.randn_like(o) for o in outputs], *inputs])
+    torch.library.opcheck(kernel_backward, _backward_args(op, _detached(_op_args(op))))
 
 
 def test_non_contiguous_inputs(cpp):
@@ -131,12 +128,10 @@ def test_memory_step_gradcheck_through_slot_minor_memory(cpp):
 
 def test_opcheck_memory_step_slot_minor(cpp):
     """The registered op's fake kernels give the real strides for slot-minor memory too."""
-    memory, read_heads, write_heads = _op_args("memory_step")
+    memory, *heads = _op_args("memory_step")
     memory = memory.detach().transpose(1, 2).contiguous().transpose(1, 2).requires_grad_(True)
-    torch.library.opcheck(extension._memory_step, [memory, read_heads, write_heads])
-    outputs = extension._memory_step(*_detached([memory, read_heads, write_heads]))
-    grads = [torch.randn_like(o) for o in outputs]
-    torch.library.opcheck(extension._memory_step_backward, [grads, *_detached([memory, read_heads, write_heads])])
+    torch.library.opcheck(kernel_forward, ["memory_step", "cpp", [memory, *heads]])
+    torch.library.opcheck(kernel_backward, _backward_args("memory_step", _detached([memory, *heads])))
 
 
 def test_torch_compile(cpp):

@@ -1,5 +1,5 @@
-"""The fused NTM step and sequence (ntm_fast/fused_cell.py with csrc/ntm_cell.cpp) with the cpp backend on CPU:
-one autograd node per time step (_Step, NTMCell.forward) or per sequence (_Sequence, NTM.forward). Their
+"""The fused NTM step and sequence (ntm_fast/model/fused.py with csrc/ntm_cell.cpp) with the cpp backend on CPU:
+one autograd node per time step (FusedStep, NTMCell.forward) or per sequence (FusedSequence, NTM.forward). Their
 forwards and every gradient against the unfused cell and the reference (float64 tight, float32 as the
 reference's own error allows), for both controllers and odd sizes; the sequence's batch chunks (one per
 thread) at batch sizes that do not divide evenly; torch.autograd gradcheck through the hand-written
@@ -8,8 +8,10 @@ import pytest
 import torch
 
 import cases
-from ntm_fast import fused_cell
 from ntm_fast.model import NTM, NTMCell
+from ntm_fast.model import fused as fused_module
+from ntm_fast.ops import extension
+from ntm_fast.ops.autograd import FusedSequence, FusedStep
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -29,7 +31,7 @@ def _model(controller, dtype, backend, **sizes):
 
 
 def _per_step(model, x):
-    """NTM.forward one NTMCell call per step (the fused _Step when usable), instead of one _Sequence."""
+    """NTM.forward one NTMCell call per step (the fused FusedStep when usable), instead of one FusedSequence."""
     state, logits = model.cell.initial_state(x.shape[1]), []
     for x_t in x:
         y_t, state = model.cell(x_t, state)
@@ -38,18 +40,18 @@ def _per_step(model, x):
 
 
 def _run(model, x, fused, per_step=False):
-    """Logits and every parameter's and the input's gradient for a fixed cotangent. fused: through _Sequence
-    (or _Step with per_step); not fused: the unfused cell of the model's backend."""
+    """Logits and every parameter's and the input's gradient for a fixed cotangent. fused: through FusedSequence
+    (or FusedStep with per_step); not fused: the unfused cell of the model's backend."""
     x = x.clone().requires_grad_(True)
-    real = fused_cell.usable
+    real = fused_module.usable
     try:
         if not fused:
-            fused_cell.usable = lambda cell, x: False
+            fused_module.usable = lambda cell, x: False
         logits = _per_step(model, x) if per_step else model(x)
         cotangent = torch.randn(logits.shape, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
         grads = torch.autograd.grad((logits * cotangent.to(logits)).sum(), [x, *model.parameters()])
     finally:
-        fused_cell.usable = real
+        fused_module.usable = real
     return [logits.detach(), *grads]
 
 
@@ -63,7 +65,7 @@ def test_fused_step_matches_the_unfused_cell_and_the_reference(controller, sizes
     oracle = _run(_model(controller, torch.float64, "reference", **sizes), x, fused=False)
     for dtype in (torch.float64, torch.float32):
         model = _model(controller, dtype, "cpp", **sizes)
-        assert fused_cell.usable(model.cell, x.to(dtype))
+        assert fused_module.usable(model.cell, x.to(dtype))
         fused, unfused = _run(model, x.to(dtype), True, per_step), _run(model, x.to(dtype), False)
         reference = _run(_model(controller, dtype, "reference", **sizes), x.to(dtype), False)
         for i, (got, same_backend, ref, want) in enumerate(zip(fused, unfused, reference, oracle)):
@@ -79,7 +81,7 @@ def test_fused_step_matches_the_unfused_cell_and_the_reference(controller, sizes
 
 @pytest.mark.parametrize("threads, batch", [(1, 4), (2, 1), (2, 5), (3, 2), (4, 7)])
 def test_fused_sequence_chunks_give_the_per_step_result(threads, batch):
-    """_Sequence cuts the batch into one chunk per thread (at most one per row): every split gives what the
+    """FusedSequence cuts the batch into one chunk per thread (at most one per row): every split gives what the
     per-step fused node gives, to the last bits in float64 (each row's arithmetic is the same; only the weight
     gradients' summation order differs)."""
     x = torch.randn(5, batch, 7, generator=torch.Generator().manual_seed(4), dtype=torch.float64)
@@ -110,7 +112,7 @@ def test_fused_sequence_keeps_no_tape_without_gradients(monkeypatch):
     that cannot come: the C++ forward is told so, and the logits are the same."""
     model = _model("lstm", torch.float32, "cpp")
     x = torch.randn(4, 3, 7, generator=torch.Generator().manual_seed(8))
-    flags, real = [], fused_cell.extension._kernels
+    flags, real = [], extension._kernels
 
     class Recorder:
         def __init__(self, module):
@@ -120,7 +122,7 @@ def test_fused_sequence_keeps_no_tape_without_gradients(monkeypatch):
             flags.append(args[-1])
             return self.module.sequence_forward(*args)
 
-    monkeypatch.setattr(fused_cell.extension, "_kernels", lambda t: Recorder(real(t)))
+    monkeypatch.setattr(extension, "_kernels", lambda t: Recorder(real(t)))
     with_grad = model(x)
     with torch.no_grad():
         without = model(x)
@@ -138,7 +140,7 @@ def test_fused_sequence_refuses_a_changed_initial_state():
     x = torch.randn(3, 2, 7, generator=torch.Generator().manual_seed(9))
     state = model.cell.initial_state(2)
     memory = state.memory.contiguous().requires_grad_(True)
-    logits = fused_cell.sequence(model.cell, x, state._replace(memory=memory))
+    logits = fused_module.sequence(model.cell, x, state._replace(memory=memory))
     with torch.no_grad():
         memory.add_(1.0)
     with pytest.raises(RuntimeError, match="modified by an inplace operation"):
@@ -177,7 +179,7 @@ def test_gradcheck_of_the_fused_step(controller):
     def step(*args):
         x, rest = args[0], list(args[1:])
         h_prev, c_prev = (rest.pop(0), rest.pop(0)) if lstm else (None, None)
-        outs = fused_cell._Step.apply(cell, x, h_prev, c_prev, *rest)
+        outs = FusedStep.apply(fused_module.fused_kernels(cell, x), cell.layout, lstm, x, h_prev, c_prev, *rest)
         return tuple(o for o in outs if o is not None)
 
     assert torch.autograd.gradcheck(step, inputs)
@@ -185,7 +187,7 @@ def test_gradcheck_of_the_fused_step(controller):
 
 @pytest.mark.parametrize("controller", ["lstm", "feedforward"])
 def test_gradcheck_of_the_fused_sequence(controller):
-    """gradcheck of _Sequence with respect to the input, the initial state and every weight, split into two
+    """gradcheck of FusedSequence with respect to the input, the initial state and every weight, split into two
     chunks."""
     model = _model(controller, torch.float64, "cpp", controller_size=4, memory_slots=5, memory_width=3,
                    read_heads=1, write_heads=2)
@@ -196,13 +198,13 @@ def test_gradcheck_of_the_fused_sequence(controller):
     start += [torch.randn(3, 3, generator=g, dtype=torch.float64), state.w_read.detach().clone(),
               state.w_write.detach().clone(), torch.randn(3, 5, 3, generator=g, dtype=torch.float64)]
     inputs = [torch.randn(3, 3, 7, generator=g, dtype=torch.float64), *start,
-              *(p.detach().clone() for p in fused_cell._weights(cell))]
+              *(p.detach().clone() for p in fused_module.weights(cell))]
     inputs = [t.clone().requires_grad_(True) for t in inputs]
 
     def run(x, *rest):
         rest = list(rest)
         h0, c0 = (rest.pop(0), rest.pop(0)) if lstm else (None, None)
-        return fused_cell._Sequence.apply(cell, True, x, h0, c0, *rest)
+        return FusedSequence.apply(fused_module.fused_kernels(cell, x[0]), cell.layout, lstm, True, x, h0, c0, *rest)
 
     before = torch.get_num_threads()
     try:
@@ -214,14 +216,14 @@ def test_gradcheck_of_the_fused_sequence(controller):
 
 def test_when_the_fused_step_is_used():
     x = torch.zeros(2, 7)
-    assert fused_cell.usable(_model("lstm", torch.float32, "cpp").cell, x)
-    assert fused_cell.usable(_model("lstm", torch.float32, "auto").cell, x)  # auto picks cpp on CPU
-    assert not fused_cell.usable(_model("lstm", torch.float32, "reference").cell, x)
-    assert not fused_cell.usable(_model("lstm", torch.float16, "cpp").cell, x.half())
+    assert fused_module.usable(_model("lstm", torch.float32, "cpp").cell, x)
+    assert fused_module.usable(_model("lstm", torch.float32, "auto").cell, x)  # auto picks cpp on CPU
+    assert not fused_module.usable(_model("lstm", torch.float32, "reference").cell, x)
+    assert not fused_module.usable(_model("lstm", torch.float16, "cpp").cell, x.half())
 
 
 def test_training_steps_with_the_fused_step_equal_the_reference():
-    from ntm_fast.train import TrainConfig, Trainer
+    from ntm_fast.tools.train import TrainConfig, Trainer
 
     def losses(backend):
         trainer = Trainer(TrainConfig(steps=3, batch_size=4, max_length=3, backend=backend, optimizer="adam",

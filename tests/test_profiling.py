@@ -4,11 +4,11 @@ import json
 
 import pytest
 
-from ntm_fast import backends, reference
-from ntm_fast.backends import BACKENDS, Backend
-from ntm_fast.cli import main
+from ntm_fast.ops import dispatch, reference
+from ntm_fast.ops.dispatch import BACKENDS, Backend
+from ntm_fast.tools.cli import main
 from ntm_fast.model import NTMCell
-from ntm_fast.profiling import traffic_model
+from ntm_fast.tools.profiling import traffic_model
 
 SIZES = dict(B=2, N=3, M=4, R=1, W=1, S=1, C=5, X=6, Y=7)
 
@@ -70,7 +70,7 @@ def test_profile_fused_backend_reports_one_memory_interaction(monkeypatch, tmp_p
     monkeypatch.setitem(BACKENDS, "fused", Backend("fused", "the reference under another name",
                                                    lambda: ("cpu",), lambda: reference))
     main(["profile", *TINY, "--backend", "fused", "--json", str(tmp_path / "p.json")])
-    backends._try_load.cache_clear()  # forget the stand-in
+    dispatch.forget()  # forget the stand-in
     assert "memory interaction (sum)" not in capsys.readouterr().out
     report = json.loads((tmp_path / "p.json").read_text())
     assert set(report["parts"]) == {"controller", "memory interaction", "output/loss", "optimizer"}

@@ -6,7 +6,8 @@ import pytest
 import torch
 
 import cases
-from ntm_fast import NTMCell, ops, reference
+from ntm_fast import NTMCell, ops
+from ntm_fast.ops import reference
 
 f64 = dict(dtype=torch.float64)
 

@@ -7,10 +7,10 @@ import pytest
 import torch
 
 from ntm_fast.model import NTM
-from ntm_fast.tasks import (TASKS, AssociativeRecallTask, Batch, CopyTask, NGramTask, PrioritySortTask,
+from ntm_fast.tools.tasks import (TASKS, AssociativeRecallTask, Batch, CopyTask, NGramTask, PrioritySortTask,
                             RepeatCopyTask, make_task)
-from ntm_fast.train import TrainConfig
-from ntm_fast.zoo import ZOO, zoo_config
+from ntm_fast.tools.train import TrainConfig
+from ntm_fast.tools.zoo import ZOO, zoo_config
 
 
 def rng(seed=0):

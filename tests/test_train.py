@@ -7,8 +7,8 @@ import os
 import pytest
 import torch
 
-from ntm_fast import train as train_mod
-from ntm_fast.train import Trainer, TrainConfig, load_checkpoint
+from ntm_fast.tools import train as train_mod
+from ntm_fast.tools.train import Trainer, TrainConfig, load_checkpoint
 
 TINY = dict(controller_size=16, memory_slots=12, memory_width=6)
 
@@ -67,7 +67,7 @@ def test_injected_nan_gradient_rolls_back_and_training_goes_on(tmp_path, caplog)
         return grad * float("nan") if calls["n"] == 15 else grad
 
     trainer.model.cell.heads.weight.register_hook(nan_once_at_step_15)
-    with caplog.at_level(logging.WARNING, logger="ntm_fast.train"):
+    with caplog.at_level(logging.WARNING, logger="ntm_fast.tools.train"):
         summary = trainer.fit()
     assert summary["rollbacks"] == 1
     assert "divergence at step 15 (non-finite loss or gradient): rolled back to step 10" in caplog.text

@@ -11,7 +11,8 @@ import torch
 
 import cases
 from ntm_fast import ops
-from ntm_fast.backends import import_kernels, poisoned_outputs, unavailable_reason
+from ntm_fast.ops.dispatch import import_kernels, unavailable_reason
+from ntm_fast.ops.shared import poisoned_outputs
 from test_backend_equivalence import DEVICE, assert_matches_reference, run_op
 
 pytestmark = pytest.mark.skipif(unavailable_reason("triton", DEVICE) is not None,

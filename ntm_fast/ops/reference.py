@@ -22,7 +22,13 @@ from __future__ import annotations
 
 import torch
 
-COSINE_EPS = 1e-8
+COSINE_EPS = 1e-8  # ε of the smoothed cosine (Eq 6); every backend receives it from here
+
+
+def sharpen_floor(dtype: torch.dtype) -> float:
+    """The clamp of the sharpening log (Eq 9): the smallest normal number of `dtype`; every backend receives
+    it from here."""
+    return torch.finfo(dtype).tiny
 
 
 def cosine_similarity(memory: torch.Tensor, key: torch.Tensor) -> torch.Tensor:
@@ -62,8 +68,7 @@ def circular_shift(w_gated, shift):
 
 def sharpen(w_shifted, gamma):
     """Sharpening (Eq 9) as softmax(γ · log w_s); see the module docstring. -> [B, H, N]."""
-    tiny = torch.finfo(w_shifted.dtype).tiny
-    log_w = torch.log(torch.clamp_min(w_shifted, tiny))
+    log_w = torch.log(torch.clamp_min(w_shifted, sharpen_floor(w_shifted.dtype)))
     return torch.softmax(gamma.unsqueeze(-1) * log_w, dim=-1)
 
 

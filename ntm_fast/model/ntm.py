@@ -1,12 +1,12 @@
 """The Neural Turing Machine: a controller, R read heads and W write heads around one memory.
 
-One time step (DESIGN.md, "The math", item 8):
+One time step (docs/design.md, "The math"):
     controller([x_t; r_{t-1}]) -> head parameters -> every head addresses M_{t-1} -> reads r_t
     -> write gives M_t -> y_t = Linear([h_t; r_t]) (logits).
 The memory interaction of a step is a single `ntm_fast.ops.memory_step` call, so a fused backend covers
 all of it; with the C++ extension's CPU kernels the whole step is one autograd node, and NTM.forward runs
-the whole sequence as one (fused_cell.py). Head activations (Section 3.3): key linear, β = softplus,
-g = sigmoid, s = softmax over the 2S+1 shifts, γ = 1 + softplus, erase = sigmoid, add linear.
+the whole sequence as one (fused.py). The head parameters' layout and activations (Section 3.3) are
+ntm_fast.ops.HeadLayout's.
 """
 from __future__ import annotations
 
@@ -15,10 +15,9 @@ from typing import NamedTuple
 
 import torch
 from torch import nn
-from torch.nn import functional as F
 
-from . import fused_cell
-from .ops import ReadHeads, WriteHeads, memory_step
+from ..ops import HeadLayout, memory_step
+from . import fused
 
 CONTROLLERS = ("lstm", "feedforward")
 MEMORY_INITS = ("constant", "learned", "random")
@@ -63,15 +62,14 @@ class NTMCell(nn.Module):
         self.controller_kind, self.controller_size = controller, controller_size
         self.N, self.M, self.R, self.W, self.S = memory_slots, memory_width, read_heads, write_heads, shift_range
         self.memory_init, self.backend = memory_init, backend
-        N, M, R, W, K, C = self.N, self.M, self.R, self.W, 2 * shift_range + 1, controller_size
+        N, M, R, W, C = self.N, self.M, self.R, self.W, controller_size
         H = R + W
 
         ctrl_in = input_size + R * M
         self.controller = nn.LSTMCell(ctrl_in, C) if controller == "lstm" else nn.Linear(ctrl_in, C)
-        # One linear layer emits every head parameter, grouped by kind over all heads (read heads first):
-        # [key H*M | beta H | gate H | shift H*K | gamma H | erase W*M | add W*M].
-        self.head_sizes = (H * M, H, H, H * K, H, W * M, W * M)
-        self.heads = nn.Linear(C, sum(self.head_sizes))
+        # One linear layer emits every head parameter (the split and activations: HeadLayout).
+        self.layout = HeadLayout(R, W, M, shift_range)
+        self.heads = nn.Linear(C, self.layout.width)
         self.output = nn.Linear(C + R * M, output_size)
 
         # Learned initial state: LSTM state, read vectors, weightings (as logits).
@@ -107,31 +105,28 @@ class NTMCell(nn.Module):
             memory=memory,
         )
 
+    @property
+    def head_sizes(self) -> tuple:
+        return self.layout.sizes
+
     def head_parameters(self, h):
         """Controller output h [B, C] -> activated (ReadHeads, WriteHeads)."""
-        B, M, R, W = h.shape[0], self.M, self.R, self.W
-        key, beta, gate, shift, gamma, erase, add = self.heads(h).split(self.head_sizes, dim=-1)
-        key = key.view(B, R + W, M)
-        beta, gate, gamma = F.softplus(beta), torch.sigmoid(gate), 1 + F.softplus(gamma)
-        shift = torch.softmax(shift.view(B, R + W, -1), dim=-1)
-        erase, add = torch.sigmoid(erase).view(B, W, M), add.view(B, W, M)
-        # One split per kind (its backward is one cat) rather than two slices (two zero-filled slice
-        # backwards and an add): fewer autograd nodes per step.
-        (rk, wk), (rb, wb), (rg, wg), (rs, ws), (rgm, wgm) = (
-            t.split((R, W), dim=1) for t in (key, beta, gate, shift, gamma))
-        return ReadHeads(rk, rb, rg, rs, rgm), WriteHeads(wk, wb, wg, ws, wgm, erase, add)
+        return self.layout.activate(self.heads(h))
+
+    def controller_step(self, x, reads_prev, controller_state):
+        """The controller on [x_t; r_{t-1}] (Section 2): x [B, X], reads_prev [B, R*M] -> (h [B, C], the
+        next controller state: (h, c) for an LSTM, None for a feedforward controller)."""
+        ctrl_in = torch.cat([x, reads_prev], dim=-1)
+        if self.controller_kind == "lstm":
+            h, c = self.controller(ctrl_in, controller_state)
+            return h, (h, c)
+        return torch.tanh(self.controller(ctrl_in)), None
 
     def forward(self, x, state: NTMState):
-        if fused_cell.usable(self, x):  # the C++ kernels: the whole step as one autograd node
-            logits, controller_state, reads, w_read, w_write, memory = fused_cell.step(self, x, state)
+        if fused.usable(self, x):  # the C++ kernels: the whole step as one autograd node
+            logits, controller_state, reads, w_read, w_write, memory = fused.step(self, x, state)
             return logits, NTMState(controller_state, reads, w_read, w_write, memory)
-        ctrl_in = torch.cat([x, state.reads], dim=-1)  # [x_t; r_{t-1}] (Section 2)
-        if self.controller_kind == "lstm":
-            h, c = self.controller(ctrl_in, state.controller)
-            controller_state = (h, c)
-        else:
-            h = torch.tanh(self.controller(ctrl_in))
-            controller_state = None
+        h, controller_state = self.controller_step(x, state.reads, state.controller)
         read_heads, write_heads = self.head_parameters(h)
         reads, w_read, w_write, memory = memory_step(
             state.memory, read_heads, write_heads, state.w_read, state.w_write, backend=self.backend)
@@ -182,8 +177,8 @@ class NTM(nn.Module):
             raise ValueError(f"NTM.forward: argument 'x' is {x.dtype} on {x.device} but the model is "
                              f"{param.dtype} on {param.device}")
         state = self.cell.initial_state(x.shape[1])
-        if not return_trace and fused_cell.usable(self.cell, x[0]):
-            return fused_cell.sequence(self.cell, x, state)  # the C++ kernels: the whole sequence in two calls
+        if not return_trace and fused.usable(self.cell, x[0]):
+            return fused.sequence(self.cell, x, state)  # the C++ kernels: the whole sequence in two calls
         logits, w_reads, w_writes = [], [], []
         for x_t in x:
             y_t, state = self.cell(x_t, state)

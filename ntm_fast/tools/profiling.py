@@ -22,8 +22,10 @@ import sys
 
 import torch
 
-from . import fused_cell, ops
-from .backends import AUTO_ORDER, unavailable_reason
+from .. import ops
+from ..model import fused
+from ..ops.dispatch import resolve
+from .options import add_device_backend, add_model_options, model_options_given
 from .bench import check_contenders, forward_backward, forward_only, measure, step_trainer, training_step
 
 MEMORY_PARTS = ("addressing", "read", "write")  # the reference's memory interaction, split
@@ -85,14 +87,9 @@ class InstrumentedStep:
 
     # The parts: tensors in, a tuple of tensors out.
     def controller(self, x_t, reads, *state):
-        ctrl_in = torch.cat([x_t, reads], dim=-1)
-        if self.cell.controller_kind == "lstm":
-            h, c = self.cell.controller(ctrl_in, state)
-            state = (c,)
-        else:
-            h, state = torch.tanh(self.cell.controller(ctrl_in)), ()
+        h, state = self.cell.controller_step(x_t, reads, state or None)
         read_heads, write_heads = self.cell.head_parameters(h)
-        return (h, *state, *read_heads, *write_heads)
+        return (h, *(state[1:] if state else ()), *read_heads, *write_heads)
 
     def addressing(self, memory, *a):  # a: 5 read-head, 7 write-head tensors, w_read_prev, w_write_prev
         R = self.cell.R
@@ -216,8 +213,7 @@ def resolve_backend(name: str, device) -> str:
     """The backend `name` stands for on `device` ('auto' -> the one auto picks); ValueError if unusable."""
     device = torch.device(device)
     if name == "auto":
-        return next(c for c in AUTO_ORDER.get(device.type, ("reference",))
-                    if unavailable_reason(c, device.type) is None)
+        return resolve(name, device.type)
     check_contenders([name], device)  # says why an unknown or unavailable backend cannot be profiled
     return name
 
@@ -263,7 +259,7 @@ def profile_step(*, task="copy", batch_size=256, length=20, backend="auto", devi
             "model": trainer.model.config(), "split": step.split, "parts": parts, "memory": memory,
             "whole_step": whole, "memory_fraction": memory["fwd_bwd_s"] / whole["fwd_bwd_s"],
             "saved_bytes_per_t": sum(saved.values()) / T,
-            "fused_step": fused_cell.usable(cell, batch.inputs[0])}
+            "fused_step": fused.usable(cell, batch.inputs[0])}
 
 
 def format_report(r: dict) -> str:
@@ -303,13 +299,12 @@ def format_report(r: dict) -> str:
     if r["split"]:
         lines.append(f"The {MEMORY} (sum) row's min MB is the fused minimum; the split ops each read memory again.")
     if r.get("fused_step"):
-        lines.append("This backend runs the whole sequence as one fused autograd node (ntm_fast/fused_cell.py); the "
+        lines.append("This backend runs the whole sequence as one fused autograd node (ntm_fast/model/fused.py); the "
                      "parts are its unfused ops timed alone, so they overlap and can add up to more than the step.")
     return "\n".join(lines)
 
 
 def add_profile_parser(sub):
-    from .cli import MODEL_OPTIONS
     from .tasks import TASKS
 
     p = sub.add_parser("profile", help="split a training step's time and memory traffic into parts",
@@ -320,8 +315,7 @@ def add_profile_parser(sub):
     p.add_argument("--task", default="copy", choices=sorted(TASKS), help="task whose model is profiled (default copy)")
     p.add_argument("--batch-size", type=int, default=256, help="sequences per batch (default 256)")
     p.add_argument("--length", type=int, default=20, help="sequence length L (default 20)")
-    p.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
-    p.add_argument("--backend", default="auto", help="ops backend (default auto: the one training would use)")
+    add_device_backend(p, "ops backend (default auto: the one training would use)")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     p.add_argument("--warmup", type=int, default=1, help="untimed calls before timing, CPU (default 1)")
     p.add_argument("--reps", type=int, default=5, help="timed calls per part, CPU; the median is reported (default 5)")
@@ -329,14 +323,11 @@ def add_profile_parser(sub):
                                                               "(at least 3 are taken; default 2)")
     p.add_argument("--trace", default=None, help="write a Chrome trace (chrome://tracing, Perfetto) of one step here")
     p.add_argument("--json", default=None, help="also write the report to this JSON file")
-    for flag, _, typ, help_ in MODEL_OPTIONS:
-        p.add_argument(flag, type=typ, default=None, help=help_)
+    add_model_options(p)
     p.set_defaults(func=cmd_profile)
 
 
 def cmd_profile(args):
-    from .cli import MODEL_OPTIONS
-
     for name in ("batch_size", "length", "reps", "threads"):
         value = getattr(args, name)
         if value is not None and value < 1:
@@ -347,7 +338,7 @@ def cmd_profile(args):
         raise ValueError("--device cuda asked for, but no CUDA GPU is visible")
     if args.threads:
         torch.set_num_threads(args.threads)
-    model = {kw: getattr(args, kw) for _, kw, _, _ in MODEL_OPTIONS if getattr(args, kw) is not None}
+    model = model_options_given(args)
     report = profile_step(task=args.task, batch_size=args.batch_size, length=args.length, backend=args.backend,
                           device=args.device, model=model, warmup=args.warmup, reps=args.reps,
                           budget_s=args.budget, trace=args.trace)

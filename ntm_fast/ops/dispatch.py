@@ -1,12 +1,16 @@
 """Backend dispatch: one table, lazy loading, clear errors, and `auto` that falls back quietly.
 
-A backend is any object with the four ops ``address``, ``read``, ``write`` and ``memory_step`` taking
-the op API's (already validated) arguments. Each entry of ``BACKENDS`` says which device types it serves
-and how to load it; loading either returns that object or raises ``BackendUnavailable`` with the reason.
+A kernel backend is a module of plain forward/backward launchers (docs/design.md, "Adding a backend");
+its loader wraps them in the one autograd layer (``autograd.KernelOps``), so that every entry of
+``BACKENDS`` loads an object with the four ops ``address``, ``read``, ``write`` and ``memory_step`` (the
+reference is such an object as it is: autograd differentiates it). Each entry says which device types it
+serves and how to load it; loading either returns the ops or raises ``BackendUnavailable`` with the reason.
+
+``resolve(name, device_type)`` is the one answer to "which backend runs this tensor". It memoises its
+answers in a plain dict (not ``functools.lru_cache``, which torch.compile refuses to trace through).
 """
 from __future__ import annotations
 
-import functools
 import importlib
 import importlib.util
 import logging
@@ -17,11 +21,10 @@ from typing import Callable
 
 import torch
 
+from .autograd import KernelOps
+from .shared import BackendUnavailable, triton_interpreted
+
 log = logging.getLogger("ntm_fast")
-
-
-class BackendUnavailable(RuntimeError):
-    """Raised by a loader: the backend cannot run here; the message says why."""
 
 
 @dataclass(frozen=True)
@@ -29,13 +32,7 @@ class Backend:
     name: str
     description: str
     devices: Callable[[], tuple]  # device types this backend serves right now ("cpu", "cuda")
-    load: Callable[[], object]  # returns the ops object or raises BackendUnavailable
-
-
-def _load_reference():
-    from . import reference
-
-    return reference
+    load: Callable[[], object]  # returns the ops (address, read, write, memory_step) or raises BackendUnavailable
 
 
 def import_kernels():
@@ -49,7 +46,8 @@ def import_kernels():
     except ModuleNotFoundError as err:
         if err.name != "ntm_fast.kernels":
             raise
-    tree = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "kernels")
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    tree = os.path.join(root, "kernels")
     init = os.path.join(tree, "__init__.py")
     if not os.path.isfile(init):
         raise ModuleNotFoundError("ntm_fast.kernels is neither installed nor beside the source tree")
@@ -64,8 +62,10 @@ def import_kernels():
     return module
 
 
-def triton_interpreted() -> bool:
-    return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+def _load_reference():
+    from . import reference
+
+    return reference  # differentiable by autograd as it is
 
 
 def _triton_devices():
@@ -80,19 +80,19 @@ def _load_triton():
         raise BackendUnavailable(f"triton is not installed ({err})") from None
     if not torch.cuda.is_available() and not triton_interpreted():
         raise BackendUnavailable("no CUDA GPU is visible and TRITON_INTERPRET=1 is not set")
-    return import_kernels()
+    return KernelOps("triton", import_kernels())
 
 
 def _load_cpp():
     from . import extension
 
-    return extension.load_cpp()
+    return KernelOps("cpp", extension.load_cpp())
 
 
 def _load_cuda():
     from . import extension
 
-    return extension.load_cuda()
+    return KernelOps("cuda", extension.load_cuda())
 
 
 BACKENDS = {
@@ -105,16 +105,24 @@ BACKENDS = {
 # What `auto` tries, best first, per device type.
 AUTO_ORDER = {"cuda": ("triton", "cuda", "reference"), "cpu": ("cpp", "reference")}
 
+_loaded = {}  # backend name -> (ops, None) or (None, why it cannot load): a failing build runs once
+_resolved = {}  # (name, device type) -> backend name
+_warned = set()
 
-@functools.lru_cache(maxsize=None)
-def _try_load(name):
-    """(ops, None) or (None, reason); cached, so a failing build is attempted once per process."""
-    try:
-        return BACKENDS[name].load(), None
-    except BackendUnavailable as err:
-        return None, str(err)
-    except ImportError as err:
-        return None, f"import failed: {err}"
+
+def load(name: str):
+    """The ops of backend `name` (loaded once); BackendUnavailable if it cannot load here."""
+    if name not in _loaded:
+        try:
+            _loaded[name] = BACKENDS[name].load(), None
+        except BackendUnavailable as err:
+            _loaded[name] = None, str(err)
+        except ImportError as err:
+            _loaded[name] = None, f"import failed: {err}"
+    found, reason = _loaded[name]
+    if found is None:
+        raise BackendUnavailable(reason)
+    return found
 
 
 def unavailable_reason(name: str, device_type: str | None = None) -> str | None:
@@ -122,9 +130,17 @@ def unavailable_reason(name: str, device_type: str | None = None) -> str | None:
     backend = BACKENDS[name]
     if device_type is not None and device_type not in backend.devices():
         if not backend.devices():  # it runs on no device here: loading it says why
-            return _try_load(name)[1] or "it runs on no device of this machine"
+            try:
+                load(name)
+            except BackendUnavailable as err:
+                return str(err)
+            return "it runs on no device of this machine"
         return f"it runs on {', '.join(backend.devices())} tensors, not {device_type}"
-    return _try_load(name)[1]
+    try:
+        load(name)
+    except BackendUnavailable as err:
+        return str(err)
+    return None
 
 
 def available_backends(device=None) -> list:
@@ -133,17 +149,12 @@ def available_backends(device=None) -> list:
     return [name for name in BACKENDS if unavailable_reason(name, device_type) is None]
 
 
-_warned = set()
-
-
-def resolve(name: str, device: torch.device):
-    """The ops object for backend `name` on `device`. 'auto' falls back (logging once); a named one raises."""
-    device_type = device.type
+def _resolve_uncached(name: str, device_type: str) -> str:
     if name == "auto":
         for candidate in AUTO_ORDER.get(device_type, ("reference",)):
             reason = unavailable_reason(candidate, device_type)
             if reason is None:
-                return _try_load(candidate)[0]
+                return candidate
             if candidate != "reference" and (candidate, device_type) not in _warned:
                 _warned.add((candidate, device_type))
                 log.warning("ntm_fast: backend %r unavailable for %s tensors (%s); falling back", candidate,
@@ -160,32 +171,25 @@ def resolve(name: str, device: torch.device):
             f"backend {name!r} is unavailable for {device_type} tensors: {reason}. "
             f"Available for {device_type}: {', '.join(available_backends(device_type))}"
         )
-    return _try_load(name)[0]
+    return name
 
 
-# ----------------------------------------------------------------------------------------------------
-# Output allocation for kernel backends. Tests switch on poisoning so that every output buffer starts as
-# NaN: an element a kernel forgets to write then fails the comparison with the reference.
-_poison_outputs = False
+def resolve(name: str, device_type: str) -> str:
+    """The backend that runs `device_type` tensors when `name` is asked for: 'auto' falls back (logging once
+    why a better one cannot run), a named one that cannot run raises ValueError saying why."""
+    key = (name, device_type)
+    found = _resolved.get(key)
+    if found is None:
+        found = _resolved[key] = _resolve_uncached(name, device_type)
+    return found
 
 
-def empty_output(shape, like: torch.Tensor, dtype=None) -> torch.Tensor:
-    """torch.empty for a kernel's output (NaN-filled while `poisoned_outputs()` is active)."""
-    out = torch.empty(shape, dtype=dtype or like.dtype, device=like.device)
-    if _poison_outputs:
-        out.fill_(float("nan"))
-    return out
+def resolved_ops(name: str, device_type: str):
+    """The ops that run `device_type` tensors when backend `name` is asked for (see `resolve`)."""
+    return load(resolve(name, device_type))
 
 
-class poisoned_outputs:
-    """Context manager: kernel outputs allocated through `empty_output` start as NaN."""
-
-    def __enter__(self):
-        global _poison_outputs
-        self._saved, _poison_outputs = _poison_outputs, True
-        return self
-
-    def __exit__(self, *exc):
-        global _poison_outputs
-        _poison_outputs = self._saved
-        return False
+def forget():
+    """Drop every loaded backend and resolved name (after BACKENDS changed, e.g. in tests)."""
+    _loaded.clear()
+    _resolved.clear()

@@ -1,7 +1,7 @@
 """The `ntm-fast` command (also `python -m ntm_fast`).
 
     ntm-fast train [options]          train an NTM on a task (copy by default), on the CPU by default;
-                                      --config NAME starts from a model-zoo entry (ntm_fast/zoo.py)
+                                      --config NAME starts from a model-zoo entry (ntm_fast/tools/zoo.py)
     ntm-fast eval CHECKPOINT          errors per sequence at the task's generalisation points
     ntm-fast viz CHECKPOINT           PNG of one sequence's weightings, or of outputs at several lengths
     ntm-fast bench                    time every backend (and torch.compile) against the reference
@@ -18,27 +18,8 @@ import os
 import sys
 
 from .bench import add_bench_parser
+from .options import add_device_backend, add_model_options, model_options_given
 from .profiling import add_profile_parser
-
-MODEL_OPTIONS = (
-    # (flag, NTM keyword, type, help)
-    ("--controller", "controller", str, "controller network: lstm or feedforward (default lstm)"),
-    ("--controller-size", "controller_size", int, "controller hidden units (default 100)"),
-    ("--memory-slots", "memory_slots", int, "memory slots N (default 128)"),
-    ("--memory-width", "memory_width", int, "slot width M (default 20)"),
-    ("--read-heads", "read_heads", int, "read heads R (default 1)"),
-    ("--write-heads", "write_heads", int, "write heads W (default 1)"),
-    ("--shift-range", "shift_range", int, "shifts -S..S allowed per step (default 1)"),
-    ("--memory-init", "memory_init", str, "initial memory: constant (1e-6), learned or random (default constant)"),
-)
-
-
-def _add_device_backend(p):
-    p.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
-    p.add_argument("--backend", default="auto",
-                   help="ops backend: auto, reference, triton, cpp or cuda (default auto: the fastest that "
-                        "runs on the device; see `python -c 'import ntm_fast; print(ntm_fast.available_backends())'`)")
-
 
 def add_train_parser(sub):
     from .tasks import TASKS
@@ -52,7 +33,7 @@ def add_train_parser(sub):
                        "entry instead, and any option given overrides it. Writes checkpoint.pt, metrics.csv, "
                        "eval.json, learning_curve.png, weightings.png and generalization.png into --out.")
     d = TrainConfig()
-    p.add_argument("--config", choices=sorted(ZOO), help="start from this model-zoo entry (ntm_fast/zoo.py says "
+    p.add_argument("--config", choices=sorted(ZOO), help="start from this model-zoo entry (ntm_fast/tools/zoo.py says "
                    "what each one reaches)")
     p.add_argument("--task", choices=sorted(TASKS), help=f"task to learn (default {d.task})")
     p.add_argument("--steps", type=int, help=f"optimiser steps (batches) to train for (default {d.steps})")
@@ -86,9 +67,8 @@ def add_train_parser(sub):
     p.add_argument("--no-final-eval", action="store_true", default=False,
                    help="skip the generalisation evaluation at the end (copy: lengths 20/40/80/120)")
     p.add_argument("--no-progress", action="store_true", default=False, help="no progress bar")
-    _add_device_backend(p)
-    for flag, _, typ, help_ in MODEL_OPTIONS:
-        p.add_argument(flag, type=typ, help=help_)
+    add_device_backend(p)
+    add_model_options(p)
     p.set_defaults(func=cmd_train)
 
 
@@ -113,7 +93,7 @@ def cmd_train(args):
     options = vars(args)  # holds only the options given (argument_default=SUPPRESS) and the on/off flags
     zoo_name = options.get("config")
     settings = zoo_config(zoo_name) if zoo_name else {}
-    model = {**settings.pop("model", {}), **{kw: options[kw] for _, kw, _, _ in MODEL_OPTIONS if kw in options}}
+    model = {**settings.pop("model", {}), **model_options_given(args)}
     fields = {f.name for f in dataclasses.fields(TrainConfig)}
     settings.update((name, value) for name, value in options.items() if name in fields)
     if "curriculum_lr" in options:
@@ -141,14 +121,9 @@ def cmd_train(args):
 
 def _backend_name(name, device):
     """The backend `name` resolves to on `device` ('auto' -> the chosen one)."""
-    from .backends import AUTO_ORDER, unavailable_reason
+    from ..ops.dispatch import resolve
 
-    if name != "auto":
-        return name
-    for candidate in AUTO_ORDER.get(device.type, ("reference",)):
-        if unavailable_reason(candidate, device.type) is None:
-            return f"auto -> {candidate}"
-    return "auto"
+    return f"auto -> {resolve(name, device.type)}" if name == "auto" else name
 
 
 def add_eval_parser(sub):
@@ -163,7 +138,7 @@ def add_eval_parser(sub):
     p.add_argument("--batch-size", type=int, default=32, help="sequences per batch (default 32)")
     p.add_argument("--json", default=None, help="also write the results to this JSON file")
     p.add_argument("--png", default=None, help="also plot errors against length (and repeats) to this PNG file")
-    _add_device_backend(p)
+    add_device_backend(p)
     p.set_defaults(func=cmd_eval)
 
 
@@ -234,7 +209,7 @@ def add_viz_parser(sub):
     p.add_argument("--seed", type=int, default=7, help="seed of the sequence (default 7)")
     p.add_argument("--out", default=None, help="PNG path (default: weightings-L<length>.png or outputs.png beside "
                    "the checkpoint)")
-    _add_device_backend(p)
+    add_device_backend(p)
     p.set_defaults(func=cmd_viz)
 
 

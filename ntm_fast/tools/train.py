@@ -34,10 +34,10 @@ from dataclasses import dataclass, field
 import torch
 from tqdm.auto import tqdm
 
-from .model import NTM
+from ..model import NTM
 from .tasks import make_task
 
-log = logging.getLogger("ntm_fast.train")
+log = logging.getLogger(__name__)
 
 METRIC_FIELDS = ("step", "sequences", "length", "loss", "bit_errors", "lr", "seconds")
 

@@ -34,9 +34,9 @@ from typing import Callable
 
 import torch
 
-from . import reference
-from .backends import BACKENDS, available_backends, resolve, unavailable_reason
-from .ops import ReadHeads, WriteHeads
+from ..ops import ReadHeads, WriteHeads, reference
+from ..ops.dispatch import BACKENDS, available_backends, resolved_ops, unavailable_reason
+from .options import add_model_options
 
 OPS = ("address", "read", "write", "memory_step")
 STEP = "step"
@@ -168,7 +168,7 @@ def op_inputs(op: str, batch: int, slots: int, s: Settings) -> list:
 @functools.lru_cache(maxsize=1)
 def _drawn_inputs(batch, slots, R, W, M, S, controller_size, seed) -> tuple:
     """(read heads, write heads, memory, previous weightings) on the CPU, as drawn for `op_inputs`."""
-    from .model import NTMCell
+    from ..model import NTMCell
 
     gen = torch.Generator().manual_seed(seed)
     N = slots
@@ -279,7 +279,7 @@ def workload(contender: str, case: Case, s: Settings) -> tuple:
         ops = (_dynamic_compiled_reference(s.compile_backend) if s.compile_dynamic
                else _CompiledReference(s.compile_backend))
     else:
-        ops = resolve(contender, torch.device(s.device))
+        ops = resolved_ops(contender, torch.device(s.device).type)
     call = OP_CALLS[case.op]
     inputs = op_inputs(case.op, case.batch, case.slots, s)
     wrap = forward_only if case.mode == "fwd" else forward_backward
@@ -555,11 +555,8 @@ def add_bench_parser(sub):
     p.add_argument("--modes", nargs="+", choices=MODES, default=list(MODES), help="default: fwd fwd+bwd")
     p.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 32, 256], help="B values (default 1 32 256)")
     p.add_argument("--slots", type=int, nargs="+", default=[128], help="memory slots N values (default 128)")
-    p.add_argument("--memory-width", type=int, default=20, help="slot width M (default 20)")
-    p.add_argument("--read-heads", type=int, default=1, help="read heads R (default 1)")
-    p.add_argument("--write-heads", type=int, default=1, help="write heads W (default 1)")
-    p.add_argument("--shift-range", type=int, default=1, help="shift range S (default 1)")
-    p.add_argument("--controller-size", type=int, default=100, help="LSTM units of the step's model (default 100)")
+    add_model_options(p, ("memory_width", "read_heads", "write_heads", "shift_range", "controller_size"),
+                      with_defaults=True)
     p.add_argument("--length", type=int, default=20, help="copy-task length L of the step cases (default 20)")
     p.add_argument("--warmup", type=int, default=2, help="untimed calls before timing, CPU (default 2)")
     p.add_argument("--reps", type=int, default=10, help="timed calls per case, CPU; the median is reported "

@@ -1,4 +1,4 @@
-"""The public op API. Every op validates its inputs, then dispatches to a backend (see backends.py).
+"""The public op API. Every op validates its inputs, then dispatches to a backend (dispatch.py).
 
 Ops take *activated* head parameters (β > 0, 0 ≤ g ≤ 1, shift a distribution over -S..S, γ ≥ 1, erase in
 [0, 1]); the model applies the activations. Shapes:
@@ -12,52 +12,27 @@ Ops take *activated* head parameters (β > 0, 0 ≤ g ≤ 1, shift a distributio
 """
 from __future__ import annotations
 
-from typing import NamedTuple
-
-import torch
-
 from . import checks
-from .backends import resolve
-
-
-class ReadHeads(NamedTuple):
-    """Activated parameters of R read heads: key [B,R,M]; beta, gate, gamma [B,R]; shift [B,R,2S+1]."""
-
-    key: torch.Tensor
-    beta: torch.Tensor
-    gate: torch.Tensor
-    shift: torch.Tensor
-    gamma: torch.Tensor
-
-
-class WriteHeads(NamedTuple):
-    """Activated parameters of W write heads: as ReadHeads, plus erase and add [B,W,M]."""
-
-    key: torch.Tensor
-    beta: torch.Tensor
-    gate: torch.Tensor
-    shift: torch.Tensor
-    gamma: torch.Tensor
-    erase: torch.Tensor
-    add: torch.Tensor
+from .dispatch import resolved_ops
+from .heads import ReadHeads, WriteHeads
 
 
 def address(memory, key, beta, gate, shift, gamma, w_prev, *, backend: str = "auto"):
     """Content addressing, interpolation, circular shift and sharpening (Eq 5-9) -> w [B, H, N]."""
     checks.check_address("address", memory, key, beta, gate, shift, gamma, w_prev)
-    return resolve(backend, memory.device).address(memory, key, beta, gate, shift, gamma, w_prev)
+    return resolved_ops(backend, memory.device.type).address(memory, key, beta, gate, shift, gamma, w_prev)
 
 
 def read(memory, w, *, backend: str = "auto"):
     """Read (Eq 2) -> [B, H, M]."""
     checks.check_read("read", memory, w)
-    return resolve(backend, memory.device).read(memory, w)
+    return resolved_ops(backend, memory.device.type).read(memory, w)
 
 
 def write(memory, w, erase, add, *, backend: str = "auto"):
     """Erase/add write (Eq 3-4) with W heads: all erases, then all adds -> new memory [B, N, M]."""
     checks.check_write("write", memory, w, erase, add)
-    return resolve(backend, memory.device).write(memory, w, erase, add)
+    return resolved_ops(backend, memory.device.type).write(memory, w, erase, add)
 
 
 def memory_step(memory, read_heads: ReadHeads, write_heads: WriteHeads, w_read_prev, w_write_prev, *,
@@ -67,4 +42,5 @@ def memory_step(memory, read_heads: ReadHeads, write_heads: WriteHeads, w_read_p
     Returns (reads [B,R,M], w_read [B,R,N], w_write [B,W,N], new memory [B,N,M]).
     """
     checks.check_memory_step("memory_step", memory, read_heads, write_heads, w_read_prev, w_write_prev)
-    return resolve(backend, memory.device).memory_step(memory, read_heads, write_heads, w_read_prev, w_write_prev)
+    return resolved_ops(backend, memory.device.type).memory_step(memory, read_heads, write_heads, w_read_prev,
+                                                                 w_write_prev)

@@ -1,0 +1,69 @@
+"""When an NTM time step, or a whole sequence, runs as one fused autograd node.
+
+`NTMCell.forward` computes a step as ~30 tensor ops (controller, head activations, memory interaction,
+output layer), and autograd records a node for most of them. At the batch sizes of NTM training on CPU the
+per-op and per-node overheads (Python dispatch, allocation, the autograd engine) cost as much as the fused
+memory kernel itself. With a backend that has fused-step launchers (the C++ extension's CPU kernels,
+csrc/ntm_cell.cpp) the whole step is one node (`ops.autograd.FusedStep`) and the whole sequence one node
+(`ops.autograd.FusedSequence`): one launcher call each way, each thread taking a batch chunk through every
+time step, the weight gradients summed over the steps. The backward is written out by hand.
+
+Math (Section 3.3 activations; `nn.LSTMCell`'s gate order i, f, g, o):
+    u = [x; r_prev];  gates = u W_ihᵀ + b_ih + h_prev W_hhᵀ + b_hh   (LSTM)   or   h = tanh(u W_ihᵀ + b_ih)
+    c = σ(f)·c_prev + σ(i)·tanh(g);  h = σ(o)·tanh(c)
+    p = h W_headsᵀ + b_heads, split and activated as ops.HeadLayout says
+    (r, w_r, w_w, M') = memory_step(M, heads, w_r_prev, w_w_prev)            (Eq 2-9, fused kernel)
+    y = [h; r] W_outᵀ + b_out
+Tested against the unfused cell (same backend) and the reference in tests/test_fused_cell.py.
+"""
+from __future__ import annotations
+
+import torch
+
+from ..ops import dispatch
+from ..ops.autograd import FusedSequence, FusedStep
+
+
+def fused_kernels(cell, x: torch.Tensor):
+    """The launchers of `cell`'s backend if its whole step can run fused on `x`, else None: the backend
+    resolved for x's device has fused-step launchers and takes x's dtype, and no torch.compile is tracing
+    (the compiler sees the per-op custom ops instead)."""
+    if x.device.type != "cpu" or x.dtype not in (torch.float32, torch.float64) or torch.compiler.is_compiling():
+        return None
+    kernels = getattr(dispatch.resolved_ops(cell.backend, x.device.type), "kernels", None)
+    return kernels if hasattr(kernels, "step_forward") else None
+
+
+def usable(cell, x: torch.Tensor) -> bool:
+    """Whether `cell`'s step runs fused on `x` (see fused_kernels)."""
+    return fused_kernels(cell, x) is not None
+
+
+def weights(cell) -> tuple:
+    """The cell's parameters in the order the fused nodes take them."""
+    if cell.controller_kind == "lstm":
+        c = cell.controller
+        controller = (c.weight_ih, c.bias_ih, c.weight_hh, c.bias_hh)
+    else:
+        controller = (cell.controller.weight, cell.controller.bias)
+    return controller + (cell.heads.weight, cell.heads.bias, cell.output.weight, cell.output.bias)
+
+
+def step(cell, x, state):
+    """NTMCell.forward's result for one step, as one node: (logits, controller state, reads, w_read, w_write,
+    memory)."""
+    lstm = cell.controller_kind == "lstm"
+    h_prev, c_prev = state.controller if lstm else (None, None)
+    logits, h, c, reads, w_read, w_write, memory = FusedStep.apply(
+        fused_kernels(cell, x), cell.layout, lstm, x, h_prev, c_prev, state.reads, state.w_read, state.w_write,
+        state.memory, *weights(cell))
+    return logits, (h, c) if lstm else None, reads, w_read, w_write, memory
+
+
+def sequence(cell, x, state):
+    """The logits [T, B, Y] of `cell` run over x [T, B, X] (T >= 1) from `state`, as one node."""
+    lstm = cell.controller_kind == "lstm"
+    h0, c0 = state.controller if lstm else (None, None)
+    inputs = (x, h0, c0, state.reads, state.w_read, state.w_write, state.memory, *weights(cell))
+    keep_tape = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in inputs)
+    return FusedSequence.apply(fused_kernels(cell, x[0]), cell.layout, lstm, keep_tape, *inputs)
