@@ -287,7 +287,7 @@ def main():
         report.append("- skipped in a dry run")
     else:
         # First the float32 adversarial cases that failed on the first GPU run (H200, 2026-11-26;
-        # benchmarks/gpu-h200-2026-11-26-failures.txt), so that a fix is checked even if a later step runs out
+        # benchmarks/results/gpu-h200.json), so that a fix is checked even if a later step runs out
         # of time.
         report.append("- " + run_pytest("first_run_failures", [
             "tests/test_backend_equivalence.py", "tests/test_triton.py", "-m", "gpu or not gpu", "-k",

@@ -67,7 +67,7 @@ def scratch(rows: int, B: int, N: int, like: torch.Tensor) -> torch.Tensor:
 # off) and tl.sqrt is sqrt.approx.f32; the reference's (PyTorch's) are IEEE. Eq 6's gradients are differences of
 # nearly equal terms where a key and a memory row are (anti)parallel (|K| = 1): with IEEE arithmetic both
 # vanish exactly, as in the reference, with the approximate ones they leave rounding noise that β = 1e3
-# amplifies past the reference's error (benchmarks/gpu-h200-2026-11-26-failures.txt). float64 is exact either way.
+# amplifies past the reference's error (benchmarks/results/gpu-h200.json). float64 is exact either way.
 @triton.jit
 def div(x, y, DTYPE: tl.constexpr):
     if DTYPE == tl.float32:
