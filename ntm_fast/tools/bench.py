@@ -348,11 +348,11 @@ def run_isolated(contender: str, cases, s: Settings, progress: bool = False) -> 
     """`run_contender` in a fresh Python process (progress goes to this process's stderr)."""
     spec = {"contender": contender, "cases": [dataclasses.asdict(c) for c in cases],
             "settings": dataclasses.asdict(s), "progress": progress}
-    package_root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    package_root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [package_root, os.environ.get("PYTHONPATH")]))}
     with tempfile.TemporaryDirectory() as tmp:
         result = os.path.join(tmp, "result.json")
-        proc = subprocess.run([sys.executable, "-m", "ntm_fast.bench", json.dumps(spec), result], env=env,
+        proc = subprocess.run([sys.executable, "-m", "ntm_fast.tools.bench", json.dumps(spec), result], env=env,
                               stdout=subprocess.DEVNULL, stderr=None if progress else subprocess.PIPE, text=True)
         if proc.returncode == 0:
             with open(result) as f:

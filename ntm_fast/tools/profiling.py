@@ -156,7 +156,7 @@ class InstrumentedStep:
             got, want = self.forward(record), self.trainer.model(self.batch.inputs)
         if not torch.allclose(got, want, rtol=1e-5, atol=1e-6):
             raise RuntimeError("profiling's step-by-step forward differs from the model's: "
-                               "ntm_fast/profiling.py no longer matches NTMCell.forward")
+                               "ntm_fast/tools/profiling.py no longer matches NTMCell.forward")
         return record
 
     def part_callables(self, part, captured) -> tuple:
