@@ -259,3 +259,21 @@ def test_cuda_host_sources_compile_and_link(tmp_path):
     assert called, "bindings.cpp calls no ntm::cuda:: function with -DNTM_WITH_CUDA"
     missing = called - symbols["ntm_cuda.cpp"]
     assert not missing, f"called by bindings.cpp but not defined by ntm_cuda.cpp: {sorted(missing)}"
+
+
+def test_compiling_the_model_warns_nothing(cpp):
+    """torch.compile of a fresh model (no backend resolved yet) traces no backend loading: Dynamo warns of
+    nothing (it used to warn of dispatch's functools.lru_cache on every compile) and the values agree."""
+    import warnings
+
+    from ntm_fast import NTM
+
+    model = NTM(9, 8, controller_size=16, memory_slots=16, memory_width=4, backend="cpp")
+    x = torch.randn(3, 2, 9, generator=torch.Generator().manual_seed(0))
+    torch._dynamo.reset()
+    dispatch.forget()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        compiled = torch.compile(model, backend="aot_eager")(x)
+    assert [str(w.message) for w in caught] == []
+    torch.testing.assert_close(compiled, model(x))

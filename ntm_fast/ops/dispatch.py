@@ -7,7 +7,8 @@ reference is such an object as it is: autograd differentiates it). Each entry sa
 serves and how to load it; loading either returns the ops or raises ``BackendUnavailable`` with the reason.
 
 ``resolve(name, device_type)`` is the one answer to "which backend runs this tensor". It memoises its
-answers in a plain dict (not ``functools.lru_cache``, which torch.compile refuses to trace through).
+answers in a plain dict (not ``functools.lru_cache``, which torch.compile warns about on every compile),
+and torch.compile takes its answer as a constant rather than tracing into a backend's loading.
 """
 from __future__ import annotations
 
@@ -174,6 +175,8 @@ def _resolve_uncached(name: str, device_type: str) -> str:
     return name
 
 
+# torch.compile runs this eagerly and keeps its answer as a constant, instead of tracing into backend loading.
+@torch.compiler.assume_constant_result
 def resolve(name: str, device_type: str) -> str:
     """The backend that runs `device_type` tensors when `name` is asked for: 'auto' falls back (logging once
     why a better one cannot run), a named one that cannot run raises ValueError saying why."""
