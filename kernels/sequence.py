@@ -18,7 +18,10 @@ M slot width, R read and W write heads (H = R + W), S shift range (K = 2S + 1), 
 The matrix products are `tl.dot` over [BLOCK_B ≥ 16, BLOCK_D] × [BLOCK_D, BLOCK_J] tiles with the weights
 streamed from global memory (L2) each step: all gate tiles of W_hh do not fit in an SM's shared memory. The
 addressing, read and write are the per-op kernels' @triton.jit helpers (address.py, read_write.py). The
-memory lives in a per-call [B, N, M] buffer (each program touches only its rows), updated in place.
+memory lives in a per-call [B, N, M] buffer (each program touches only its rows), updated in place. h, c,
+the reads and the weightings of a step are stored once, into the tensors saved for backward, and the next
+step reads them back from there (L2 on a GPU): a matrix product needs whole rows that other threads of the
+program computed, so they pass through memory between the phases of a step (separated by barriers).
 
 Precision: float64 inputs compute in float64; float32 in float32 with `tl.dot(input_precision=
 dot_precision)`, default "ieee" (the equivalence tests bound float32 at the reference's own error; "tf32" and
@@ -48,12 +51,13 @@ Saved for backward (SequenceSaved), in the compute dtype, index 0 of each [T+1, 
     plus a reference to x. Nothing else: the backward recomputes each segment's memories from its checkpoint
     with the write alone (the saved weightings make re-addressing unnecessary) and the activations from the
     pre-activations.
-Bytes held per sequence-step and batch row (elements × 4 in float32), LSTM: 6C + P + R·M + (R + W)·N + N·M/k.
-At the default model (C = 100, N = 128, M = 20, 1R + 1W, S = 1: P = 92) that is 968 + 2560/k elements: with
-k = 4, 1,608 elements = 6.4 KB, against the reference's ~120 KB per step and row (its autograd keeps
-M_{t-1}, the write's keep/product tensors and each addressing stage's [H, N] and [H, K, N] intermediates;
-measured with saved_tensors_hooks, see tests/test_triton_sequence.py::test_saved_bytes_per_step). The backward
-holds min(k, T) recomputed memories of one segment at a time besides.
+Bytes held per sequence-step and batch row (elements × 4 in float32), LSTM: 6C + P + R·M + (R + W)·N + N·M/k
+(feedforward: C + P + R·M + (R + W)·N + N·M/k). At the default model (C = 100, N = 128, M = 20, 1R + 1W, S = 1,
+P = 92) that is 968 + 2560/k elements: 3,872 + 10,240/k bytes, 14,112 at k = 1 and 6,432 at k = 4. The
+reference's autograd keeps 46,252 bytes per step and row there (float32, T = 6, B = 8; the distinct storages
+its saved tensors hold besides the parameters, measured with torch.autograd.graph.saved_tensors_hooks; the
+test test_saved_bytes_per_step checks both sides). The backward holds min(k, T) recomputed memories of one
+segment at a time besides.
 
 Backward: one reverse-time kernel. It carries ∂L/∂M, ∂L/∂h, ∂L/∂c, ∂L/∂r and ∂L/∂w of every head from step to
 step (in the buffers that end as the initial state's gradients), recomputes a segment's memories before
@@ -692,9 +696,11 @@ def _launch_args(B, N, M, R, W, S, dtype, dot_precision):
 def sequence_forward(x, h0, c0, reads0, w_read0, w_write0, memory0, W_ih, b_ih, W_hh, b_hh, W_heads, b_heads, W_out,
                      b_out, *, read_heads, write_heads, shift_range, checkpoint_every=None, dot_precision="ieee"):
     """The logits [T, B, Y] of the whole sequence in one launch, and what the backward needs (see module doc)."""
-    if not isinstance(x, torch.Tensor) or x.dim() != 3 or x.dtype not in (torch.float32, torch.float64):
+    if (not isinstance(x, torch.Tensor) or x.dim() != 3 or x.dtype not in (torch.float32, torch.float64)
+            or x.shape[0] < 1 or x.shape[1] < 1):
         got = f"{x.dtype} of shape {list(x.shape)}" if isinstance(x, torch.Tensor) else type(x).__name__
-        raise ValueError(f"sequence_forward: argument 'x' must be a float32 or float64 tensor [T, B, X], got {got}")
+        raise ValueError(f"sequence_forward: argument 'x' must be a float32 or float64 tensor [T, B, X] with "
+                         f"T, B >= 1, got {got}")
     if dot_precision not in DOT_PRECISIONS:
         raise ValueError(f"sequence_forward: argument 'dot_precision' must be one of {DOT_PRECISIONS}, "
                          f"got {dot_precision!r}")

@@ -16,6 +16,7 @@ import importlib
 
 import pytest
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from ntm_fast.backends import import_kernels, poisoned_outputs, unavailable_reason
 from ntm_fast.model import NTM
@@ -174,16 +175,31 @@ def launches(monkeypatch):
     return counter
 
 
+class AtenOps(TorchDispatchMode):
+    """Counts the ATen ops run inside it."""
+
+    def __init__(self):
+        super().__init__()
+        self.count = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.count += 1
+        return func(*args, **(kwargs or {}))
+
+
 @pytest.mark.parametrize("controller", ["lstm", "feedforward"])
 def test_launches_do_not_grow_with_T(seq, launches, controller):
+    # A forward and backward of the whole sequence: one launch each way and the same ATen ops at any T.
     model = make_model(controller, 1, 1, 7, 3, 1, "constant", torch.float64)
-    per_T = {}
+    kernels, aten = {}, {}
     for T in (1, 4):
         launches.clear()
         x, d_logits = inputs(T, 2, torch.float64)
-        kernel_run(seq, model, x, d_logits, seed=0, checkpoint_every=2)
-        per_T[T] = list(launches)
-    assert per_T[1] == per_T[4] == ["_sequence_fwd_kernel", "_sequence_bwd_kernel"], per_T
+        with AtenOps() as ops:
+            kernel_run(seq, model, x, d_logits, seed=0, checkpoint_every=2)
+        kernels[T], aten[T] = list(launches), ops.count
+    assert kernels[1] == kernels[4] == ["_sequence_fwd_kernel", "_sequence_bwd_kernel"], kernels
+    assert aten[1] == aten[4], aten
 
 
 def test_saved_bytes_per_step(seq):
