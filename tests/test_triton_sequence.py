@@ -248,3 +248,22 @@ def test_bad_arguments_name_the_argument(seq):
         seq.sequence_forward(x, *args, *ws, **sizes, checkpoint_every=0)
     with pytest.raises(ValueError, match="'dot_precision'"):
         seq.sequence_forward(x, *args, *ws, **sizes, dot_precision="fast")
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["f32", "f64"])
+@pytest.mark.parametrize("controller", ["lstm", "feedforward"])
+def test_gpu_default_model(seq, controller, dtype):
+    # The compiled kernels (GPU tiles, barriers between phases) at the default model's sizes, several batch
+    # blocks and a copy-task length.
+    model64 = make_model(controller, 1, 1, 128, 20, 1, "learned", torch.float64, controller_size=100)
+    model = copy.deepcopy(model64).to(dtype)
+    x, d_logits = inputs(20, 100, torch.float64)
+    oracle = flat(reference_run(model64, x, d_logits, seed=7))
+    ref = flat(reference_run(model, x.to(dtype), d_logits.to(dtype), seed=7))
+    got = flat(kernel_run(seq, model, x.to(dtype), d_logits.to(dtype), seed=7, checkpoint_every=5))
+    for name, value in oracle.items():
+        ref_err = (ref[name].double() - value).abs().max().item()
+        rtol, atol = (1e-9, 1e-9) if dtype == torch.float64 else (1e-4, 1e-5 + 4 * ref_err)
+        torch.testing.assert_close(got[name].double(), value, rtol=rtol, atol=atol,
+                                   msg=lambda m: f"{name} (reference error {ref_err:.2e}): {m}")
