@@ -2,7 +2,7 @@
 
 Per-op kernels leave a training step launch-bound (about 30 launches forward and 70 backward per time step).
 Here a program owns BLOCK_B batch rows and loops over the T time steps inside the kernel (T is a runtime
-argument: no recompilation per sequence length). Each step, as NTMCell.forward computes it (ntm_fast/model.py):
+argument: no recompilation per sequence length). Each step, as NTMCell.forward computes it (ntm_fast/model/ntm.py):
 
     u = [x_t; r_{t-1}]                                                   (Section 2)
     LSTM (nn.LSTMCell's gate order i, f, g, o):
@@ -68,13 +68,14 @@ matmuls): no per-program atomics on weights.
 from __future__ import annotations
 
 import math
+import os
 from typing import NamedTuple, Optional
 
 import torch
 import triton
 import triton.language as tl
 
-from ntm_fast.backends import empty_output, triton_interpreted
+from ntm_fast.ops.shared import empty_output, triton_interpreted
 
 from . import _common
 from ._common import div, memory_offsets, pow2, shift_args, store_heads
@@ -86,6 +87,15 @@ BLOCK_B = 16  # batch rows per program: tl.dot needs at least 16
 # under the interpreter (whose cost is per operation, not per element).
 DOT_TILE = 128 if triton_interpreted() else 32
 DOT_PRECISIONS = ("ieee", "tf32", "tf32x3")
+
+
+def default_dot_precision() -> str:
+    """float32 tl.dot precision: NTM_FAST_DOT_PRECISION if set (ieee, tf32 or tf32x3), else ieee, the one whose
+    error the equivalence tests bound. float64 always computes in IEEE float64."""
+    choice = os.environ.get("NTM_FAST_DOT_PRECISION", "ieee")
+    if choice not in DOT_PRECISIONS:
+        raise ValueError(f"NTM_FAST_DOT_PRECISION must be one of {', '.join(DOT_PRECISIONS)}, got {choice!r}")
+    return choice
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -387,7 +397,7 @@ def _controller_bwd(dh_ptr, dc_ptr, h_ptr, c_prev_ptr, c_ptr, gates_ptr, dgates_
 
 @triton.jit
 def _memory_fwd(mem_ptr, act_ptr, rprev_ptr, wprev_ptr, rw_ptr, ww_ptr, reads_ptr, tmp_ptr, rows, B, N, M, R, W, S,
-                WRAP, TINY: tl.constexpr, DTYPE: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_N: tl.constexpr,
+                WRAP, TINY: tl.constexpr, EPS: tl.constexpr, DTYPE: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_N: tl.constexpr,
                 BLOCK_M: tl.constexpr, BLOCK_R: tl.constexpr):
     """Every head addresses M_{t-1} (Eq 5-9), the reads (Eq 2), then M_t (Eq 3-4) replaces M_{t-1} in place."""
     K = 2 * S + 1
@@ -395,10 +405,10 @@ def _memory_fwd(mem_ptr, act_ptr, rprev_ptr, wprev_ptr, rw_ptr, ww_ptr, reads_pt
         act_ptr, B, R, W, M, K)
     for h in range(R):
         address_head_fwd(mem_ptr, rkey, rbeta, rgate, rshift, rgamma, rprev_ptr, rw_ptr, tmp_ptr, h, R, rows, B, N,
-                         M, S, WRAP, TINY, DTYPE, BLOCK_B, BLOCK_N, BLOCK_M)
+                         M, S, WRAP, TINY, EPS, DTYPE, BLOCK_B, BLOCK_N, BLOCK_M)
     for h in range(W):
         address_head_fwd(mem_ptr, wkey, wbeta, wgate, wshift, wgamma, wprev_ptr, ww_ptr, tmp_ptr, h, W, rows, B, N,
-                         M, S, WRAP, TINY, DTYPE, BLOCK_B, BLOCK_N, BLOCK_M)
+                         M, S, WRAP, TINY, EPS, DTYPE, BLOCK_B, BLOCK_N, BLOCK_M)
     tl.debug_barrier()  # the weightings are complete
     reads = tl.zeros([BLOCK_B, BLOCK_R, BLOCK_M], DTYPE)
     for start in range(0, N, BLOCK_N):
@@ -413,7 +423,7 @@ def _memory_fwd(mem_ptr, act_ptr, rprev_ptr, wprev_ptr, rw_ptr, ww_ptr, reads_pt
 
 @triton.jit
 def _memory_bwd(mem_ptr, act_ptr, gact_ptr, rprev_ptr, wprev_ptr, rw_ptr, ww_ptr, greads_ptr, gmem_ptr, grw_ptr,
-                gww_ptr, tmp_ptr, rows, B, N, M, R, W, S, WRAP, TINY: tl.constexpr, DTYPE: tl.constexpr,
+                gww_ptr, tmp_ptr, rows, B, N, M, R, W, S, WRAP, TINY: tl.constexpr, EPS: tl.constexpr, DTYPE: tl.constexpr,
                 BLOCK_B: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_W: tl.constexpr,
                 BLOCK_K: tl.constexpr):
     """Backward of _memory_fwd, in place: gmem holds ∂L/∂M_t and leaves with ∂L/∂M_{t-1}; grw/gww hold ∂L/∂w_t
@@ -444,11 +454,11 @@ def _memory_bwd(mem_ptr, act_ptr, gact_ptr, rprev_ptr, wprev_ptr, rw_ptr, ww_ptr
     for h in range(R):
         address_head_bwd(mem_ptr, rkey, rbeta, rgate, rshift, rgamma, rprev_ptr, rw_ptr, grw_ptr, gmem_ptr, grkey,
                          grbeta, grgate, grshift, grgamma, grw_ptr, tmp_ptr, h, R, rows, True, B, N, M, S, WRAP,
-                         TINY, DTYPE, BLOCK_B, BLOCK_N, BLOCK_M, BLOCK_K)
+                         TINY, EPS, DTYPE, BLOCK_B, BLOCK_N, BLOCK_M, BLOCK_K)
     for h in range(W):
         address_head_bwd(mem_ptr, wkey, wbeta, wgate, wshift, wgamma, wprev_ptr, ww_ptr, gww_ptr, gmem_ptr, gwkey,
                          gwbeta, gwgate, gwshift, gwgamma, gww_ptr, tmp_ptr, h, W, rows, True, B, N, M, S, WRAP,
-                         TINY, DTYPE, BLOCK_B, BLOCK_N, BLOCK_M, BLOCK_K)
+                         TINY, EPS, DTYPE, BLOCK_B, BLOCK_N, BLOCK_M, BLOCK_K)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -459,7 +469,7 @@ def _sequence_fwd_kernel(x_ptr, wih_ptr, bih_ptr, whh_ptr, bhh_ptr, whd_ptr, bhd
                          logits_ptr, hs_ptr, cs_ptr, gates_ptr, p_ptr, reads_ptr, wr_ptr, ww_ptr, ckpt_ptr,
                          mem_ptr, act_ptr, tmp_ptr,
                          T, CK, B, X, C, Y, N, M, R, W, S, WRAP,
-                         LSTM: tl.constexpr, TINY: tl.constexpr, DTYPE: tl.constexpr, PRECISION: tl.constexpr,
+                         LSTM: tl.constexpr, TINY: tl.constexpr, EPS: tl.constexpr, DTYPE: tl.constexpr, PRECISION: tl.constexpr,
                          BLOCK_B: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_R: tl.constexpr,
                          BLOCK_J: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_K: tl.constexpr,
                          BLOCK_HM: tl.constexpr, BLOCK_WM: tl.constexpr):
@@ -492,7 +502,7 @@ def _sequence_fwd_kernel(x_ptr, wih_ptr, bih_ptr, whh_ptr, bhh_ptr, whd_ptr, bhd
         wr_t = wr_ptr + step * B * R * N
         ww_t = ww_ptr + step * B * W * N
         _memory_fwd(mem_ptr, act_ptr, wr_t, ww_t, wr_t + B * R * N, ww_t + B * W * N, r_ptr, tmp_ptr, rows, B, N, M,
-                    R, W, S, WRAP, TINY, DTYPE, BLOCK_B, BLOCK_N, BLOCK_M, BLOCK_R)
+                    R, W, S, WRAP, TINY, EPS, DTYPE, BLOCK_B, BLOCK_N, BLOCK_M, BLOCK_R)
         tl.debug_barrier()
         # Logits y_t = [h; r_t] W_outᵀ + b_out.
         for j0 in range(0, Y, BLOCK_J):
@@ -514,7 +524,7 @@ def _sequence_bwd_kernel(dlogits_ptr, wih_ptr, whh_ptr, whd_ptr, wout_ptr,
                          dx_ptr, dh0_ptr, dc0_ptr, dr0_ptr, dwr0_ptr, dww0_ptr, dm0_ptr, dgates_ptr, dp_ptr,
                          seg_ptr, act_ptr, gact_ptr, dh_ptr, dreads_ptr, tmp_ptr,
                          T, CK, B, X, C, Y, N, M, R, W, S, WRAP,
-                         LSTM: tl.constexpr, TINY: tl.constexpr, DTYPE: tl.constexpr, PRECISION: tl.constexpr,
+                         LSTM: tl.constexpr, TINY: tl.constexpr, EPS: tl.constexpr, DTYPE: tl.constexpr, PRECISION: tl.constexpr,
                          BLOCK_B: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_W: tl.constexpr,
                          BLOCK_J: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_K: tl.constexpr,
                          BLOCK_HM: tl.constexpr, BLOCK_WM: tl.constexpr):
@@ -594,7 +604,7 @@ def _sequence_bwd_kernel(dlogits_ptr, wih_ptr, whh_ptr, whd_ptr, wout_ptr,
             wr_t = wr_ptr + step * B * R * N
             ww_t = ww_ptr + step * B * W * N
             _memory_bwd(seg_ptr + (step - t0) * BNM, act_ptr, gact_ptr, wr_t, ww_t, wr_t + B * R * N, ww_t + B * W * N,
-                        dreads_ptr, dm0_ptr, dwr0_ptr, dww0_ptr, tmp_ptr, rows, B, N, M, R, W, S, WRAP, TINY, DTYPE,
+                        dreads_ptr, dm0_ptr, dwr0_ptr, dww0_ptr, tmp_ptr, rows, B, N, M, R, W, S, WRAP, TINY, EPS, DTYPE,
                         BLOCK_B, BLOCK_N, BLOCK_M, BLOCK_W, BLOCK_K)
             tl.debug_barrier()
             dp_t = dp_ptr + step * B * P
@@ -651,6 +661,8 @@ class SequenceConfig(NamedTuple):
     checkpoint_every: int
     dot_precision: str
     dtype: torch.dtype  # of the inputs (the saved tensors are in the compute dtype)
+    eps: float  # reference.COSINE_EPS, as passed in
+    tiny: float  # reference.sharpen_floor(dtype), as passed in
 
 
 class SequenceSaved(NamedTuple):
@@ -681,21 +693,26 @@ def _expect(name, tensor, shape, like):
                          f"{list(shape)}, got {tensor.dtype} on {tensor.device} with shape {list(tensor.shape)}")
 
 
-def _launch_args(B, N, M, R, W, S, dtype, dot_precision):
+def _launch_args(B, N, M, R, W, S, dtype, dot_precision, eps, tiny):
     """Sizes, the compute DTYPE, the dot precision and every tile size (constexprs) of both kernels."""
     H, K = R + W, 2 * S + 1
     block_m = pow2(M)
     block_n = min(pow2(N), max(1, _common.TILE_ELEMENTS // (BLOCK_B * block_m)))
     compute64 = dtype == torch.float64
-    return dict(N=N, M=M, R=R, W=W, **shift_args(dtype, N, S), DTYPE=tl.float64 if compute64 else tl.float32,
+    return dict(N=N, M=M, R=R, W=W, **shift_args(N, S, tiny, eps), DTYPE=tl.float64 if compute64 else tl.float32,
                 PRECISION="ieee" if compute64 else dot_precision, BLOCK_B=BLOCK_B, BLOCK_N=block_n, BLOCK_M=block_m,
                 BLOCK_J=DOT_TILE, BLOCK_D=DOT_TILE, BLOCK_H=pow2(H), BLOCK_K=pow2(K), BLOCK_HM=pow2(H * M),
                 BLOCK_WM=pow2(W * M), num_warps=4)
 
 
-def sequence_forward(x, h0, c0, reads0, w_read0, w_write0, memory0, W_ih, b_ih, W_hh, b_hh, W_heads, b_heads, W_out,
-                     b_out, *, read_heads, write_heads, shift_range, checkpoint_every=None, dot_precision="ieee"):
-    """The logits [T, B, Y] of the whole sequence in one launch, and what the backward needs (see module doc)."""
+def sequence_forward(x, h0, c0, reads0, w_read0, w_write0, memory0, weights, layout, keep_tape=True, *, eps, tiny,
+                     checkpoint_every=None, dot_precision=None):
+    """The logits [T, B, Y] of the whole sequence in one launch, and what the backward needs (see module doc).
+    weights: (W_ih, b_ih, W_hh, b_hh, W_heads, b_heads, W_out, b_out); layout: the heads' (ops.HeadLayout).
+    keep_tape is accepted for the launcher protocol: the kernel writes its per-step record either way."""
+    W_ih, b_ih, W_hh, b_hh, W_heads, b_heads, W_out, b_out = weights
+    read_heads, write_heads, shift_range = layout.read_heads, layout.write_heads, layout.shift_range
+    dot_precision = dot_precision or default_dot_precision()
     if (not isinstance(x, torch.Tensor) or x.dim() != 3 or x.dtype not in (torch.float32, torch.float64)
             or x.shape[0] < 1 or x.shape[1] < 1):
         got = f"{x.dtype} of shape {list(x.shape)}" if isinstance(x, torch.Tensor) else type(x).__name__
@@ -751,13 +768,15 @@ def sequence_forward(x, h0, c0, reads0, w_read0, w_write0, memory0, W_ih, b_ih, 
     _sequence_fwd_kernel[(triton.cdiv(B, BLOCK_B),)](
         x.contiguous(), *weights, logits, hs, cs if lstm else dummy, gates if lstm else dummy, heads, reads, w_read,
         w_write, checkpoints, memory, scratch, scratch[B * P:], T, k, B, X, C, Y, LSTM=lstm, BLOCK_R=pow2(R),
-        **_launch_args(B, N, M, R, W, S, x.dtype, dot_precision))
-    config = SequenceConfig(lstm, R, W, M, S, k, dot_precision, x.dtype)
+        **_launch_args(B, N, M, R, W, S, x.dtype, dot_precision, eps, tiny))
+    config = SequenceConfig(lstm, R, W, M, S, k, dot_precision, x.dtype, eps, tiny)
     return logits, SequenceSaved(config, x, hs, cs, gates, heads, reads, w_read, w_write, checkpoints)
 
 
-def sequence_backward(saved: SequenceSaved, d_logits, W_ih, W_hh, W_heads, W_out):
-    """Gradients of sequence_forward's inputs for ∂L/∂logits [T, B, Y], in the order of the module docstring."""
+def sequence_backward(saved: SequenceSaved, d_logits, weights):
+    """Gradients of sequence_forward's inputs for ∂L/∂logits [T, B, Y], in the order of the module docstring.
+    weights: (W_ih, W_hh, W_heads, W_out)."""
+    W_ih, W_hh, W_heads, W_out = weights
     cfg = saved.config
     x, hs = saved.x, saved.hs
     T, B, X = x.shape
@@ -788,7 +807,7 @@ def sequence_backward(saved: SequenceSaved, d_logits, W_ih, W_hh, W_heads, W_out
         saved.gates if cfg.lstm else dummy, saved.heads, saved.w_read, saved.w_write, saved.checkpoints,
         d_x, d_h0 if cfg.lstm else dummy, d_c0 if cfg.lstm else dummy, d_reads0, d_w_read0, d_w_write0, d_memory0,
         d_gates, d_heads, segment, *pieces, T, cfg.checkpoint_every, B, X, C, Y, LSTM=cfg.lstm,
-        BLOCK_W=pow2(W), **_launch_args(B, N, M, R, W, cfg.S, cfg.dtype, cfg.dot_precision))
+        BLOCK_W=pow2(W), **_launch_args(B, N, M, R, W, cfg.S, cfg.dtype, cfg.dot_precision, cfg.eps, cfg.tiny))
     # Weight gradients: sums over every step and row, as GEMMs over the T·B rows.
     rows = T * B
     dg, dp, dy = d_gates.view(rows, G), d_heads.view(rows, P), d_logits.to(cdt).reshape(rows, Y)

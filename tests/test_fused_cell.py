@@ -43,15 +43,15 @@ def _run(model, x, fused, per_step=False):
     """Logits and every parameter's and the input's gradient for a fixed cotangent. fused: through FusedSequence
     (or FusedStep with per_step); not fused: the unfused cell of the model's backend."""
     x = x.clone().requires_grad_(True)
-    real = fused_module.usable
+    real = fused_module.usable, fused_module.sequence_usable
     try:
         if not fused:
-            fused_module.usable = lambda cell, x: False
+            fused_module.usable = fused_module.sequence_usable = lambda cell, x: False
         logits = _per_step(model, x) if per_step else model(x)
         cotangent = torch.randn(logits.shape, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
         grads = torch.autograd.grad((logits * cotangent.to(logits)).sum(), [x, *model.parameters()])
     finally:
-        fused_module.usable = real
+        fused_module.usable, fused_module.sequence_usable = real
     return [logits.detach(), *grads]
 
 

@@ -18,8 +18,11 @@ import pytest
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from ntm_fast.backends import import_kernels, poisoned_outputs, unavailable_reason
 from ntm_fast.model import NTM
+from ntm_fast.ops import HeadLayout
+from ntm_fast.ops.dispatch import import_kernels, unavailable_reason
+from ntm_fast.ops.reference import COSINE_EPS, sharpen_floor
+from ntm_fast.ops.shared import poisoned_outputs
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 pytestmark = pytest.mark.skipif(unavailable_reason("triton", DEVICE) is not None,
@@ -75,9 +78,9 @@ def kernel_run(seq, model, x, d_logits, seed, checkpoint_every):
     ws = weights(cell)
     plain = lambda ts: [None if t is None else t.detach() for t in ts]  # noqa: E731
     with poisoned_outputs():
-        logits, saved = seq.sequence_forward(x, *plain(initial), *plain(ws), read_heads=cell.R, write_heads=cell.W,
-                                             shift_range=cell.S, checkpoint_every=checkpoint_every)
-        grads = seq.sequence_backward(saved, d_logits, *plain((ws[0], ws[2], ws[4], ws[6])))
+        logits, saved = seq.sequence_forward(x, *plain(initial), plain(ws), cell.layout, **numerics(x),
+                                             checkpoint_every=checkpoint_every)
+        grads = seq.sequence_backward(saved, d_logits, plain((ws[0], ws[2], ws[4], ws[6])))
     d_x, d_initial, (dW_ih, db_ih, dW_hh, dW_heads, db_heads, dW_out, db_out) = grads[0], grads[1:7], grads[7:]
     # The initial state is made of parameters (h0, c0, read0, w_logits0, learned memory0) by ordinary ops.
     pairs = [(t, g) for t, g in zip(initial, d_initial) if t is not None and t.requires_grad]
@@ -86,6 +89,11 @@ def kernel_run(seq, model, x, d_logits, seed, checkpoint_every):
     for w, g in zip([w for w in ws if w is not None], controller + (dW_heads, db_heads, dW_out, db_out)):
         w.grad = g
     return logits, {n: p.grad for n, p in model.named_parameters()}, d_x
+
+
+def numerics(x):
+    """The constants every backend receives from the reference."""
+    return dict(eps=COSINE_EPS, tiny=sharpen_floor(x.dtype))
 
 
 def inputs(T, B, dtype, seed=1):
@@ -211,8 +219,8 @@ def test_saved_bytes_per_step(seq):
     state = cell.initial_state(B)
     plain = lambda ts: [None if t is None else t.detach() for t in ts]  # noqa: E731
     _, saved = seq.sequence_forward(x, *plain((*state.controller, state.reads, state.w_read, state.w_write,
-                                                state.memory)), *plain(weights(cell)), read_heads=1, write_heads=1,
-                                    shift_range=1, checkpoint_every=k)
+                                                state.memory)), plain(weights(cell)), cell.layout,
+                                    **numerics(x), checkpoint_every=k)
     kept = sum(t.numel() * t.element_size() for t in saved[2:])  # x is the caller's input, not a copy
     C, N, M, P = 100, 128, 20, 92
     per_row_and_step = 6 * C + P + M + 2 * N  # hs, cs, 4 gates; heads; reads; both weightings
@@ -239,15 +247,15 @@ def test_bad_arguments_name_the_argument(seq):
     state = cell.initial_state(3)
     args = [t.detach() for t in (*state.controller, state.reads, state.w_read, state.w_write, state.memory)]
     ws = [w.detach() for w in weights(cell)]
-    sizes = dict(read_heads=1, write_heads=1, shift_range=1)
+    layout, constants = HeadLayout(1, 1, 3, 1), numerics(x)
     with pytest.raises(ValueError, match="'w_read0'"):
-        seq.sequence_forward(x, *args[:3], args[3][:, :, :5], *args[4:], *ws, **sizes)
+        seq.sequence_forward(x, *args[:3], args[3][:, :, :5], *args[4:], ws, layout, **constants)
     with pytest.raises(ValueError, match="'W_out'"):
-        seq.sequence_forward(x, *args, *ws[:6], ws[6].float(), ws[7], **sizes)
+        seq.sequence_forward(x, *args, (*ws[:6], ws[6].float(), ws[7]), layout, **constants)
     with pytest.raises(ValueError, match="'checkpoint_every'"):
-        seq.sequence_forward(x, *args, *ws, **sizes, checkpoint_every=0)
+        seq.sequence_forward(x, *args, ws, layout, **constants, checkpoint_every=0)
     with pytest.raises(ValueError, match="'dot_precision'"):
-        seq.sequence_forward(x, *args, *ws, **sizes, dot_precision="fast")
+        seq.sequence_forward(x, *args, ws, layout, **constants, dot_precision="fast")
 
 
 @pytest.mark.gpu
@@ -267,3 +275,83 @@ def test_gpu_default_model(seq, controller, dtype):
         rtol, atol = (1e-9, 1e-9) if dtype == torch.float64 else (1e-4, 1e-5 + 4 * ref_err)
         torch.testing.assert_close(got[name].double(), value, rtol=rtol, atol=atol,
                                    msg=lambda m: f"{name} (reference error {ref_err:.2e}): {m}")
+
+
+# --- the node as the model uses it: NTM.forward with backend "triton" --------------------------------------
+def triton_model(controller, dtype, **sizes):
+    """A small model with backend "triton" and its twin with the reference (same weights)."""
+    sizes = dict(dict(R=1, W=1, N=7, M=3, S=1, init="learned"), **sizes)
+    reference = make_model(controller, sizes["R"], sizes["W"], sizes["N"], sizes["M"], sizes["S"], sizes["init"],
+                           dtype)
+    triton_twin = copy.deepcopy(reference)
+    triton_twin.backend = "triton"
+    return triton_twin, reference
+
+
+@pytest.mark.parametrize("controller", ["lstm", "feedforward"])
+def test_ntm_forward_runs_the_sequence_node(seq, launches, controller):
+    """NTM.forward on the triton backend is the sequence node (one launch each way) and equals the reference."""
+    from ntm_fast.model import fused
+
+    model, reference = triton_model(controller, torch.float64, R=2, W=1)
+    x, d_logits = inputs(5, 3, torch.float64)
+    assert fused.sequence_usable(model.cell, x[0])
+    expected = flat(reference_run(reference, x, d_logits, seed=3))
+    with poisoned_outputs():
+        got = flat(reference_run(model, x, d_logits, seed=3))  # the same driver: model(x), then backward
+    assert launches == ["_sequence_fwd_kernel", "_sequence_bwd_kernel"], launches
+    for name, value in expected.items():
+        torch.testing.assert_close(got[name], value, rtol=1e-9, atol=1e-9, msg=lambda m: f"{name}: {m}")
+
+
+def test_gradcheck_of_the_sequence_node(seq):
+    """float64 gradcheck of FusedSequence with respect to the input, the initial state and every weight
+    (fast mode: random directions, a few kernel runs under the interpreter)."""
+    from ntm_fast.model import fused
+    from ntm_fast.ops.autograd import FusedSequence
+
+    model, _ = triton_model("lstm", torch.float64, N=5, M=2, W=2)
+    cell = model.cell
+    g = torch.Generator().manual_seed(11)
+    state = cell.initial_state(2)
+    start = [torch.randn(2, cell.controller_size, generator=g, dtype=torch.float64) for _ in range(2)]
+    start += [torch.randn(2, 2, generator=g, dtype=torch.float64), state.w_read.detach().clone(),
+              state.w_write.detach().clone(), torch.randn(2, 5, 2, generator=g, dtype=torch.float64)]
+    leaves = [t.detach().clone().requires_grad_(True) for t in (
+        torch.randn(3, 2, X_SIZE, generator=g, dtype=torch.float64), *start, *fused.weights(cell))]
+    kernels = fused.sequence_kernels(cell, leaves[0][0])
+
+    def run(x, *rest):
+        return FusedSequence.apply(kernels, cell.layout, True, True, x, *rest)
+
+    assert torch.autograd.gradcheck(run, leaves, fast_mode=True)
+
+
+def test_three_training_steps_equal_the_reference(seq):
+    """Three RMSprop steps of the copy-task loss: the same parameters as the reference's (float64)."""
+    model, reference = triton_model("lstm", torch.float64, N=9, M=4)
+    optimizers = [torch.optim.RMSprop(m.parameters(), lr=1e-3, momentum=0.9) for m in (model, reference)]
+    for step in range(3):
+        x, target = inputs(4, 3, torch.float64, seed=step)
+        for m, opt in zip((model, reference), optimizers):
+            opt.zero_grad()
+            torch.nn.functional.binary_cross_entropy_with_logits(m(x), torch.sigmoid(target)).backward()
+            opt.step()
+    for (name, got), want in zip(model.named_parameters(), reference.parameters()):
+        torch.testing.assert_close(got, want, rtol=1e-9, atol=1e-9, msg=lambda m: f"{name}: {m}")
+
+
+def test_a_training_steps_launches_do_not_grow_with_T(seq, launches):
+    """A whole training step (forward, loss, backward) through the model: the same Triton launches and ATen
+    ops at T = 4 and T = 8."""
+    model, _ = triton_model("lstm", torch.float64)
+    kernels, aten = {}, {}
+    for T in (4, 4, 8):  # the first run only warms up (first-call allocations)
+        launches.clear()
+        model.zero_grad(set_to_none=True)
+        x, target = inputs(T, 2, torch.float64)
+        with AtenOps() as ops:
+            torch.nn.functional.binary_cross_entropy_with_logits(model(x), torch.sigmoid(target)).backward()
+        kernels[T], aten[T] = list(launches), ops.count
+    assert kernels[4] == kernels[8] == ["_sequence_fwd_kernel", "_sequence_bwd_kernel"], kernels
+    assert aten[4] == aten[8], aten

@@ -3,10 +3,11 @@
 `NTMCell.forward` computes a step as ~30 tensor ops (controller, head activations, memory interaction,
 output layer), and autograd records a node for most of them. At the batch sizes of NTM training on CPU the
 per-op and per-node overheads (Python dispatch, allocation, the autograd engine) cost as much as the fused
-memory kernel itself. With a backend that has fused-step launchers (the C++ extension's CPU kernels,
-csrc/ntm_cell.cpp) the whole step is one node (`ops.autograd.FusedStep`) and the whole sequence one node
-(`ops.autograd.FusedSequence`): one launcher call each way, each thread taking a batch chunk through every
-time step, the weight gradients summed over the steps. The backward is written out by hand.
+memory kernel itself, and on a GPU the ~100 launches per step leave it waiting for the host. So where the
+backend has the launchers, the whole step is one node (`ops.autograd.FusedStep`; the C++ extension on CPU,
+csrc/ntm_cell.cpp) and the whole sequence is one node (`ops.autograd.FusedSequence`; the C++ extension on
+CPU, each thread taking a batch chunk through every time step, and the Triton backend, one persistent
+kernel each way over all time steps, kernels/sequence.py). The backwards are written out by hand.
 
 Math (Section 3.3 activations; `nn.LSTMCell`'s gate order i, f, g, o):
     u = [x; r_prev];  gates = u W_ihᵀ + b_ih + h_prev W_hhᵀ + b_hh   (LSTM)   or   h = tanh(u W_ihᵀ + b_ih)
@@ -24,19 +25,34 @@ from ..ops import dispatch
 from ..ops.autograd import FusedSequence, FusedStep
 
 
-def fused_kernels(cell, x: torch.Tensor):
-    """The launchers of `cell`'s backend if its whole step can run fused on `x`, else None: the backend
-    resolved for x's device has fused-step launchers and takes x's dtype, and no torch.compile is tracing
-    (the compiler sees the per-op custom ops instead)."""
-    if x.device.type != "cpu" or x.dtype not in (torch.float32, torch.float64) or torch.compiler.is_compiling():
+def _fused_kernels(cell, x: torch.Tensor, devices: str):
+    """The launchers of `cell`'s backend for x's device if they list that device type in `devices` (the
+    attribute FUSED_STEP_DEVICES or FUSED_SEQUENCE_DEVICES), x's dtype is float32 or float64 and no
+    torch.compile is tracing (the compiler sees the per-op custom ops instead); else None."""
+    if x.dtype not in (torch.float32, torch.float64) or torch.compiler.is_compiling():
         return None
     kernels = getattr(dispatch.resolved_ops(cell.backend, x.device.type), "kernels", None)
-    return kernels if hasattr(kernels, "step_forward") else None
+    return kernels if x.device.type in getattr(kernels, devices, ()) else None
+
+
+def step_kernels(cell, x: torch.Tensor):
+    """The launchers that run `cell`'s whole step on x [B, X] as one node, or None."""
+    return _fused_kernels(cell, x, "FUSED_STEP_DEVICES")
+
+
+def sequence_kernels(cell, x: torch.Tensor):
+    """The launchers that run `cell` over a whole sequence of x[0]'s kind as one node, or None."""
+    return _fused_kernels(cell, x, "FUSED_SEQUENCE_DEVICES")
 
 
 def usable(cell, x: torch.Tensor) -> bool:
-    """Whether `cell`'s step runs fused on `x` (see fused_kernels)."""
-    return fused_kernels(cell, x) is not None
+    """Whether `cell`'s step runs as one node on x [B, X]."""
+    return step_kernels(cell, x) is not None
+
+
+def sequence_usable(cell, x: torch.Tensor) -> bool:
+    """Whether `cell` runs a whole sequence of steps like x [B, X] as one node."""
+    return sequence_kernels(cell, x) is not None
 
 
 def weights(cell) -> tuple:
@@ -55,7 +71,7 @@ def step(cell, x, state):
     lstm = cell.controller_kind == "lstm"
     h_prev, c_prev = state.controller if lstm else (None, None)
     logits, h, c, reads, w_read, w_write, memory = FusedStep.apply(
-        fused_kernels(cell, x), cell.layout, lstm, x, h_prev, c_prev, state.reads, state.w_read, state.w_write,
+        step_kernels(cell, x), cell.layout, lstm, x, h_prev, c_prev, state.reads, state.w_read, state.w_write,
         state.memory, *weights(cell))
     return logits, (h, c) if lstm else None, reads, w_read, w_write, memory
 
@@ -66,4 +82,4 @@ def sequence(cell, x, state):
     h0, c0 = state.controller if lstm else (None, None)
     inputs = (x, h0, c0, state.reads, state.w_read, state.w_write, state.memory, *weights(cell))
     keep_tape = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in inputs)
-    return FusedSequence.apply(fused_kernels(cell, x[0]), cell.layout, lstm, keep_tape, *inputs)
+    return FusedSequence.apply(sequence_kernels(cell, x[0]), cell.layout, lstm, keep_tape, *inputs)

@@ -177,8 +177,8 @@ class NTM(nn.Module):
             raise ValueError(f"NTM.forward: argument 'x' is {x.dtype} on {x.device} but the model is "
                              f"{param.dtype} on {param.device}")
         state = self.cell.initial_state(x.shape[1])
-        if not return_trace and fused.usable(self.cell, x[0]):
-            return fused.sequence(self.cell, x, state)  # the C++ kernels: the whole sequence in two calls
+        if not return_trace and fused.sequence_usable(self.cell, x[0]):
+            return fused.sequence(self.cell, x, state)  # the whole sequence in one launcher call each way
         logits, w_reads, w_writes = [], [], []
         for x_t in x:
             y_t, state = self.cell(x_t, state)

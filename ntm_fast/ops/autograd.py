@@ -270,7 +270,7 @@ class FusedSequence(torch.autograd.Function):
     """apply(kernels, layout, lstm, keep_tape, x [T, B, X], h0, c0, reads0, w_read0, w_write0, memory0,
     *weights) -> logits [T, B, Y]: a whole sequence, one launcher call each way. keep_tape: whether a backward
     may follow (else the launcher frees each step's tensors as it goes). The tape of per-step tensors is the
-    launcher's own object; the initial state is saved too, so that an in-place change of it before the
+    launcher's own object; x and the initial state are saved too, so that an in-place change of one before the
     backward raises autograd's error instead of giving wrong gradients."""
 
     @staticmethod
@@ -282,7 +282,7 @@ class FusedSequence(torch.autograd.Function):
                                                     **_numerics(x))
         ctx.kernels, ctx.lstm = kernels, lstm
         W_ih, _, W_hh, _, W_heads, _, W_out, _ = controller_weights
-        ctx.save_for_backward(W_ih, W_hh, W_heads, W_out, *state)
+        ctx.save_for_backward(W_ih, W_hh, W_heads, W_out, x, *state)
         return logits
 
     @staticmethod

@@ -198,6 +198,9 @@ def memory_step_backward(memory, read_heads: ReadHeads, write_heads: WriteHeads,
 
 
 # --- one whole time step and a whole sequence (CPU; csrc/ntm_cell.cpp) -----------------------------------
+FUSED_STEP_DEVICES = FUSED_SEQUENCE_DEVICES = ("cpu",)  # where the model uses the launchers below
+
+
 def step_forward(x, h_prev, c_prev, reads_prev, w_read_prev, w_write_prev, memory, weights, layout: HeadLayout, *,
                  eps, tiny):
     """weights: (W_ih, b_ih, W_hh, b_hh, W_heads, b_heads, W_out, b_out), W_hh/b_hh None without an LSTM.

@@ -259,7 +259,7 @@ def profile_step(*, task="copy", batch_size=256, length=20, backend="auto", devi
             "model": trainer.model.config(), "split": step.split, "parts": parts, "memory": memory,
             "whole_step": whole, "memory_fraction": memory["fwd_bwd_s"] / whole["fwd_bwd_s"],
             "saved_bytes_per_t": sum(saved.values()) / T,
-            "fused_step": fused.usable(cell, batch.inputs[0])}
+            "fused_step": fused.sequence_usable(cell, batch.inputs[0])}
 
 
 def format_report(r: dict) -> str:
