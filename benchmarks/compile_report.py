@@ -76,9 +76,13 @@ class Launch(NamedTuple):
 
 
 def kernel_module(name: str):
-    """kernels/<name>.py of this source tree (imported as the top-level package `kernels`)."""
+    """kernels/<name>.py of this source tree (imported as the top-level package `kernels`), compiled for the
+    GPU: with the GPU's tile budget and real @triton.jit functions, not the interpreter's."""
     if ROOT not in sys.path:
         sys.path.insert(0, ROOT)
+    common = importlib.import_module("kernels._common")
+    if common.TILE_ELEMENTS != common.GPU_TILE_ELEMENTS:
+        raise RuntimeError("the kernels were imported under TRITON_INTERPRET: unset it before importing them")
     return importlib.import_module(f"kernels.{name}")
 
 
