@@ -45,25 +45,31 @@ SHARED_PER_BLOCK_OPT_IN = 227 * 1024
 
 @dataclasses.dataclass(frozen=True)
 class Sizes:
-    """One problem size: batch B, slots N, slot width M, R read and W write heads, shifts -S..S."""
+    """One problem size: batch B, slots N, slot width M, R read and W write heads, shifts -S..S; for the
+    whole-sequence kernels also T steps, X inputs, C LSTM units and Y outputs."""
     B: int
     N: int
     M: int
     R: int
     W: int
     S: int
+    T: int
+    X: int
+    C: int
+    Y: int
 
     def __str__(self):
-        return f"B={self.B} N={self.N} M={self.M} R={self.R} W={self.W} S={self.S}"
+        return " ".join(f"{field.name}={getattr(self, field.name)}" for field in dataclasses.fields(self))
 
 
 SIZES = {
-    # The default model (README): N=128, M=20, 1 read + 1 write head, shifts -1..1, at a training batch.
-    "default": Sizes(B=1024, N=128, M=20, R=1, W=1, S=1),
+    # The default model (README): N=128, M=20, 1 read + 1 write head, shifts -1..1, LSTM of 100 units, on the
+    # copy task (8-bit vectors: X=9, Y=8; L=20: T=41), at a training batch.
+    "default": Sizes(B=1024, N=128, M=20, R=1, W=1, S=1, T=41, X=9, C=100, Y=8),
     # The largest the project tests or benchmarks: B and N up to 4096 (benchmarks), M up to 33 (padded to
-    # 64), up to 4 heads, shifts -3..3 (tests). B, N, R, W and S are runtime arguments of the per-op
-    # kernels; M sets the tile width.
-    "largest": Sizes(B=4096, N=4096, M=33, R=4, W=4, S=3),
+    # 64), up to 4 heads, shifts -3..3 (tests). B, N, R, W, S, T, X, C and Y are runtime arguments of the
+    # kernels (or loop bounds); M sets the tile width.
+    "largest": Sizes(B=4096, N=4096, M=33, R=4, W=4, S=3, T=41, X=9, C=256, Y=8),
 }
 
 
@@ -153,9 +159,54 @@ def memory_step_launches(sizes: Sizes, dtype) -> list[Launch]:
     ]
 
 
+def captured(call) -> list[Launch]:
+    """The kernel launches `call()` makes, recorded instead of run: the arguments exactly as a launcher
+    passes them. (Triton's JITFunction.run, which `kernel[grid](...)` calls, is replaced during the call.)"""
+    from triton.runtime.jit import JITFunction
+
+    launches = []
+
+    def record(kernel, *args, grid, warmup, **kwargs):
+        launches.append(Launch(kernel, tuple(grid), list(args), dict(kwargs)))
+
+    run = JITFunction.run
+    JITFunction.run = record
+    try:
+        call()
+    finally:
+        JITFunction.run = run
+    return launches
+
+
+def sequence_launches(sizes: Sizes, dtype) -> list[Launch]:
+    """The whole-sequence kernels (kernels/sequence.py, where it exists), as its plain launchers
+    `sequence_forward` and `sequence_backward` launch them for an LSTM controller."""
+    try:
+        sequence = kernel_module("sequence")
+    except ModuleNotFoundError as err:
+        if err.name != "kernels.sequence":
+            raise
+        return []
+    t = _tensor(dtype)
+    B, N, M, R, W, S = sizes.B, sizes.N, sizes.M, sizes.R, sizes.W, sizes.S
+    T, X, C, Y = sizes.T, sizes.X, sizes.C, sizes.Y
+    H, K = R + W, 2 * S + 1
+    P = H * M + 3 * H + H * K + 2 * W * M
+    weights = dict(W_ih=t(4 * C, X + R * M), W_hh=t(4 * C, C), W_heads=t(P, C), W_out=t(Y, C + R * M))
+
+    def forward_and_backward():
+        logits, state = sequence.sequence_forward(
+            t(T, B, X), t(B, C), t(B, C), t(B, R * M), t(B, R, N), t(B, W, N), t(B, N, M), weights["W_ih"],
+            t(4 * C), weights["W_hh"], t(4 * C), weights["W_heads"], t(P), weights["W_out"], t(Y),
+            read_heads=R, write_heads=W, shift_range=S)
+        sequence.sequence_backward(state, t(*logits.shape), *weights.values())
+
+    return captured(forward_and_backward)
+
+
 # Every launch function, each taking (Sizes, torch dtype). A new kernel module adds its own here; a kernel
 # that none of them launches is reported (and fails tests/test_compile_sm90.py).
-LAUNCHES: list[Callable] = [address_launches, read_write_launches, memory_step_launches]
+LAUNCHES: list[Callable] = [address_launches, read_write_launches, memory_step_launches, sequence_launches]
 
 
 def kernel_names() -> list[str]:
