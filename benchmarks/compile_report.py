@@ -1,23 +1,25 @@
 """Compile every Triton kernel in kernels/ for an NVIDIA GPU, without one, and report what each uses.
 
     python benchmarks/compile_report.py [--arch 90] [--sizes default largest] [--dtypes float32 float64]
-                                        [--markdown FILE] [--json FILE]
+                                        [--kernels TEXT ...] [--markdown FILE] [--json FILE]
 
 Each kernel is compiled with `triton.compile(ASTSource(...), target=GPUTarget("cuda", ARCH, 32))` for the
-arguments its launcher passes (the tiles, num_warps and extra arguments of kernels/_common.py's `launch`,
-`tiles` and `shift_args`), specialised by Triton's own argument binder as a real launch is: integer
-arguments equal to 1 become constants, 16-divisible ones and 16-byte aligned pointers carry that hint.
-Tensors are `meta` tensors (aligned, no storage), so the largest sizes cost no memory. The tile budget is
-the GPU's: main() clears TRITON_INTERPRET before the kernels are imported (a process that imported them
-under the interpreter cannot compile them).
+arguments its launcher passes: the per-op kernels' launches are rebuilt here with kernels/_common.py's
+`launch`, `tiles` and `shift_args` (the tiles, num_warps and extra arguments their launchers use); the
+whole-sequence kernels' are captured from their plain launchers. Triton's own argument binder specialises
+them as a real launch is: integer arguments equal to 1 become constants, 16-divisible integers and 16-byte
+aligned pointers carry that hint. Tensors are `meta` tensors (aligned, no storage), so the largest sizes
+cost no memory. The tile budget is the GPU's: main() clears TRITON_INTERPRET before the kernels are
+imported (a process that imported them under the interpreter cannot compile them).
 
 From the cubin, the `cuobjdump -res-usage` shipped inside Triton gives registers per thread, the stack frame
-and local memory per thread (spills live there) and the static shared memory (on sm_90 it includes the
-1 KB per block the system reserves); `cuobjdump -sass` counts the local-memory stores and loads (STL/LDL;
-Triton kernels have no local arrays, so these are spills). The dynamic shared memory requested at launch is
-the compiled metadata's `shared`.
+and local memory per thread (spills live there) and the static shared memory (where a kernel uses shared
+memory at all, this includes the 1 KB per block that sm_80 and later reserve); `cuobjdump -sass` counts the
+local-memory stores and loads (STL/LDL: Triton kernels hold no local arrays, so these are spilled
+registers). The dynamic shared memory requested at launch is the compiled metadata's `shared`.
 
-The table goes to stdout (markdown), and with --markdown / --json to files. Exit status 1 if any kernel
+Run it under another Triton (the GPU machine's, say) from a venv that holds that Triton and torch: nothing
+else is needed. The table goes to stdout (markdown), and with --markdown / --json to files. Exit status 1 if any kernel
 failed to compile or a kernel in kernels/ has no launch below (see LAUNCHES); 2 if this Triton cannot
 compile for NVIDIA GPUs.
 """
@@ -36,11 +38,6 @@ import tempfile
 from typing import Callable, NamedTuple
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-# H100/H200 (sm_90): shared memory per SM and the most one block may opt in to (CUDA programming guide,
-# compute capability 9.0).
-SHARED_PER_SM = 228 * 1024
-SHARED_PER_BLOCK_OPT_IN = 227 * 1024
 
 
 @dataclasses.dataclass(frozen=True)
@@ -234,7 +231,7 @@ def nvidia_tools() -> tuple[str | None, str]:
     try:
         import triton.backends.nvidia as nvidia
     except ImportError as err:
-        return None, f"this triton has no NVIDIA backend ({err})"
+        return None, f"no Triton with an NVIDIA backend here ({err})"
     path = os.path.join(os.path.dirname(nvidia.__file__), "bin", "cuobjdump")
     if not os.access(path, os.X_OK):
         return None, f"this triton ships no cuobjdump ({path})"
@@ -281,7 +278,8 @@ def resource_usage(compiled, cuobjdump: str) -> dict:
     )
 
 
-def report(sizes_names, dtype_names, arch: int, cuobjdump: str, only=None, log=print) -> tuple[list[dict], list[str]]:
+def report(sizes_names, dtype_names, arch: int, cuobjdump: str, only=None,
+           log=print) -> tuple[list[dict], list[str]]:
     """Compile every launch (whose kernel name contains one of `only`, if given) at every size and dtype:
     (rows, names of kernels in kernels/ that no launch function launches)."""
     import torch
