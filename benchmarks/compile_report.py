@@ -83,8 +83,11 @@ def kernel_module(name: str):
     GPU: with the GPU's tile budget and real @triton.jit functions, not the interpreter's."""
     if ROOT not in sys.path:
         sys.path.insert(0, ROOT)
-    common = importlib.import_module("kernels._common")
-    if common.TILE_ELEMENTS != common.GPU_TILE_ELEMENTS:
+    from triton.runtime.jit import JITFunction
+
+    # Imported under TRITON_INTERPRET, @triton.jit gives interpreted functions and _common the interpreter's
+    # tile budget (TILE_ELEMENTS is GPU_TILE_ELEMENTS otherwise).
+    if not isinstance(importlib.import_module("kernels._common").div, JITFunction):
         raise RuntimeError("the kernels were imported under TRITON_INTERPRET: unset it before importing them")
     return importlib.import_module(f"kernels.{name}")
 
