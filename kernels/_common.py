@@ -3,8 +3,9 @@
 Tiles. A program owns BLOCK_B batch rows and walks the N memory slots in tiles of BLOCK_N; a slot is
 always loaded whole, padded to BLOCK_M = next power of two of M and masked (tl.arange needs powers of
 two). One memory tile is [BLOCK_B, BLOCK_N, BLOCK_M] elements, at most `TILE_ELEMENTS` of them: on a GPU
-that keeps a tile in registers; under the interpreter, whose cost is per operation and not per element,
-the budget is large so that a small test runs as few programs and loop trips as possible.
+that keeps a tile in registers without spilling (see GPU_TILE_ELEMENTS); under the interpreter, whose cost
+is per operation and not per element, the budget is large so that a small test runs as few programs and
+loop trips as possible.
 
 Precision. Kernels load every input as DTYPE (float64 for float64 inputs, float32 otherwise: the
 interpreter's bf16 arithmetic is wrong, and fp16/bf16 need fp32 accumulation anyway) and store outputs in
@@ -18,8 +19,15 @@ import triton.language as tl
 
 from ntm_fast.ops.shared import triton_interpreted
 
+# The GPU's tile and warps: 1024 elements over 8 warps, 4 per thread. Compiled for sm_90
+# (benchmarks/compile_report.py), no kernel spills in float32 at the default sizes with triton 3.6 or 3.9, and
+# the memory_step backward takes 80-123 registers; the earlier 4096 elements over 4 warps (32 per thread)
+# took 228-255 registers per thread, the backward spilled, and 255 registers x 128 threads left room for
+# only 2 programs (8 warps) per SM.
+GPU_TILE_ELEMENTS = 1024
+GPU_NUM_WARPS = 8
 # Elements of one [BLOCK_B, BLOCK_N, BLOCK_M] memory tile (tests lower it to force N tiling).
-TILE_ELEMENTS = 2**16 if triton_interpreted() else 4096
+TILE_ELEMENTS = 2**16 if triton_interpreted() else GPU_TILE_ELEMENTS
 
 
 def pow2(n: int) -> int:
@@ -40,7 +48,7 @@ def launch(memory: torch.Tensor):
     B, N, M = memory.shape
     blocks = tiles(B, N, M)
     dtype = tl.float64 if memory.dtype == torch.float64 else tl.float32
-    return (triton.cdiv(B, blocks["BLOCK_B"]),), dict(B=B, N=N, M=M, DTYPE=dtype, num_warps=4, **blocks)
+    return (triton.cdiv(B, blocks["BLOCK_B"]),), dict(B=B, N=N, M=M, DTYPE=dtype, num_warps=GPU_NUM_WARPS, **blocks)
 
 
 def shift_args(N: int, S: int, tiny: float, eps: float) -> dict:
