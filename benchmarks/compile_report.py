@@ -100,6 +100,13 @@ def _tensor(dtype):
 
 # ---- the launches: one function per kernel module, mirroring its launchers ------------------------------
 
+def _constants(dtype) -> dict:
+    """ε and the sharpening floor, as the autograd layer passes them to every launcher."""
+    from ntm_fast.ops.reference import COSINE_EPS, sharpen_floor
+
+    return dict(eps=COSINE_EPS, tiny=sharpen_floor(dtype))
+
+
 def address_launches(sizes: Sizes, dtype) -> list[Launch]:
     address, common = kernel_module("address"), kernel_module("_common")
     t = _tensor(dtype)
@@ -108,7 +115,7 @@ def address_launches(sizes: Sizes, dtype) -> list[Launch]:
     memory = t(B, N, M)
     inputs = [memory, t(B, H, M), t(B, H), t(B, H), t(B, H, K), t(B, H), t(B, H, N)]
     grid, args = common.launch(memory)
-    args.update(common.shift_args(dtype, N, S))
+    args.update(common.shift_args(N, S, **_constants(dtype)))
     scratch = common.scratch(2, B, N, memory)
     w = t(B, H, N)
     grads = [t(*x.shape) for x in inputs]
@@ -145,7 +152,7 @@ def memory_step_launches(sizes: Sizes, dtype) -> list[Launch]:
     write_heads = [t(B, W, M), t(B, W), t(B, W), t(B, W, K), t(B, W), t(B, W, M), t(B, W, M)]
     inputs = [memory, *read_heads, *write_heads, t(B, R, N), t(B, W, N)]
     grid, args = common.launch(memory)
-    args.update(common.shift_args(dtype, N, S))
+    args.update(common.shift_args(N, S, **_constants(dtype)))
     scratch = common.scratch(2, B, N, memory)
     w_read, w_write = t(B, R, N), t(B, W, N)
     upstream = [t(B, R, M), t(B, R, N), t(B, W, N), t(B, N, M)]
@@ -195,11 +202,13 @@ def sequence_launches(sizes: Sizes, dtype) -> list[Launch]:
     weights = dict(W_ih=t(4 * C, X + R * M), W_hh=t(4 * C, C), W_heads=t(P, C), W_out=t(Y, C + R * M))
 
     def forward_and_backward():
+        from ntm_fast.ops import HeadLayout
+
         logits, state = sequence.sequence_forward(
-            t(T, B, X), t(B, C), t(B, C), t(B, R * M), t(B, R, N), t(B, W, N), t(B, N, M), weights["W_ih"],
-            t(4 * C), weights["W_hh"], t(4 * C), weights["W_heads"], t(P), weights["W_out"], t(Y),
-            read_heads=R, write_heads=W, shift_range=S)
-        sequence.sequence_backward(state, t(*logits.shape), *weights.values())
+            t(T, B, X), t(B, C), t(B, C), t(B, R * M), t(B, R, N), t(B, W, N), t(B, N, M),
+            (weights["W_ih"], t(4 * C), weights["W_hh"], t(4 * C), weights["W_heads"], t(P), weights["W_out"], t(Y)),
+            HeadLayout(R, W, M, S), **_constants(dtype))
+        sequence.sequence_backward(state, t(*logits.shape), tuple(weights.values()))
 
     return captured(forward_and_backward)
 
