@@ -139,7 +139,9 @@ class NTM(nn.Module):
     """A Neural Turing Machine over sequences: `forward(x [T, B, X]) -> logits [T, B, Y]`.
 
     With `return_trace=True` it returns `(logits, trace)` where trace holds the weightings of every step:
-    `read_weights [T, B, R, N]` and `write_weights [T, B, W, N]`.
+    `read_weights [T, B, R, N]` and `write_weights [T, B, W, N]`. The whole sequence runs as one autograd
+    node where the backend has the launchers for it (`cpp` on CPU, `triton` on CUDA); `fuse_sequence = False`
+    runs it one step at a time instead.
     """
 
     def __init__(self, input_size, output_size, *, controller="lstm", controller_size=100, memory_slots=128,
@@ -150,6 +152,9 @@ class NTM(nn.Module):
                             memory_slots=memory_slots, memory_width=memory_width, read_heads=read_heads,
                             write_heads=write_heads, shift_range=shift_range, memory_init=memory_init,
                             backend=backend)
+        # Where the backend can, forward runs the whole sequence as one node (model/fused.py); False runs it
+        # step by step (to compare the two, e.g. `ntm-fast bench`'s per-step contenders).
+        self.fuse_sequence = True
 
     @property
     def backend(self):
@@ -177,7 +182,7 @@ class NTM(nn.Module):
             raise ValueError(f"NTM.forward: argument 'x' is {x.dtype} on {x.device} but the model is "
                              f"{param.dtype} on {param.device}")
         state = self.cell.initial_state(x.shape[1])
-        if not return_trace and fused.sequence_usable(self.cell, x[0]):
+        if self.fuse_sequence and not return_trace and fused.sequence_usable(self.cell, x[0]):
             return fused.sequence(self.cell, x, state)  # the whole sequence in one launcher call each way
         logits, w_reads, w_writes = [], [], []
         for x_t in x:
