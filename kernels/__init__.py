@@ -13,7 +13,7 @@ Every op is one kernel launch forward and one backward. Inputs arrive validated 
 from .address import address_backward, address_forward
 from .memory_step import memory_step_backward, memory_step_forward
 from .read_write import read_backward, read_forward, write_backward, write_forward
-from .sequence import sequence_backward, sequence_forward
+from .sequence import sequence_backward, sequence_forward, sequence_unsupported
 
 # Device types on which the whole-sequence launchers serve NTM.forward (CPU tensors only reach this backend
 # under the Triton interpreter).
@@ -21,4 +21,4 @@ FUSED_SEQUENCE_DEVICES = ("cuda", "cpu")
 
 __all__ = ["address_forward", "address_backward", "read_forward", "read_backward", "write_forward",
            "write_backward", "memory_step_forward", "memory_step_backward", "sequence_forward", "sequence_backward",
-           "FUSED_SEQUENCE_DEVICES"]
+           "sequence_unsupported", "FUSED_SEQUENCE_DEVICES"]

@@ -679,6 +679,21 @@ class SequenceSaved(NamedTuple):
     checkpoints: torch.Tensor
 
 
+# The widest per-row tile of the activated heads ([BLOCK_B, next power of two of (R+W)·M] values in registers).
+MAX_HEAD_WIDTH = 1024
+
+
+def sequence_unsupported(x, layout) -> str | None:
+    """Why these kernels do not take a sequence like x [.., B, X] with this head layout, or None. The model
+    then runs it step by step (ntm_fast/model/fused.py logs the reason once)."""
+    if x.dtype not in (torch.float32, torch.float64):
+        return f"the sequence kernels compute float32 or float64, not {x.dtype}"
+    width = (layout.read_heads + layout.write_heads) * layout.memory_width
+    if width > MAX_HEAD_WIDTH:
+        return f"(R+W)·M = {width} is over the sequence kernels' limit of {MAX_HEAD_WIDTH}"
+    return None
+
+
 def default_checkpoint_every(T: int) -> int:
     """ceil(sqrt(T)): the backward then holds about 2·sqrt(T) memories (checkpoints plus one segment)."""
     return max(1, math.ceil(math.sqrt(T)))

@@ -355,3 +355,18 @@ def test_a_training_steps_launches_do_not_grow_with_T(seq, launches):
         kernels[T], aten[T] = list(launches), ops.count
     assert kernels[4] == kernels[8] == ["_sequence_fwd_kernel", "_sequence_bwd_kernel"], kernels
     assert aten[4] == aten[8], aten
+
+
+def test_a_sequence_the_kernels_decline_runs_step_by_step(seq, launches, caplog, monkeypatch):
+    """Sizes over the kernels' limit: NTM.forward says why once (log) and runs the per-step kernels."""
+    import logging
+
+    model, reference = triton_model("feedforward", torch.float64, M=4)
+    monkeypatch.setattr(seq, "MAX_HEAD_WIDTH", 4)  # (R+W)·M = 8 is over it
+    x, d_logits = inputs(2, 2, torch.float64)
+    with caplog.at_level(logging.INFO, logger="ntm_fast"):
+        got = flat(reference_run(model, x, d_logits, seed=1))
+    assert "_sequence_fwd_kernel" not in launches and "_memory_step_fwd_kernel" in launches
+    assert "(R+W)·M = 8 is over the sequence kernels' limit of 4" in caplog.text
+    for name, value in flat(reference_run(reference, x, d_logits, seed=1)).items():
+        torch.testing.assert_close(got[name], value, rtol=1e-9, atol=1e-9, msg=lambda m: f"{name}: {m}")

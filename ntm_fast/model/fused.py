@@ -19,20 +19,36 @@ Tested against the unfused cell (same backend) and the reference in tests/test_f
 """
 from __future__ import annotations
 
+import logging
+
 import torch
 
 from ..ops import dispatch
 from ..ops.autograd import FusedSequence, FusedStep
 
+log = logging.getLogger("ntm_fast")
+_logged = set()
+
 
 def _fused_kernels(cell, x: torch.Tensor, devices: str):
     """The launchers of `cell`'s backend for x's device if they list that device type in `devices` (the
-    attribute FUSED_STEP_DEVICES or FUSED_SEQUENCE_DEVICES), x's dtype is float32 or float64 and no
-    torch.compile is tracing (the compiler sees the per-op custom ops instead); else None."""
-    if x.dtype not in (torch.float32, torch.float64) or torch.compiler.is_compiling():
+    attribute FUSED_STEP_DEVICES or FUSED_SEQUENCE_DEVICES), take x's dtype and sizes, and no torch.compile
+    is tracing (the compiler sees the per-op custom ops instead); else None. Launchers that decline a
+    sequence (`sequence_unsupported`) say why, logged once per reason."""
+    if torch.compiler.is_compiling():
         return None
     kernels = getattr(dispatch.resolved_ops(cell.backend, x.device.type), "kernels", None)
-    return kernels if x.device.type in getattr(kernels, devices, ()) else None
+    if x.device.type not in getattr(kernels, devices, ()):
+        return None
+    unsupported = getattr(kernels, "sequence_unsupported", None) if devices == "FUSED_SEQUENCE_DEVICES" else None
+    reason = unsupported(x, cell.layout) if unsupported else (
+        None if x.dtype in (torch.float32, torch.float64) else f"{x.dtype} input")
+    if reason is not None:
+        if devices == "FUSED_SEQUENCE_DEVICES" and reason not in _logged:
+            _logged.add(reason)
+            log.info("ntm_fast: the whole sequence runs step by step: %s", reason)
+        return None
+    return kernels
 
 
 def step_kernels(cell, x: torch.Tensor):
