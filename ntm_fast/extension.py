@@ -27,6 +27,7 @@ from typing import List, Tuple
 import torch
 from torch import Tensor
 
+from . import reference
 from .backends import BackendUnavailable, empty_output
 
 _PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__))
@@ -113,6 +114,11 @@ def _like(tensors, memory):
     return [empty_output(t.shape, memory) for t in tensors]
 
 
+def _numerics(dtype: torch.dtype) -> dict:
+    """The reference's ε (Eq 6) and sharpening floor (Eq 9) for `dtype`, as the addressing kernels take them."""
+    return dict(cosine_eps=reference.COSINE_EPS, sharpen_floor=reference.sharpen_floor(dtype))
+
+
 # memory_step's CPU kernels return new memory slot-minor: a [B, N, M] view of [B, M, N] storage (strides
 # [N*M, 1, N]), the layout they compute in, and take memory and its gradient in that layout or row-major.
 # So in a recurrence only the first step's memory is transposed (csrc/ntm_cpu.cpp says more).
@@ -134,7 +140,7 @@ def _new_memory(memory: Tensor, slot_minor: bool) -> Tensor:
 def _address_impl(memory: Tensor, heads: List[Tensor]) -> Tensor:
     memory, heads = memory.contiguous(), _contiguous(heads)
     w = empty_output(heads[5].shape, memory)
-    _kernels(memory).address_forward(memory, heads, w)
+    _kernels(memory).address_forward(memory, heads, w, **_numerics(memory.dtype))
     return w
 
 
@@ -149,7 +155,7 @@ def _(memory, heads):
 def _address_backward_impl(grads: List[Tensor], memory: Tensor, heads: List[Tensor]) -> List[Tensor]:
     (grad_w,), memory, heads = _contiguous(grads), memory.contiguous(), _contiguous(heads)
     d_memory, *d_heads = _like([memory, *heads], memory)
-    _kernels(memory).address_backward(memory, heads, grad_w, d_memory, d_heads)
+    _kernels(memory).address_backward(memory, heads, grad_w, d_memory, d_heads, **_numerics(memory.dtype))
     return [d_memory, *d_heads]
 
 
@@ -218,7 +224,7 @@ def _memory_step_impl(memory: Tensor, read_heads: List[Tensor],
     w_read, w_write = _like([w_read_prev, w_write_prev], memory)
     new_memory = _new_memory(memory, memory.device.type == "cpu")
     _kernels(memory).memory_step_forward(memory, read_heads, write_heads[:6], *write_heads[6:], reads, w_read,
-                                         w_write, new_memory)
+                                         w_write, new_memory, **_numerics(memory.dtype))
     return reads, w_read, w_write, new_memory
 
 
@@ -242,7 +248,7 @@ def _memory_step_backward_impl(grads: List[Tensor], memory: Tensor, read_heads: 
     d_read, d_write = d_heads[:6], d_heads[6:]
     _kernels(memory).memory_step_backward(memory, read_heads, write_heads[:6], *write_heads[6:],
                                           *_contiguous(grads[:3]), grads[3], d_memory, d_read, d_write[:6],
-                                          *d_write[6:])
+                                          *d_write[6:], **_numerics(memory.dtype))
     return [d_memory, *d_heads]
 
 

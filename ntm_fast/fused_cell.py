@@ -45,11 +45,11 @@ class _Step(torch.autograd.Function):
         x, reads_prev = x.contiguous(), reads_prev.contiguous()
         if lstm:
             h_prev, c_prev = h_prev.contiguous(), c_prev.contiguous()
-        sizes = (cell.R, cell.W, cell.M, 2 * cell.S + 1)
+        layout = dict(head_sizes=list(cell.head_sizes), **extension._numerics(x.dtype))
         logits, h, c, reads, w_read, w_write, new_memory, u, tanh_c, gates, p, hr, *heads = extension._kernels(
             x).step_forward(x, h_prev, c_prev, reads_prev, w_read_prev, w_write_prev, memory, W_ih, b_ih, W_hh,
-                            b_hh, W_hd, b_hd, W_out, b_out, *sizes)
-        ctx.cell, ctx.lstm, ctx.sizes = cell, lstm, sizes
+                            b_hh, W_hd, b_hd, W_out, b_out, **layout)
+        ctx.cell, ctx.lstm, ctx.layout = cell, lstm, layout
         ctx.save_for_backward(memory, w_read_prev, w_write_prev, u, h_prev, c_prev, h, tanh_c, gates, p, hr, W_ih,
                               W_hh, W_hd, W_out, *heads)
         return logits, h, (c if lstm else None), reads, w_read, w_write, new_memory
@@ -63,7 +63,7 @@ class _Step(torch.autograd.Function):
             dW_out, db_out = extension._kernels(h).step_backward(
                 d_logits.contiguous(), d_h, d_c.contiguous() if ctx.lstm else None, d_reads, d_w_read, d_w_write,
                 d_memory, memory, w_read_prev, w_write_prev, heads, u, h_prev, c_prev, h, tanh_c, gates, p, hr,
-                W_ih, W_hh, W_hd, W_out, *ctx.sizes)
+                W_ih, W_hh, W_hd, W_out, **ctx.layout)
         n_x = u.shape[1] - ctx.cell.R * ctx.cell.M
         controller = (dW_ih, db_ih, dW_hh, db_ih) if ctx.lstm else (dW_ih, db_ih)
         return (None, d_u[:, :n_x], d_h_prev, d_c_prev, d_u[:, n_x:], d_w_read_prev, d_w_write_prev, d_mem_prev,
@@ -87,9 +87,10 @@ class _Sequence(torch.autograd.Function):
         W_ih, b_ih, W_hh, b_hh = weights[:4] if lstm else (*weights[:2], None, None)
         W_hd, b_hd, W_out, b_out = weights[-4:]
         state = [None if t is None else t.contiguous() for t in (h0, c0, reads0, w_read0, w_write0, memory0)]
+        numerics = extension._numerics(x.dtype)
         logits, ctx.tape = extension._kernels(x).sequence_forward(
-            x.contiguous(), *state, W_ih, b_ih, W_hh, b_hh, W_hd, b_hd, W_out, b_out, cell.R, cell.W, cell.M,
-            2 * cell.S + 1, keep_tape)
+            x.contiguous(), *state, W_ih, b_ih, W_hh, b_hh, W_hd, b_hd, W_out, b_out, list(cell.head_sizes),
+            numerics["cosine_eps"], numerics["sharpen_floor"], keep_tape)
         ctx.lstm = lstm
         # The tape holds the initial state's rows: saved here too, so that an in-place change of one before the
         # backward raises autograd's error instead of giving wrong gradients.

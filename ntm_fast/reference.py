@@ -12,7 +12,7 @@ Numerical conventions (kernels reproduce them exactly):
 * Cosine similarity (Eq 6) is smoothed as ``k·M[i] / (sqrt(‖k‖² + ε) · sqrt(‖M[i]‖² + ε))`` with
   ``ε = COSINE_EPS``: a zero key or an all-zero memory row gives similarity 0 with finite gradients.
 * Sharpening (Eq 9) is computed as ``softmax_i(γ · log(max(w_s[i], tiny)))`` where ``tiny`` is the
-  smallest normal number of the dtype. This equals ``w_s^γ / Σ w_s^γ`` but cannot overflow for γ up to
+  smallest normal number of the dtype (``sharpen_floor``). This equals ``w_s^γ / Σ w_s^γ`` but cannot overflow for γ up to
   50, and its gradient with respect to γ stays finite at exact zeros (d/dγ 0^γ is where naive code
   makes NaN: ``0 · log 0``).
 * Shift (Eq 8): ``w_s[i] = Σ_{j=-S..S} s[j+S] · w_g[(i - j) mod N]``; shift +1 moves focus from slot i
@@ -23,6 +23,11 @@ from __future__ import annotations
 import torch
 
 COSINE_EPS = 1e-8
+
+
+def sharpen_floor(dtype: torch.dtype) -> float:
+    """Where w_s is floored before Eq 9's log: the smallest normal number of `dtype` (torch.finfo(dtype).tiny)."""
+    return torch.finfo(dtype).tiny
 
 
 def cosine_similarity(memory: torch.Tensor, key: torch.Tensor) -> torch.Tensor:
@@ -62,8 +67,7 @@ def circular_shift(w_gated, shift):
 
 def sharpen(w_shifted, gamma):
     """Sharpening (Eq 9) as softmax(γ · log w_s); see the module docstring. -> [B, H, N]."""
-    tiny = torch.finfo(w_shifted.dtype).tiny
-    log_w = torch.log(torch.clamp_min(w_shifted, tiny))
+    log_w = torch.log(torch.clamp_min(w_shifted, sharpen_floor(w_shifted.dtype)))
     return torch.softmax(gamma.unsqueeze(-1) * log_w, dim=-1)
 
 
