@@ -126,6 +126,11 @@ inline __attribute__((always_inline)) float fast_tanh(float x) {
 
 inline double fast_tanh(double x) { return std::tanh(x); }
 
+// The vector-lane reductions and the transpose have internal linkage in each file that includes them, as
+// helpers of one kernel file: GCC then inlines and specializes them per call site (their Op arguments, function
+// pointers, included) as freely as it did when they were the kernel file's own.
+namespace {
+
 // Reductions over the slots in vector lanes: op over f(i), i < n, with lane ii of each block of kLanes taking
 // the terms i ≡ ii (mod kLanes), the lanes then combined pairwise. (GCC ends a `#pragma omp simd reduction` by
 // combining its lanes one after another through the stack, a 16-long dependency chain per reduction; the
@@ -250,5 +255,7 @@ void transpose(const T* __restrict src, int64_t rows, int64_t cols, T* __restric
     for (int64_t c = r < rt ? ct : 0; c < cols; ++c) dst[c * rows + r] = src[r * cols + c];
   }
 }
+
+}  // namespace
 
 }  // namespace ntm

@@ -143,7 +143,7 @@ void column_sums(const T* __restrict mem_t, const T* const* keys, int64_t J, con
 
 // ‖M[i]‖ smoothed as in Eq 6, sqrt(Σ_m M[i,m]² + ε), and its inverse, from the squared norms in `norm`.
 template <typename T>
-void finish_row_norms(const Sizes s, const Numerics<T>& num, T* __restrict norm, T* __restrict inv_norm) {
+void finish_row_norms(const Sizes s, const Numerics<T> num, T* __restrict norm, T* __restrict inv_norm) {
   for (int64_t i = 0; i < s.N; ++i) {
     norm[i] = smoothed_norm(norm[i], num);
     inv_norm[i] = T(1) / norm[i];
@@ -151,7 +151,7 @@ void finish_row_norms(const Sizes s, const Numerics<T>& num, T* __restrict norm,
 }
 
 template <typename T>
-T key_norm_of(const T* __restrict key, const Sizes s, const Numerics<T>& num) {
+T key_norm_of(const T* __restrict key, const Sizes s, const Numerics<T> num) {
   T kk = 0;
   for (int64_t m = 0; m < s.M; ++m) kk += key[m] * key[m];
   return smoothed_norm(kk, num);
@@ -172,7 +172,7 @@ void scaled_softmax(const T* __restrict x, T scale, T* __restrict y, int64_t n) 
 // Eq 5-9 for one head, given the dot products k·M[i] in t.cos and the memory's row norms: fills the trace
 // (w last).
 template <typename T>
-void address_head(const T* __restrict mem_norm, const Head<T> p, const Sizes s, const Numerics<T>& num,
+void address_head(const T* __restrict mem_norm, const Head<T> p, const Sizes s, const Numerics<T> num,
                   const Trace<T> t) {
   const int64_t N = s.N;
   // Eq 6: K[i] = k·M[i] / (sqrt(‖k‖² + ε) · sqrt(‖M[i]‖² + ε)).
@@ -201,7 +201,7 @@ void address_head(const T* __restrict mem_norm, const Head<T> p, const Sizes s, 
 // the key (Eq 6's products with M) is formed for all heads at once by address_item_backward. d_ws and d_wg
 // are [N] scratch.
 template <typename T>
-void address_head_backward(const T* __restrict inv_norm, const Head<T> p, const Sizes s, const Numerics<T>& num,
+void address_head_backward(const T* __restrict inv_norm, const Head<T> p, const Sizes s, const Numerics<T> num,
                            const Trace<T> t, const T* __restrict d_w, const HeadGrad<T> d, T* __restrict d_cos,
                            T* __restrict coef, T* __restrict d_ws, T* __restrict d_wg) {
   const int64_t N = s.N;
@@ -244,7 +244,7 @@ void address_head_backward(const T* __restrict inv_norm, const Head<T> p, const 
 // every head's dot products and the column sums Σ_m extra_keys[e][m]·Mᵀ[m,i] into extra_outs[e] (the read
 // backward's d w, Eq 2), then each head's addressing into its trace (ws.w() holds the weightings).
 template <typename T>
-void address_item(const T* mem_t, const Sizes s, const Numerics<T>& num, Workspace<T>& ws, int64_t extra = 0,
+void address_item(const T* mem_t, const Sizes s, const Numerics<T> num, Workspace<T>& ws, int64_t extra = 0,
                   const T* const* extra_keys = nullptr, T* const* extra_outs = nullptr) {
   const int64_t H = ws.heads.size();
   ws.sum_keys[0] = nullptr, ws.sum_outs[0] = ws.mem_norm();
@@ -302,7 +302,7 @@ void orthogonal_terms(const T* __restrict col, const T* __restrict mem_norm, int
 //   dk_h[m]   = Σ_i dK_h[i]/‖k_h‖ · (M̂[i,m] - K_h[i]·k̂_h[m]).
 // M̂ is formed once per element for all heads, in registers, and the key gradients' sums stay in vector lanes.
 template <typename T>
-void address_item_backward(const T* __restrict mem_t, const Sizes s, const Numerics<T>& num, Workspace<T>& ws,
+void address_item_backward(const T* __restrict mem_t, const Sizes s, const Numerics<T> num, Workspace<T>& ws,
                            const T* d_w, int64_t reads, const T* d_r, T* __restrict d_mem_t) {
   const int64_t N = s.N, M = s.M, H = ws.heads.size();
   T* __restrict coef = ws.coef();

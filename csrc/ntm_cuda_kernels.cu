@@ -47,21 +47,23 @@ __device__ T block_reduce(T v, T* red) {
 
 // Where each buffer of a block's shared memory starts, in elements, each right after the one before:
 // reduction scratch, row norms, one trace and two backward buffers, the weightings and their gradients for H
-// heads, and (when it fits) the memory tile.
+// heads, and (when it fits) the memory tile. I: size_t for the size on the host (which checks it against the
+// device's limit), int in the kernels (within that limit).
+template <typename I>
 struct SharedLayout {
   static constexpr int kTraceVectors = 5;  // a Trace's own [N] vectors (its w is elsewhere)
   static constexpr int kScratch = 2;       // [N] backward buffers
-  size_t N, H;
-  __host__ __device__ size_t red() const { return 0; }
-  __host__ __device__ size_t mem_norm() const { return red() + kWarps; }
-  __host__ __device__ size_t trace() const { return mem_norm() + N; }
-  __host__ __device__ size_t scratch(int i) const { return trace() + (kTraceVectors + i) * N; }
-  __host__ __device__ size_t w() const { return scratch(kScratch); }
-  __host__ __device__ size_t d_w() const { return w() + H * N; }
-  __host__ __device__ size_t tile() const { return d_w() + H * N; }  // also the size without the tile
+  I N, H;
+  __host__ __device__ I red() const { return 0; }
+  __host__ __device__ I mem_norm() const { return red() + kWarps; }
+  __host__ __device__ I trace() const { return mem_norm() + N; }
+  __host__ __device__ I scratch(int i) const { return trace() + (kTraceVectors + i) * N; }
+  __host__ __device__ I w() const { return scratch(kScratch); }
+  __host__ __device__ I d_w() const { return w() + H * N; }
+  __host__ __device__ I tile() const { return d_w() + H * N; }  // also the size without the tile
 };
 
-size_t shared_elems(const Sizes& s, int H) { return SharedLayout{size_t(s.N), size_t(H)}.tile(); }
+size_t shared_elems(const Sizes& s, int H) { return SharedLayout<size_t>{size_t(s.N), size_t(H)}.tile(); }
 
 extern __shared__ __align__(16) unsigned char ntm_shared[];
 
@@ -72,14 +74,14 @@ struct Shared {
   int N;
 
   __device__ Trace<T> trace(T* w_out) const { return {buf, buf + N, buf + 2 * N, buf + 3 * N, buf + 4 * N, w_out}; }
-  __device__ T* scratch(int i) const { return buf + (SharedLayout::kTraceVectors + i) * N; }  // i < kScratch
+  __device__ T* scratch(int i) const { return buf + (SharedLayout<int>::kTraceVectors + i) * N; }  // i < kScratch
 };
 
 // Carve shared memory for one item and load its memory tile.
 template <typename T>
 __device__ Shared<T> load_item(const T* memory, const Sizes& s, int H, bool tile) {
   T* p = reinterpret_cast<T*>(ntm_shared);
-  const SharedLayout at{size_t(s.N), size_t(H)};
+  const SharedLayout<int> at{s.N, H};
   Shared<T> sh;
   sh.N = s.N;
   sh.red = p + at.red();
