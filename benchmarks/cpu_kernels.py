@@ -28,9 +28,12 @@ def time_kernels(batch: int, memories: int, reps: int) -> dict:
     """Median and minimum microseconds per batch item of the forward and the backward kernel."""
     import torch
 
-    from ntm_fast.ops import extension
+    from ntm_fast.ops import extension, reference
 
     ext = extension.build(False)
+    # The addressing kernels take the reference's ε and sharpening floor (kernel trees before that did not).
+    numerics = ((reference.COSINE_EPS, reference.sharpen_floor(torch.float32))
+                if "cosine_eps" in (ext.memory_step_forward.__doc__ or "") else ())
     B, N, M, K, R, W, T = batch, 128, 20, 3, 1, 1, memories
     g = torch.Generator().manual_seed(0)
 
@@ -55,11 +58,11 @@ def time_kernels(batch: int, memories: int, reps: int) -> dict:
     d_erase, d_add = torch.empty_like(erase), torch.empty_like(add)
 
     def forward(t):
-        ext.memory_step_forward(mems[t], rh, wh, erase, add, reads, w_read, w_write, outs[t])
+        ext.memory_step_forward(mems[t], rh, wh, erase, add, reads, w_read, w_write, outs[t], *numerics)
 
     def backward(t):
         ext.memory_step_backward(mems[t], rh, wh, erase, add, g_reads, g_w_read, g_w_write, grads[t], d_mems[t],
-                                 d_rh, d_wh, d_erase, d_add)
+                                 d_rh, d_wh, d_erase, d_add, *numerics)
 
     result = {}
     for name, fn in (("forward", forward), ("backward", backward)):

@@ -1,6 +1,6 @@
-// One whole fused NTM time step on CPU (ntm_fast/fused_cell.py), forward and backward: step_forward and
-// step_backward, one call each per time step from Python (_Step), or called for every step of a sequence by
-// sequence_forward / sequence_backward (_Sequence, at the end of this file). Inside, the controller and head layer
+// One whole fused NTM time step on CPU (ntm_fast/model/fused.py, through ntm_fast/ops/extension.py), forward and backward: step_forward and
+// step_backward, one call each per time step from Python (FusedStep in ntm_fast/ops/autograd.py), or called for every step of a sequence by
+// sequence_forward / sequence_backward (FusedSequence, at the end of this file). Inside, the controller and head layer
 // (cell_head_forward / cell_head_backward) around the fused memory_step kernels (ntm_cpu.cpp) and the output
 // layer. The matrix products are ATen calls (MKL); every elementwise part is one hand-written pass: the LSTM
 // gates and cell, the head activations of Section 3.3 (β = softplus, g = σ, s = softmax, γ = 1 + softplus,
@@ -47,12 +47,24 @@ void shift_softmax(const T* x, int64_t K, T* s) {
   for (int64_t k = 0; k < K; ++k) s[k] /= sum;
 }
 
-// Offsets of the head layer's output p [B, P] = [key H·M | β H | g H | s H·K | γ H | erase W·M | add W·M].
+// The head layer's output p [B, P] = [key H·M | β H | g H | s H·K | γ H | erase W·M | add W·M] (read heads
+// first within each kind), split by the sizes its caller declares (NTMCell.head_sizes): the offset of each kind
+// in p, and the head counts and widths those sizes imply.
 struct HeadLayout {
   int64_t R, W, M, K, H, key, beta, gate, shift, gamma, erase, add, P;
-  HeadLayout(int64_t R_, int64_t W_, int64_t M_, int64_t K_) : R(R_), W(W_), M(M_), K(K_), H(R_ + W_) {
-    key = 0, beta = H * M, gate = beta + H, shift = gate + H, gamma = shift + H * K, erase = gamma + H;
-    add = erase + W * M, P = add + W * M;
+  explicit HeadLayout(const std::vector<int64_t>& sizes) {
+    TORCH_CHECK(sizes.size() == 7 && sizes[1] > 0,
+                "ntm_fast._C: head_sizes must be the 7 split sizes [key H*M, beta H, gate H, shift H*K, gamma H, "
+                "erase W*M, add W*M] with H > 0, got ", c10::IntArrayRef(sizes));
+    H = sizes[1], M = sizes[0] / H, K = sizes[3] / H;
+    W = M > 0 ? sizes[5] / M : 0, R = H - W;
+    TORCH_CHECK(M > 0 && sizes[0] == H * M && sizes[2] == H && sizes[3] == H * K && K % 2 == 1 && sizes[4] == H &&
+                    sizes[5] == W * M && sizes[6] == W * M && R >= 0,
+                "ntm_fast._C: head_sizes ", c10::IntArrayRef(sizes),
+                " are not [key H*M, beta H, gate H, shift H*K, gamma H, erase W*M, add W*M] for any H >= 1, M >= 1, "
+                "odd K and W <= H");
+    key = 0, beta = key + sizes[0], gate = beta + sizes[1], shift = gate + sizes[2], gamma = shift + sizes[3];
+    erase = gamma + sizes[4], add = erase + sizes[5], P = add + sizes[6];
   }
   // Row of head h (read heads first) in its [B, R or W, ...] tensor.
   int64_t row(int64_t b, int64_t h) const { return h < R ? b * R + h : b * W + (h - R); }
@@ -69,11 +81,11 @@ std::vector<at::Tensor> cell_head_forward(const at::Tensor& x, const c10::option
                                           const c10::optional<at::Tensor>& c_prev, const at::Tensor& reads_prev,
                                           const at::Tensor& W_ih, const at::Tensor& b_ih,
                                           const c10::optional<at::Tensor>& W_hh, const c10::optional<at::Tensor>& b_hh,
-                                          const at::Tensor& W_hd, const at::Tensor& b_hd, int64_t R, int64_t W,
-                                          int64_t M, int64_t K) {
+                                          const at::Tensor& W_hd, const at::Tensor& b_hd, const HeadLayout& L) {
   const bool lstm = h_prev.has_value();
-  const int64_t B = x.size(0), C = W_hd.size(1);
-  const HeadLayout L(R, W, M, K);
+  const int64_t B = x.size(0), C = W_hd.size(1), R = L.R, W = L.W, M = L.M, K = L.K;
+  TORCH_CHECK(W_hd.size(0) == L.P, "ntm_fast._C: the head layer has ", W_hd.size(0),
+              " outputs but head_sizes add up to ", L.P);
   const at::Tensor u = at::cat({x, reads_prev}, 1);  // [x_t; r_{t-1}]
   at::Tensor gates = at::addmm(b_ih, u, W_ih.t());   // LSTM: [B, 4C] pre-activations, then activations
   at::Tensor h = at::empty({B, C}, x.options()), c, tanh_c;
@@ -153,12 +165,11 @@ std::vector<at::Tensor> cell_head_backward(const at::Tensor& d_h_in, const c10::
                                            const c10::optional<at::Tensor>& c_prev, const at::Tensor& h,
                                            const at::Tensor& tanh_c, const at::Tensor& gates, const at::Tensor& p,
                                            const at::Tensor& W_ih, const c10::optional<at::Tensor>& W_hh,
-                                           const at::Tensor& W_hd, int64_t R, int64_t W, int64_t M, int64_t K) {
+                                           const at::Tensor& W_hd, const HeadLayout& L) {
   // d_heads: read [key, β, g, s, γ], then write [key, β, g, s, γ, erase, add] (gradients of the activated
   // heads, from the memory_step backward).
   const bool lstm = h_prev.has_value();
-  const int64_t B = h.size(0), C = h.size(1);
-  const HeadLayout L(R, W, M, K);
+  const int64_t B = h.size(0), C = h.size(1), R = L.R, W = L.W, M = L.M, K = L.K;
   at::Tensor d_p = at::empty({B, L.P}, h.options());
   at::Tensor d_pre = at::empty({B, lstm ? 4 * C : C}, h.options());
   at::Tensor d_c_prev = lstm ? at::empty({B, C}, h.options()) : at::Tensor();
@@ -246,7 +257,7 @@ HeadTensors head_tensors(const std::vector<at::Tensor>& t, size_t from, const at
 
 }  // namespace
 
-// One whole fused time step (fused_cell.py): cell_head_forward, the memory_step kernels, the output layer.
+// One whole fused time step (ntm_fast/model/fused.py): cell_head_forward, the memory_step kernels, the output layer.
 // Returns logits, h, c, reads [B, R·M], w_read, w_write, new memory (slot-minor), then what the backward
 // needs: u, tanh_c, gates, p, hr, and the 12 activated head tensors.
 std::vector<at::Tensor> step_forward(const at::Tensor& x, const c10::optional<at::Tensor>& h_prev,
@@ -255,8 +266,11 @@ std::vector<at::Tensor> step_forward(const at::Tensor& x, const c10::optional<at
                                      const at::Tensor& memory, const at::Tensor& W_ih, const at::Tensor& b_ih,
                                      const c10::optional<at::Tensor>& W_hh, const c10::optional<at::Tensor>& b_hh,
                                      const at::Tensor& W_hd, const at::Tensor& b_hd, const at::Tensor& W_out,
-                                     const at::Tensor& b_out, int64_t R, int64_t W, int64_t M, int64_t K) {
-  auto cell = cell_head_forward(x, h_prev, c_prev, reads_prev, W_ih, b_ih, W_hh, b_hh, W_hd, b_hd, R, W, M, K);
+                                     const at::Tensor& b_out, const std::vector<int64_t>& head_sizes,
+                                     double cosine_eps, double sharpen_floor) {
+  const HeadLayout L(head_sizes);
+  const int64_t R = L.R, W = L.W, M = L.M;
+  auto cell = cell_head_forward(x, h_prev, c_prev, reads_prev, W_ih, b_ih, W_hh, b_hh, W_hd, b_hd, L);
   const at::Tensor &u = cell[0], &h = cell[1];
   const std::vector<at::Tensor> heads(cell.begin() + 6, cell.end());  // read 5, write 5 + erase, add
   const int64_t B = x.size(0), N = w_read_prev.size(2);
@@ -265,7 +279,8 @@ std::vector<at::Tensor> step_forward(const at::Tensor& x, const c10::optional<at
   const at::Tensor w_write = at::empty({B, W, N}, x.options()), new_memory_t = at::empty({B, M, N}, x.options());
   cpu::memory_step_forward(mem, head_tensors(heads, 0, w_read_prev.contiguous()),
                            head_tensors(heads, 5, w_write_prev.contiguous()),
-                           heads[10], heads[11], reads, w_read, w_write, new_memory_t, memory_t, true);
+                           heads[10], heads[11], reads, w_read, w_write, new_memory_t, memory_t, true, cosine_eps,
+                           sharpen_floor);
   const at::Tensor hr = at::cat({h, reads.view({B, R * M})}, 1);
   const at::Tensor logits = at::addmm(b_out, hr, W_out.t());  // y = [h; r] W_outᵀ + b_out
   std::vector<at::Tensor> out = {logits, h, cell[2], reads.view({B, R * M}), w_read, w_write,
@@ -288,8 +303,10 @@ std::vector<at::Tensor> step_backward(const at::Tensor& d_logits, const at::Tens
                                       const at::Tensor& tanh_c, const at::Tensor& gates, const at::Tensor& p,
                                       const at::Tensor& hr, const at::Tensor& W_ih,
                                       const c10::optional<at::Tensor>& W_hh, const at::Tensor& W_hd,
-                                      const at::Tensor& W_out, int64_t R, int64_t W, int64_t M, int64_t K) {
-  const int64_t B = h.size(0), C = h.size(1), N = w_read_prev.size(2);
+                                      const at::Tensor& W_out, const std::vector<int64_t>& head_sizes,
+                                      double cosine_eps, double sharpen_floor) {
+  const HeadLayout L(head_sizes);
+  const int64_t B = h.size(0), C = h.size(1), N = w_read_prev.size(2), R = L.R, W = L.W, M = L.M;
   const at::Tensor dW_out = d_logits.t().mm(hr), db_out = d_logits.sum(0);
   const at::Tensor d_hr = d_logits.mm(W_out);
   // The upstream gradients may arrive strided (d_reads from the next step's transposed d_u, or any from the
@@ -308,9 +325,9 @@ std::vector<at::Tensor> step_backward(const at::Tensor& d_logits, const at::Tens
                             head_tensors(heads, 5, w_write_prev.contiguous()),
                             heads[10], heads[11], d_reads, d_w_read.contiguous(), d_w_write.contiguous(), d_new,
                             d_memory, head_tensors(d_heads, 0, d_w_read_prev),
-                            head_tensors(d_heads, 5, d_w_write_prev), d_heads[10], d_heads[11], memory_t, d_new_t);
-  auto cell = cell_head_backward(d_h, d_c, d_heads, u, h_prev, c_prev, h, tanh_c, gates, p, W_ih, W_hh, W_hd, R,
-                                 W, M, K);
+                            head_tensors(d_heads, 5, d_w_write_prev), d_heads[10], d_heads[11], memory_t, d_new_t,
+                            cosine_eps, sharpen_floor);
+  auto cell = cell_head_backward(d_h, d_c, d_heads, u, h_prev, c_prev, h, tanh_c, gates, p, W_ih, W_hh, W_hd, L);
   return {cell[0], cell[1], cell[2], d_w_read_prev, d_w_write_prev, memory_t ? d_memory.transpose(1, 2) : d_memory,
           cell[3], cell[4], cell[5], cell[6], cell[7], dW_out, db_out};
 }
@@ -359,10 +376,12 @@ std::pair<at::Tensor, std::shared_ptr<SequenceTape>> sequence_forward(
     const at::Tensor& reads0, const at::Tensor& w_read0, const at::Tensor& w_write0, const at::Tensor& memory0,
     const at::Tensor& W_ih, const at::Tensor& b_ih, const c10::optional<at::Tensor>& W_hh,
     const c10::optional<at::Tensor>& b_hh, const at::Tensor& W_hd, const at::Tensor& b_hd, const at::Tensor& W_out,
-    const at::Tensor& b_out, int64_t R, int64_t W, int64_t M, int64_t K, bool keep_tape) {
+    const at::Tensor& b_out, const std::vector<int64_t>& head_sizes, double cosine_eps, double sharpen_floor,
+    bool keep_tape) {
   const int64_t T = x.size(0), B = x.size(1);
   auto tape = std::make_shared<SequenceTape>();
-  tape->R = R, tape->W = W, tape->M = M, tape->K = K, tape->X = x.size(2), tape->lstm = h0.has_value();
+  tape->head_sizes = head_sizes, tape->cosine_eps = cosine_eps, tape->sharpen_floor = sharpen_floor;
+  tape->X = x.size(2), tape->lstm = h0.has_value();
   tape->bounds = chunk_bounds(B);
   const size_t chunks = tape->bounds.size() - 1;
   tape->init.resize(chunks), tape->steps.resize(chunks);
@@ -379,7 +398,7 @@ std::pair<at::Tensor, std::shared_ptr<SequenceTape>> sequence_forward(
       std::vector<at::Tensor> out =
           step_forward(rows(x[t]), optional_if(lstm, state[sH]), optional_if(lstm, state[sC]), state[sReads],
                        state[sWRead], state[sWWrite], state[sMemory], W_ih, b_ih, W_hh, b_hh, W_hd, b_hd, W_out, b_out,
-                       R, W, M, K);
+                       head_sizes, cosine_eps, sharpen_floor);
       logits[t].narrow(0, b0, nb).copy_(out[kLogits]);
       state = {out[kH], out[kC], out[kReads], out[kWRead], out[kWWrite], out[kMemory]};
       if (keep_tape) steps.push_back(std::move(out));
@@ -396,7 +415,8 @@ std::pair<at::Tensor, std::shared_ptr<SequenceTape>> sequence_forward(
 std::vector<at::Tensor> sequence_backward(const SequenceTape& tape, const at::Tensor& d_logits, const at::Tensor& W_ih,
                                           const c10::optional<at::Tensor>& W_hh, const at::Tensor& W_hd,
                                           const at::Tensor& W_out) {
-  const int64_t T = d_logits.size(0), B = d_logits.size(1), R = tape.R, W = tape.W, M = tape.M, X = tape.X;
+  const HeadLayout L(tape.head_sizes);
+  const int64_t T = d_logits.size(0), B = d_logits.size(1), R = L.R, W = L.W, M = L.M, X = tape.X;
   TORCH_CHECK(T == static_cast<int64_t>(tape.steps[0].size()) && B == tape.bounds.back(),
               "ntm_fast._C.sequence_backward: d_logits of shape ", d_logits.sizes(), " does not match the tape's ",
               tape.steps[0].size(), " steps of batch ", tape.bounds.back(),
@@ -426,7 +446,7 @@ std::vector<at::Tensor> sequence_backward(const SequenceTape& tape, const at::Te
           rows(d_logits[t]).contiguous(), d_h, optional_if(lstm, d_c), d_reads, d_w_read, d_w_write, d_memory,
           prev[sMemory + at], prev[sWRead + at], prev[sWWrite + at], heads, out[kU], optional_if(lstm, prev[sH + at]),
           optional_if(lstm, prev[sC + at]), out[kH], out[kTanhC], out[kGates], out[kP], out[kHr], W_ih, W_hh, W_hd,
-          W_out, R, W, M, tape.K);
+          W_out, tape.head_sizes, tape.cosine_eps, tape.sharpen_floor);
       // g: d_u = [d_x, d_reads], d_h_prev, d_c_prev, d_w_read_prev, d_w_write_prev, d_memory_prev, then the
       // step's weight gradients.
       d_x[t].narrow(0, b0, nb).copy_(g[0].narrow(1, 0, X));

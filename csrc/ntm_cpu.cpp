@@ -1,7 +1,8 @@
 // Fused CPU kernels of the NTM memory ops (address, read, write, memory_step), forward and backward.
 //
-// Equation numbers are those of Graves, Wayne & Danihelka (2014), arXiv:1410.5401; the numerical
-// conventions (smoothed cosine, sharpening as softmax(γ·log max(w_s, tiny))) are ntm_fast/reference.py's.
+// The per-element math (Eq 5-9 and its backward, equation numbers of Graves, Wayne & Danihelka 2014,
+// arXiv:1410.5401) is ntm_math.h's, shared with the CUDA kernels; the vector-lane reductions, the transpose and
+// the exp/log are fast_math.h's. ε and the sharpening floor come from the caller (ntm_fast/reference.py).
 //
 // Layout: batch items run in parallel (at::parallel_for) and each item's whole op is one pass over its
 // memory, which (N×M, 10 KB at 128×20 floats) stays in L1 meanwhile. The kernels work on Mᵀ [M, N], so that
@@ -16,82 +17,46 @@
 // write's backward, and one last pass for every other memory and key gradient (address_item_backward).
 #include "fast_math.h"
 #include "ntm.h"
+#include "ntm_math.h"
 
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
 
 #include <algorithm>
-#include <type_traits>
-#ifdef __AVX__
-#include <immintrin.h>
-#endif
 #include <cmath>
 #include <limits>
 #include <tuple>
+#include <type_traits>
 #include <utility>
 #include <vector>
 
 namespace ntm {
 namespace {
 
-constexpr double kCosineEps = 1e-8;  // reference.COSINE_EPS
-constexpr int64_t kGrain = 4;       // fewest batch items worth a parallel task
+constexpr int64_t kGrain = 4;  // fewest batch items worth a parallel task
 
 struct Sizes {
   int64_t N, M, K;  // slots, slot width, shift offsets 2S+1
 };
 
-// One head's activated parameters for one batch item.
-template <typename T>
-struct Head {
-  const T* key;  // [M]
-  T beta, gate;
-  const T* shift;  // [K]
-  T gamma;
-  const T* w_prev;  // [N]
-};
-
-// Where one head's parameter gradients go, for one batch item.
-template <typename T>
-struct HeadGrad {
-  T* key;  // [M]
-  T* beta;
-  T* gate;
-  T* shift;  // [K]
-  T* gamma;
-  T* w_prev;  // [N]
-};
-
-// The [B, H, ...] parameter tensors of H heads, or their gradients (P = T*).
-template <typename P>
-struct Heads {
-  P key, beta, gate, shift, gamma, w_prev;
-  int64_t H;
-  int64_t row(int64_t b, int64_t h) const { return b * H + h; }
-};
-
-template <typename T, typename P = const T*>
-Heads<P> heads_of(const HeadTensors& t) {
-  return {t.key.data_ptr<T>(), t.beta.data_ptr<T>(),  t.gate.data_ptr<T>(), t.shift.data_ptr<T>(),
-          t.gamma.data_ptr<T>(), t.w_prev.data_ptr<T>(), t.key.size(1)};
-}
-
-template <typename T>
-Head<T> head_at(const Heads<const T*>& p, int64_t b, int64_t h, const Sizes s) {
-  const int64_t r = p.row(b, h);
-  return {p.key + r * s.M, p.beta[r], p.gate[r], p.shift + r * s.K, p.gamma[r], p.w_prev + r * s.N};
-}
-
-template <typename T>
-HeadGrad<T> grad_at(const Heads<T*>& d, int64_t b, int64_t h, const Sizes s) {
-  const int64_t r = d.row(b, h);
-  return {d.key + r * s.M, d.beta + r, d.gate + r, d.shift + r * s.K, d.gamma + r, d.w_prev + r * s.N};
-}
-
-// The addressing intermediates of one head ([N] each), kept for its backward.
-template <typename T>
-struct Trace {
-  T *cos, *w_c, *w_g, *w_s, *log_w_s, *w;
+// Where each buffer of a Workspace starts in its one allocation, in elements: three [M, N] matrices, then
+// [N] vectors, each buffer right after the one before.
+struct WorkspaceLayout {
+  static constexpr int64_t kScratch = 4;      // [N] scratch vectors
+  static constexpr int64_t kTraceVectors = 5;  // a Trace's own [N] vectors (its w is in w())
+  int64_t N, MN, H;
+  int64_t mem_t() const { return 0; }
+  int64_t grad_t() const { return mem_t() + MN; }
+  int64_t d_mem_t() const { return grad_t() + MN; }
+  int64_t mem_norm() const { return d_mem_t() + MN; }
+  int64_t scratch(int64_t i) const { return mem_norm() + N + i * N; }
+  int64_t inv_norm() const { return scratch(kScratch); }
+  int64_t w() const { return inv_norm() + N; }
+  int64_t d_w() const { return w() + H * N; }
+  int64_t trace(int64_t h) const { return d_w() + H * N + h * kTraceVectors * N; }
+  int64_t d_cos() const { return trace(H); }
+  int64_t coef() const { return d_cos() + H * N; }
+  int64_t size() const { return coef() + H * N; }
 };
 
 // Per-thread scratch for one batch item at a time: the transposed memory, upstream gradient and memory
@@ -101,95 +66,38 @@ template <typename T>
 class Workspace {
  public:
   Workspace(const Sizes s, int64_t H, int64_t R = 0)
-      : N_(s.N), MN_(s.M * s.N), H_(H), buf_(3 * MN_ + (6 + 9 * H) * N_), heads(H), d_heads(H),
-        sum_keys(1 + H + R), sum_outs(1 + H + R), key_norm(H), key_unit(H * s.M), read_grad(R) {}
-  T* mem_t() { return buf_.data(); }               // Mᵀ
-  T* grad_t() { return buf_.data() + MN_; }        // (dM')ᵀ, the upstream memory gradient
-  T* d_mem_t() { return buf_.data() + 2 * MN_; }  // (dM)ᵀ
-  T* mem_norm() { return slab(0); }
-  T* scratch(int i) { return slab(1 + i); }  // i = 0..3
-  T* inv_norm() { return slab(5); }          // 1 / ‖M[i]‖
-  T* w() { return slab(6); }                 // [H, N]: every head's weighting
-  T* d_w() { return slab(6 + H_); }          // [H, N]: their gradients
+      : at_{s.N, s.M * s.N, H}, buf_(at_.size()), heads(H), d_heads(H), sum_keys(1 + H + R), sum_outs(1 + H + R),
+        key_norm(H), key_unit(H * s.M), read_grad(R) {}
+  T* mem_t() { return buf_.data() + at_.mem_t(); }      // Mᵀ
+  T* grad_t() { return buf_.data() + at_.grad_t(); }    // (dM')ᵀ, the upstream memory gradient
+  T* d_mem_t() { return buf_.data() + at_.d_mem_t(); }  // (dM)ᵀ
+  T* mem_norm() { return buf_.data() + at_.mem_norm(); }
+  T* scratch(int i) { return buf_.data() + at_.scratch(i); }  // i < WorkspaceLayout::kScratch
+  T* inv_norm() { return buf_.data() + at_.inv_norm(); }      // 1 / ‖M[i]‖
+  T* w() { return buf_.data() + at_.w(); }                    // [H, N]: every head's weighting
+  T* d_w() { return buf_.data() + at_.d_w(); }                // [H, N]: their gradients
   Trace<T> trace(int64_t h) {
-    T* t = slab(6 + 2 * H_ + 5 * h);
-    return {t, t + N_, t + 2 * N_, t + 3 * N_, t + 4 * N_, w() + h * N_};
+    T* t = buf_.data() + at_.trace(h);
+    const int64_t N = at_.N;
+    return {t, t + N, t + 2 * N, t + 3 * N, t + 4 * N, w() + h * N};
   }
-  T* d_cos() { return slab(6 + 7 * H_); }  // [H, N]: d K[i] of every head
-  T* coef() { return slab(6 + 8 * H_); }   // [H, N]: d K[i] / ‖M[i]‖ of every head
+  T* d_cos() { return buf_.data() + at_.d_cos(); }  // [H, N]: d K[i] of every head
+  T* coef() { return buf_.data() + at_.coef(); }    // [H, N]: d K[i] / ‖M[i]‖ of every head
 
-  std::vector<Head<T>> heads;  // [H]: one item's heads, read heads first
+ private:
+  WorkspaceLayout at_;
+  std::vector<T> buf_;
+
+ public:
+  std::vector<Head<T>> heads;        // [H]: one item's heads, read heads first
   std::vector<HeadGrad<T>> d_heads;  // [H]: where their gradients go
   // The vectors of address_item's pass over the memory (norms, H keys, R read gradients) and its outputs.
   std::vector<const T*> sum_keys;
   std::vector<T*> sum_outs;
-  std::vector<T> key_norm;  // [H]: ‖k‖ of every head
-  std::vector<T> key_unit;  // [M, H]: k/‖k‖ of every head
+  std::vector<T> key_norm;   // [H]: ‖k‖ of every head
+  std::vector<T> key_unit;   // [M, H]: k/‖k‖ of every head
   std::vector<T> read_grad;  // [R]: dr[m] of every read head, one column m at a time
-
- private:
-  T* slab(int64_t k) { return buf_.data() + 3 * MN_ + k * N_; }
-  int64_t N_, MN_, H_;
-  std::vector<T> buf_;
 };
-
-#ifdef __AVX__
-constexpr bool kAvx = true;
-#else
-constexpr bool kAvx = false;
-#endif
-
-// A square tile of the transpose in registers (AVX): 8×8 floats or 4×4 doubles (used only when kAvx).
-inline void transpose_tile(const float* src, int64_t ld_src, float* dst, int64_t ld_dst) {
-#ifdef __AVX__
-  __m256 r[8], t[8];
-  for (int k = 0; k < 8; ++k) r[k] = _mm256_loadu_ps(src + k * ld_src);
-  for (int k = 0; k < 8; k += 2) {
-    t[k] = _mm256_unpacklo_ps(r[k], r[k + 1]);
-    t[k + 1] = _mm256_unpackhi_ps(r[k], r[k + 1]);
-  }
-  for (int k = 0; k < 8; k += 4) {
-    r[k] = _mm256_shuffle_ps(t[k], t[k + 2], _MM_SHUFFLE(1, 0, 1, 0));
-    r[k + 1] = _mm256_shuffle_ps(t[k], t[k + 2], _MM_SHUFFLE(3, 2, 3, 2));
-    r[k + 2] = _mm256_shuffle_ps(t[k + 1], t[k + 3], _MM_SHUFFLE(1, 0, 1, 0));
-    r[k + 3] = _mm256_shuffle_ps(t[k + 1], t[k + 3], _MM_SHUFFLE(3, 2, 3, 2));
-  }
-  for (int k = 0; k < 4; ++k) {
-    _mm256_storeu_ps(dst + k * ld_dst, _mm256_permute2f128_ps(r[k], r[k + 4], 0x20));
-    _mm256_storeu_ps(dst + (k + 4) * ld_dst, _mm256_permute2f128_ps(r[k], r[k + 4], 0x31));
-  }
-#endif
-}
-
-inline void transpose_tile(const double* src, int64_t ld_src, double* dst, int64_t ld_dst) {
-#ifdef __AVX__
-  const __m256d r0 = _mm256_loadu_pd(src), r1 = _mm256_loadu_pd(src + ld_src);
-  const __m256d r2 = _mm256_loadu_pd(src + 2 * ld_src), r3 = _mm256_loadu_pd(src + 3 * ld_src);
-  const __m256d t0 = _mm256_unpacklo_pd(r0, r1), t1 = _mm256_unpackhi_pd(r0, r1);
-  const __m256d t2 = _mm256_unpacklo_pd(r2, r3), t3 = _mm256_unpackhi_pd(r2, r3);
-  _mm256_storeu_pd(dst, _mm256_permute2f128_pd(t0, t2, 0x20));
-  _mm256_storeu_pd(dst + ld_dst, _mm256_permute2f128_pd(t1, t3, 0x20));
-  _mm256_storeu_pd(dst + 2 * ld_dst, _mm256_permute2f128_pd(t0, t2, 0x31));
-  _mm256_storeu_pd(dst + 3 * ld_dst, _mm256_permute2f128_pd(t1, t3, 0x31));
-#endif
-}
-
-// dst [cols, rows] = srcᵀ for src [rows, cols]: register tiles (the plain loop's one-element strided stores
-// were a third of a backward pass), then the ragged edges element by element.
-template <typename T>
-void transpose(const T* __restrict src, int64_t rows, int64_t cols, T* __restrict dst) {
-  constexpr int64_t kTile = 32 / sizeof(T);
-  int64_t rt = 0, ct = 0;
-  if (kAvx) {
-    rt = rows - rows % kTile;
-    ct = cols - cols % kTile;
-    for (int64_t r0 = 0; r0 < rt; r0 += kTile)
-      for (int64_t c0 = 0; c0 < ct; c0 += kTile) transpose_tile(src + r0 * cols + c0, cols, dst + c0 * rows + r0, rows);
-  }
-  for (int64_t r = 0; r < rows; ++r) {
-    for (int64_t c = r < rt ? ct : 0; c < cols; ++c) dst[c * rows + r] = src[r * cols + c];
-  }
-}
 
 // outs[j][i] = Σ_m a_j(m)·Mᵀ[m,i] over the M columns, for every slot i and kJ vectors a_j at once (one
 // pass over the memory): with keys[j] = k, a_j(m) = k[m] (the dot products k·M[i]); with keys[j] = null,
@@ -233,130 +141,58 @@ void column_sums(const T* __restrict mem_t, const T* const* keys, int64_t J, con
   }
 }
 
-// Reductions over the slots in vector lanes: op over f(i), i < n, with lane ii of each block of kLanes taking
-// the terms i ≡ ii (mod kLanes), the lanes then combined pairwise. (GCC ends a `#pragma omp simd reduction` by
-// combining its lanes one after another through the stack, a 16-long dependency chain per reduction; the
-// kernels take dozens of short reductions per batch item: the key gradient M per head, the read M per read
-// head, the write backward 2·M per write head, and every softmax and its backward.) f(i) is called once per
-// i, in order within a block, so it may also store.
-template <typename T>
-constexpr int kLanes = 64 / sizeof(T);  // one AVX-512 register
-
-template <typename T, typename Op>
-T lane_total(T* acc, Op op) {
-#pragma GCC unroll 8
-  for (int w = kLanes<T> / 2; w > 0; w /= 2)
-#pragma GCC unroll 16
-    for (int ii = 0; ii < w; ++ii) acc[ii] = op(acc[ii], acc[ii + w]);
-  return acc[0];
-}
-
-template <typename T, typename F, typename Op>
-T reduce_over(int64_t n, T init, F&& f, Op op) {
-  constexpr int L = kLanes<T>;
-  T acc[L];
-  for (int ii = 0; ii < L; ++ii) acc[ii] = init;
-  int64_t i0 = 0;
-  for (; i0 + L <= n; i0 += L) {
-#pragma omp simd
-    for (int ii = 0; ii < L; ++ii) acc[ii] = op(acc[ii], f(i0 + ii));
-  }
-  for (int ii = 0; i0 + ii < n; ++ii) acc[ii] = op(acc[ii], f(i0 + ii));
-  return lane_total(acc, op);
-}
-
-template <typename T>
-inline T plus(T a, T b) {
-  return a + b;
-}
-
-template <typename T>
-inline T larger(T a, T b) {
-  return a > b ? a : b;
-}
-
-// Two sums in one pass: f(i, a, b) adds its terms to a and b.
-template <typename T, typename F>
-std::pair<T, T> sums_over(int64_t n, F&& f) {
-  constexpr int L = kLanes<T>;
-  T a[L] = {}, b[L] = {};
-  int64_t i0 = 0;
-  for (; i0 + L <= n; i0 += L) {
-#pragma omp simd
-    for (int ii = 0; ii < L; ++ii) f(i0 + ii, a[ii], b[ii]);
-  }
-  for (int ii = 0; i0 + ii < n; ++ii) f(i0 + ii, a[ii], b[ii]);
-  return {lane_total(a, plus<T>), lane_total(b, plus<T>)};
-}
-
-// Σ_{i<n} f(i) and max_{i<n} f(i) (-inf for n = 0).
-template <typename T, typename F>
-T sum_over(int64_t n, F&& f) {
-  return reduce_over<T>(n, T(0), f, plus<T>);
-}
-
-template <typename T, typename F>
-T max_over(int64_t n, F&& f) {
-  return reduce_over<T>(n, -std::numeric_limits<T>::infinity(), f, larger<T>);
-}
-
 // ‖M[i]‖ smoothed as in Eq 6, sqrt(Σ_m M[i,m]² + ε), and its inverse, from the squared norms in `norm`.
 template <typename T>
-void finish_row_norms(const Sizes s, T* __restrict norm, T* __restrict inv_norm) {
+void finish_row_norms(const Sizes s, const Numerics<T> num, T* __restrict norm, T* __restrict inv_norm) {
   for (int64_t i = 0; i < s.N; ++i) {
-    norm[i] = std::sqrt(norm[i] + T(kCosineEps));
+    norm[i] = smoothed_norm(norm[i], num);
     inv_norm[i] = T(1) / norm[i];
   }
 }
 
 template <typename T>
-T key_norm_of(const T* __restrict key, const Sizes s) {
+T key_norm_of(const T* __restrict key, const Sizes s, const Numerics<T> num) {
   T kk = 0;
   for (int64_t m = 0; m < s.M; ++m) kk += key[m] * key[m];
-  return std::sqrt(kk + T(kCosineEps));
+  return smoothed_norm(kk, num);
 }
 
-// y = softmax(scale · x) over n entries.
+// y = softmax(scale · x) over n entries. The products are stored before the max is subtracted, so that each
+// is rounded once, as the reference's: contracted into an FMA, scale·x[i] - max is the product's rounding
+// error where it should be 0, e^error for β or γ ~ 1e10 and more, and the sum overflows (NaN weights).
 template <typename T>
 void scaled_softmax(const T* __restrict x, T scale, T* __restrict y, int64_t n) {
-  const T mx = max_over<T>(n, [&](int64_t i) { return scale * x[i]; });
-  const T sum = sum_over<T>(n, [&](int64_t i) { return y[i] = FastMath<T>::exp(scale * x[i] - mx); });
+  const T mx = max_over<T>(n, [&](int64_t i) { return y[i] = scale * x[i]; });
+  const T sum = sum_over<T>(n, [&](int64_t i) { return y[i] = FastMath<T>::exp(y[i] - mx); });
   const T inv = T(1) / sum;
 #pragma omp simd
   for (int64_t i = 0; i < n; ++i) y[i] *= inv;
 }
 
-// Offset o with (i - j) mod N = i - o for shift j = jj - S: the circular index split into two
-// contiguous runs, i ∈ [o, N) reading i - o and i ∈ [0, o) reading i - o + N.
-inline int64_t shift_offset(int64_t jj, const Sizes s) {
-  const int64_t j = jj - (s.K - 1) / 2;
-  return ((j % s.N) + s.N) % s.N;
-}
-
 // Eq 5-9 for one head, given the dot products k·M[i] in t.cos and the memory's row norms: fills the trace
 // (w last).
 template <typename T>
-void address_head(const T* __restrict mem_norm, const Head<T> p, const Sizes s, const Trace<T> t) {
+void address_head(const T* __restrict mem_norm, const Head<T> p, const Sizes s, const Numerics<T> num,
+                  const Trace<T> t) {
   const int64_t N = s.N;
   // Eq 6: K[i] = k·M[i] / (sqrt(‖k‖² + ε) · sqrt(‖M[i]‖² + ε)).
-  const T key_norm = key_norm_of(p.key, s);
-  for (int64_t i = 0; i < N; ++i) t.cos[i] /= key_norm * mem_norm[i];
+  const T key_norm = key_norm_of(p.key, s, num);
+  for (int64_t i = 0; i < N; ++i) t.cos[i] = cosine(t.cos[i], key_norm, mem_norm[i]);
   // Eq 5: w_c = softmax(β·K).
   scaled_softmax(t.cos, p.beta, t.w_c, N);
   // Eq 7: w_g = g·w_c + (1 - g)·w_prev.
-  for (int64_t i = 0; i < N; ++i) t.w_g[i] = p.gate * t.w_c[i] + (1 - p.gate) * p.w_prev[i];
-  // Eq 8: w_s[i] = Σ_j s[j+S]·w_g[(i - j) mod N].
+  for (int64_t i = 0; i < N; ++i) t.w_g[i] = interpolate(p.gate, t.w_c[i], p.w_prev[i]);
+  // Eq 8: w_s[i] = Σ_j s[j+S]·w_g[(i - j) mod N], in the two contiguous runs of shift_offset.
   std::fill(t.w_s, t.w_s + N, T(0));
   for (int64_t jj = 0; jj < s.K; ++jj) {
-    const int64_t o = shift_offset(jj, s);
+    const int64_t o = shift_offset(jj, s.K, N);
     const T sj = p.shift[jj];
     for (int64_t i = o; i < N; ++i) t.w_s[i] += sj * t.w_g[i - o];
     for (int64_t i = 0; i < o; ++i) t.w_s[i] += sj * t.w_g[i - o + N];
   }
-  // Eq 9: w = w_s^γ / Σ w_s^γ, as softmax(γ·log max(w_s, tiny)).
-  const T tiny = std::numeric_limits<T>::min();
+  // Eq 9: w = w_s^γ / Σ w_s^γ, as softmax(γ·log max(w_s, floor)).
 #pragma omp simd
-  for (int64_t i = 0; i < N; ++i) t.log_w_s[i] = FastMath<T>::log(t.w_s[i] < tiny ? tiny : t.w_s[i]);
+  for (int64_t i = 0; i < N; ++i) t.log_w_s[i] = FastMath<T>::log(sharpen_input(t.w_s[i], num));
   scaled_softmax(t.log_w_s, p.gamma, t.w, N);
 }
 
@@ -365,22 +201,21 @@ void address_head(const T* __restrict mem_norm, const Head<T> p, const Sizes s, 
 // the key (Eq 6's products with M) is formed for all heads at once by address_item_backward. d_ws and d_wg
 // are [N] scratch.
 template <typename T>
-void address_head_backward(const T* __restrict inv_norm, const Head<T> p, const Sizes s, const Trace<T> t,
-                           const T* __restrict d_w, const HeadGrad<T> d, T* __restrict d_cos,
+void address_head_backward(const T* __restrict inv_norm, const Head<T> p, const Sizes s, const Numerics<T> num,
+                           const Trace<T> t, const T* __restrict d_w, const HeadGrad<T> d, T* __restrict d_cos,
                            T* __restrict coef, T* __restrict d_ws, T* __restrict d_wg) {
   const int64_t N = s.N;
-  const T tiny = std::numeric_limits<T>::min();
-  // Eq 9: u = γ·log max(w_s, tiny), w = softmax(u); du = w ⊙ (dw - <w, dw>).
+  // Eq 9: u = γ·log max(w_s, floor), w = softmax(u); du = w ⊙ (dw - <w, dw>).
   const T w_dw = sum_over<T>(N, [&](int64_t i) { return t.w[i] * d_w[i]; });
   *d.gamma = sum_over<T>(N, [&](int64_t i) {
-    const T du = t.w[i] * (d_w[i] - w_dw);
-    d_ws[i] = t.w_s[i] >= tiny ? p.gamma * du / t.w_s[i] : T(0);  // the clamp passes no gradient
+    const T du = softmax_grad(t.w[i], d_w[i], w_dw);
+    d_ws[i] = sharpen_input_grad(t.w_s[i], p.gamma, du, num);
     return du * t.log_w_s[i];
   });
   // Eq 8: d s[j+S] = Σ_i dw_s[i]·w_g[(i-j) mod N];  d w_g[n] = Σ_j s[j+S]·dw_s[(n+j) mod N].
   std::fill(d_wg, d_wg + N, T(0));
   for (int64_t jj = 0; jj < s.K; ++jj) {
-    const int64_t o = shift_offset(jj, s);
+    const int64_t o = shift_offset(jj, s.K, N);
     const T sj = p.shift[jj];
     d.shift[jj] = sum_over<T>(N - o, [&](int64_t i) { return d_ws[i + o] * t.w_g[i]; }) +
                   sum_over<T>(o, [&](int64_t i) { return d_ws[i] * t.w_g[i - o + N]; });
@@ -389,15 +224,15 @@ void address_head_backward(const T* __restrict inv_norm, const Head<T> p, const 
   }
   // Eq 7: d g = Σ dw_g ⊙ (w_c - w_prev); d w_prev = (1 - g)·dw_g; d w_c = g·dw_g (kept in d_wg).
   *d.gate = sum_over<T>(N, [&](int64_t i) {
-    const T dg = d_wg[i] * (t.w_c[i] - p.w_prev[i]);
-    d.w_prev[i] = (1 - p.gate) * d_wg[i];
+    const T dg = interpolate_gate_grad(d_wg[i], t.w_c[i], p.w_prev[i]);
+    d.w_prev[i] = interpolate_prev_grad(p.gate, d_wg[i]);
     d_wg[i] *= p.gate;
     return dg;
   });
   // Eq 5: z = β·K, w_c = softmax(z); dz = w_c ⊙ (dw_c - <w_c, dw_c>); dβ = <dz, K>; dK = β·dz.
   const T wc_dwc = sum_over<T>(N, [&](int64_t i) { return t.w_c[i] * d_wg[i]; });
   *d.beta = sum_over<T>(N, [&](int64_t i) {
-    const T dz = t.w_c[i] * (d_wg[i] - wc_dwc);
+    const T dz = softmax_grad(t.w_c[i], d_wg[i], wc_dwc);
     d_cos[i] = p.beta * dz;
     return dz * t.cos[i];
   });
@@ -409,15 +244,15 @@ void address_head_backward(const T* __restrict inv_norm, const Head<T> p, const 
 // every head's dot products and the column sums Σ_m extra_keys[e][m]·Mᵀ[m,i] into extra_outs[e] (the read
 // backward's d w, Eq 2), then each head's addressing into its trace (ws.w() holds the weightings).
 template <typename T>
-void address_item(const T* mem_t, const Sizes s, Workspace<T>& ws, int64_t extra = 0,
+void address_item(const T* mem_t, const Sizes s, const Numerics<T> num, Workspace<T>& ws, int64_t extra = 0,
                   const T* const* extra_keys = nullptr, T* const* extra_outs = nullptr) {
   const int64_t H = ws.heads.size();
   ws.sum_keys[0] = nullptr, ws.sum_outs[0] = ws.mem_norm();
   for (int64_t h = 0; h < H; ++h) ws.sum_keys[1 + h] = ws.heads[h].key, ws.sum_outs[1 + h] = ws.trace(h).cos;
   for (int64_t e = 0; e < extra; ++e) ws.sum_keys[1 + H + e] = extra_keys[e], ws.sum_outs[1 + H + e] = extra_outs[e];
   column_sums(mem_t, ws.sum_keys.data(), 1 + H + extra, s, ws.sum_outs.data());
-  finish_row_norms(s, ws.mem_norm(), ws.inv_norm());
-  for (int64_t h = 0; h < H; ++h) address_head(ws.mem_norm(), ws.heads[h], s, ws.trace(h));
+  finish_row_norms(s, num, ws.mem_norm(), ws.inv_norm());
+  for (int64_t h = 0; h < H; ++h) address_head(ws.mem_norm(), ws.heads[h], s, num, ws.trace(h));
 }
 
 // One column m of address_item_backward's last pass, for kH heads (pointers to their [N] vectors: c = dK/‖M‖,
@@ -445,8 +280,8 @@ void orthogonal_terms(const T* __restrict col, const T* __restrict mem_norm, int
       const T *__restrict ch = c[h] + i0, *__restrict dKh = dK[h] + i0, *__restrict Kh = K[h] + i0;
 #pragma omp simd
       for (int64_t ii = 0; ii < kW; ++ii) {
-        d[ii] += ch[ii] * (ku[h] - Kh[ii] * unit[ii]);
-        acc[h][ii] += dKh[ii] * (unit[ii] - Kh[ii] * ku[h]);
+        d[ii] += cosine_memory_grad(ch[ii], ku[h], Kh[ii], unit[ii]);
+        acc[h][ii] += cosine_key_grad_term(dKh[ii], unit[ii], Kh[ii], ku[h]);
       }
     }
 #pragma omp simd
@@ -462,22 +297,20 @@ void orthogonal_terms(const T* __restrict col, const T* __restrict mem_norm, int
 // ws.d_heads, adding to the memory gradient dMᵀ; `reads` of the read heads' weightings (ws.w()'s first rows)
 // with gradients d_r [reads, M] add their Eq 2 term dMᵀ[m,i] += w_r[i]·dr[m] in the same pass.
 // The head-wise work is over the slots; then one last pass over the memory for everything that reaches it or
-// the keys (Eq 6 with K = k̂·M̂[i], k̂ = k/‖k‖, M̂[i] = M[i]/‖M[i]‖; Eq 2):
+// the keys (Eq 6's backward, cosine_memory_grad and cosine_key_grad_term in ntm_math.h; Eq 2):
 //   dMᵀ[m,i] += Σ_h dK_h[i]/‖M[i]‖ · (k̂_h[m] - K_h[i]·M̂[i,m]) + Σ_r w_r[i]·dr_r[m]
-//   dk_h[m]   = Σ_i dK_h[i]/‖k_h‖ · (M̂[i,m] - K_h[i]·k̂_h[m]),
-// each the part of one unit vector orthogonal to the other, formed per element: a row (anti)parallel to a key
-// (|K| = 1) gives exactly 0 in both, as the reference does, not a difference of two rounded terms. M̂ is
-// formed once per element for all heads, in registers, and the key gradients' sums stay in vector lanes.
+//   dk_h[m]   = Σ_i dK_h[i]/‖k_h‖ · (M̂[i,m] - K_h[i]·k̂_h[m]).
+// M̂ is formed once per element for all heads, in registers, and the key gradients' sums stay in vector lanes.
 template <typename T>
-void address_item_backward(const T* __restrict mem_t, const Sizes s, Workspace<T>& ws, const T* d_w,
-                           int64_t reads, const T* d_r, T* __restrict d_mem_t) {
+void address_item_backward(const T* __restrict mem_t, const Sizes s, const Numerics<T> num, Workspace<T>& ws,
+                           const T* d_w, int64_t reads, const T* d_r, T* __restrict d_mem_t) {
   const int64_t N = s.N, M = s.M, H = ws.heads.size();
   T* __restrict coef = ws.coef();
   T *__restrict key_norm = ws.key_norm.data(), *__restrict key_unit = ws.key_unit.data();
   for (int64_t h = 0; h < H; ++h) {
-    address_head_backward(ws.inv_norm(), ws.heads[h], s, ws.trace(h), d_w + h * N, ws.d_heads[h],
+    address_head_backward(ws.inv_norm(), ws.heads[h], s, num, ws.trace(h), d_w + h * N, ws.d_heads[h],
                           ws.d_cos() + h * N, coef + h * N, ws.scratch(0), ws.scratch(1));
-    key_norm[h] = key_norm_of(ws.heads[h].key, s);
+    key_norm[h] = key_norm_of(ws.heads[h].key, s, num);
     for (int64_t m = 0; m < M; ++m) key_unit[m * H + h] = ws.heads[h].key[m] / key_norm[h];
   }
   const T* c[4];
@@ -617,6 +450,7 @@ void write_item_backward(const T* __restrict mem_t, const T* __restrict w, const
         de -= w[i] * d_factor;
         da += w[i] * g[i];
       });
+      d_erase[m] = erase_grad(d_erase[m], e);
       continue;
     }
     keep_product(w, erase, W, s, m, -1, keep);
@@ -632,6 +466,7 @@ void write_item_backward(const T* __restrict mem_t, const T* __restrict w, const
         de -= wh[i] * d_factor;
         da += wh[i] * g[i];
       });
+      d_erase[h * M + m] = erase_grad(d_erase[h * M + m], e);
     }
   }
 }
@@ -674,8 +509,8 @@ T* memory_grad_at(const Sizes s, Workspace<T>& ws, bool out_t, T* d_mem, bool ze
 
 // One item's heads (read heads first) and where their gradients go, into the workspace.
 template <typename T>
-void set_heads(Workspace<T>& ws, const Heads<const T*>* read, const Heads<const T*>* write, int64_t b,
-               const Sizes s, const Heads<T*>* d_read = nullptr, const Heads<T*>* d_write = nullptr) {
+void set_heads(Workspace<T>& ws, const HeadParams<T>* read, const HeadParams<T>* write, int64_t b,
+               const Sizes s, const HeadGrads<T>* d_read = nullptr, const HeadGrads<T>* d_write = nullptr) {
   const int64_t R = read ? read->H : 0, W = write ? write->H : 0;
   for (int64_t h = 0; h < R; ++h) ws.heads[h] = head_at(*read, b, h, s);
   for (int64_t h = 0; h < W; ++h) ws.heads[R + h] = head_at(*write, b, h, s);
@@ -702,9 +537,11 @@ void store_memory_grad(const Sizes s, const T* d_mem_t, bool out_t, T* d_mem) {
 
 namespace cpu {
 
-void address_forward(const at::Tensor& memory, const HeadTensors& heads, const at::Tensor& w) {
+void address_forward(const at::Tensor& memory, const HeadTensors& heads, const at::Tensor& w, double cosine_eps,
+                     double sharpen_floor) {
   AT_DISPATCH_FLOATING_TYPES(memory.scalar_type(), "ntm_address_forward", [&] {
     using T = scalar_t;
+    const Numerics<T> num = numerics<T>(cosine_eps, sharpen_floor);
     const Sizes s = sizes_of(memory, heads.shift);
     const auto p = heads_of<T>(heads);
     const T* mem = memory.data_ptr<T>();
@@ -713,7 +550,7 @@ void address_forward(const at::Tensor& memory, const HeadTensors& heads, const a
       Workspace<T> ws(s, p.H);
       for (int64_t b = b0; b < b1; ++b) {
         set_heads<T>(ws, &p, nullptr, b, s);
-        address_item(load_memory(mem + b * s.N * s.M, false, s, ws), s, ws);
+        address_item(load_memory(mem + b * s.N * s.M, false, s, ws), s, num, ws);
         std::copy(ws.w(), ws.w() + p.H * s.N, out + b * p.H * s.N);
       }
     });
@@ -721,12 +558,14 @@ void address_forward(const at::Tensor& memory, const HeadTensors& heads, const a
 }
 
 void address_backward(const at::Tensor& memory, const HeadTensors& heads, const at::Tensor& grad_w,
-                      const at::Tensor& d_memory, const HeadTensors& d_heads) {
+                      const at::Tensor& d_memory, const HeadTensors& d_heads, double cosine_eps,
+                      double sharpen_floor) {
   AT_DISPATCH_FLOATING_TYPES(memory.scalar_type(), "ntm_address_backward", [&] {
     using T = scalar_t;
+    const Numerics<T> num = numerics<T>(cosine_eps, sharpen_floor);
     const Sizes s = sizes_of(memory, heads.shift);
     const auto p = heads_of<T>(heads);
-    const auto d = heads_of<T, T*>(d_heads);
+    const auto d = grads_of<T>(d_heads);
     const T *mem = memory.data_ptr<T>(), *gw = grad_w.data_ptr<T>();
     T* dmem = d_memory.data_ptr<T>();
     for_each_item(memory, [&](int64_t b0, int64_t b1) {
@@ -734,9 +573,9 @@ void address_backward(const at::Tensor& memory, const HeadTensors& heads, const 
       for (int64_t b = b0; b < b1; ++b) {
         set_heads<T>(ws, &p, nullptr, b, s, &d);
         const T* mem_t = load_memory(mem + b * s.N * s.M, false, s, ws);
-        address_item(mem_t, s, ws);
+        address_item(mem_t, s, num, ws);
         T* d_mem_t = memory_grad_at(s, ws, false, dmem + b * s.N * s.M);
-        address_item_backward(mem_t, s, ws, gw + b * p.H * s.N, 0, static_cast<const T*>(nullptr), d_mem_t);
+        address_item_backward(mem_t, s, num, ws, gw + b * p.H * s.N, 0, static_cast<const T*>(nullptr), d_mem_t);
         store_memory_grad(s, d_mem_t, false, dmem + b * s.N * s.M);
       }
     });
@@ -828,9 +667,10 @@ void write_backward(const at::Tensor& memory, const at::Tensor& w, const at::Ten
 void memory_step_forward(const at::Tensor& memory, const HeadTensors& read_heads, const HeadTensors& write_heads,
                          const at::Tensor& erase, const at::Tensor& add, const at::Tensor& reads,
                          const at::Tensor& w_read, const at::Tensor& w_write, const at::Tensor& new_memory,
-                         bool memory_t, bool new_memory_t) {
+                         bool memory_t, bool new_memory_t, double cosine_eps, double sharpen_floor) {
   AT_DISPATCH_FLOATING_TYPES(memory.scalar_type(), "ntm_memory_step_forward", [&] {
     using T = scalar_t;
+    const Numerics<T> num = numerics<T>(cosine_eps, sharpen_floor);
     const Sizes s = sizes_of(memory, read_heads.shift, memory_t);
     const auto rp = heads_of<T>(read_heads);
     const auto wp = heads_of<T>(write_heads);
@@ -845,7 +685,7 @@ void memory_step_forward(const at::Tensor& memory, const HeadTensors& read_heads
         const T* mem_t = load_memory(mem + b * NM, memory_t, s, ws);
         // Every head addresses M_{t-1}; the reads (Eq 2) happen before the write (Eq 3-4).
         set_heads(ws, &rp, &wp, b, s);
-        address_item(mem_t, s, ws);
+        address_item(mem_t, s, num, ws);
         std::copy(ws.w(), ws.w() + R * s.N, wr + b * R * s.N);
         std::copy(ws.w() + R * s.N, ws.w() + (R + W) * s.N, ww + b * W * s.N);
         read_item(mem_t, ws.w(), R, s, rd + b * R * s.M);
@@ -863,14 +703,15 @@ void memory_step_backward(const at::Tensor& memory, const HeadTensors& read_head
                           const at::Tensor& grad_new_memory, const at::Tensor& d_memory,
                           const HeadTensors& d_read_heads, const HeadTensors& d_write_heads,
                           const at::Tensor& d_erase, const at::Tensor& d_add, bool memory_t,
-                          bool grad_new_memory_t) {
+                          bool grad_new_memory_t, double cosine_eps, double sharpen_floor) {
   AT_DISPATCH_FLOATING_TYPES(memory.scalar_type(), "ntm_memory_step_backward", [&] {
     using T = scalar_t;
+    const Numerics<T> num = numerics<T>(cosine_eps, sharpen_floor);
     const Sizes s = sizes_of(memory, read_heads.shift, memory_t);
     const auto rp = heads_of<T>(read_heads);
     const auto wp = heads_of<T>(write_heads);
-    const auto dr = heads_of<T, T*>(d_read_heads);
-    const auto dw = heads_of<T, T*>(d_write_heads);
+    const auto dr = grads_of<T>(d_read_heads);
+    const auto dw = grads_of<T>(d_write_heads);
     const int64_t R = rp.H, W = wp.H, N = s.N, NM = s.N * s.M;
     const T *mem = memory.data_ptr<T>(), *ep = erase.data_ptr<T>(), *ap = add.data_ptr<T>();
     const T *g_reads = grad_reads.data_ptr<T>(), *g_wr = grad_w_read.data_ptr<T>();
@@ -894,12 +735,12 @@ void memory_step_backward(const at::Tensor& memory, const HeadTensors& read_head
         T* d_w = ws.d_w();
         const T* d_r = g_reads + b * R * s.M;
         for (int64_t h = 0; h < R; ++h) read_grads[h] = d_r + h * s.M, read_d_w[h] = d_w + h * N;
-        address_item(mem_t, s, ws, R, read_grads.data(), read_d_w.data());
+        address_item(mem_t, s, num, ws, R, read_grads.data(), read_d_w.data());
         for (int64_t k = 0; k < R * N; ++k) d_w[k] += g_wr[b * R * N + k];
         std::copy(g_ww + b * W * N, g_ww + (b + 1) * W * N, d_w + R * N);
         write_item_backward(mem_t, ws.w() + R * N, ep + b * W * s.M, ap + b * W * s.M, grad_t, W, s, d_mem_t,
                             d_w + R * N, de + b * W * s.M, da + b * W * s.M, ws.scratch(2), ws.scratch(3));
-        address_item_backward(mem_t, s, ws, d_w, R, d_r, d_mem_t);
+        address_item_backward(mem_t, s, num, ws, d_w, R, d_r, d_mem_t);
         store_memory_grad(s, d_mem_t, memory_t, dmem + b * NM);
       }
     });

@@ -17,18 +17,6 @@ k::Sizes sizes_of(const at::Tensor& memory, int64_t K) {
   return {int(memory.size(0)), int(memory.size(1)), int(memory.size(2)), int(K)};
 }
 
-template <typename T>
-k::Heads<T> heads_of(const HeadTensors& t) {
-  return {t.key.data_ptr<T>(), t.beta.data_ptr<T>(),  t.gate.data_ptr<T>(), t.shift.data_ptr<T>(),
-          t.gamma.data_ptr<T>(), t.w_prev.data_ptr<T>(), int(t.key.size(1))};
-}
-
-template <typename T>
-k::HeadGrads<T> grads_of(const HeadTensors& t) {
-  return {t.key.data_ptr<T>(), t.beta.data_ptr<T>(), t.gate.data_ptr<T>(), t.shift.data_ptr<T>(),
-          t.gamma.data_ptr<T>(), t.w_prev.data_ptr<T>()};
-}
-
 // Runs `launch(scalar_t)` on the memory's device and stream; a failed launch raises.
 template <typename F>
 void run(const char* op, const at::Tensor& memory, F&& launch) {
@@ -44,20 +32,24 @@ void run(const char* op, const at::Tensor& memory, F&& launch) {
 
 }  // namespace
 
-void address_forward(const at::Tensor& memory, const HeadTensors& heads, const at::Tensor& w) {
+void address_forward(const at::Tensor& memory, const HeadTensors& heads, const at::Tensor& w, double cosine_eps,
+                     double sharpen_floor) {
   run("address_forward", memory, [&](auto zero, cudaStream_t stream) {
     using T = decltype(zero);
     return k::address_forward<T>(memory.data_ptr<T>(), heads_of<T>(heads), w.data_ptr<T>(),
-                                 sizes_of(memory, heads.shift.size(2)), stream);
+                                 numerics<T>(cosine_eps, sharpen_floor), sizes_of(memory, heads.shift.size(2)),
+                                 stream);
   });
 }
 
 void address_backward(const at::Tensor& memory, const HeadTensors& heads, const at::Tensor& grad_w,
-                      const at::Tensor& d_memory, const HeadTensors& d_heads) {
+                      const at::Tensor& d_memory, const HeadTensors& d_heads, double cosine_eps,
+                      double sharpen_floor) {
   run("address_backward", memory, [&](auto zero, cudaStream_t stream) {
     using T = decltype(zero);
     return k::address_backward<T>(memory.data_ptr<T>(), heads_of<T>(heads), grad_w.data_ptr<T>(),
-                                  d_memory.data_ptr<T>(), grads_of<T>(d_heads), sizes_of(memory, heads.shift.size(2)),
+                                  d_memory.data_ptr<T>(), grads_of<T>(d_heads),
+                                  numerics<T>(cosine_eps, sharpen_floor), sizes_of(memory, heads.shift.size(2)),
                                   stream);
   });
 }
@@ -102,14 +94,15 @@ void write_backward(const at::Tensor& memory, const at::Tensor& w, const at::Ten
 void memory_step_forward(const at::Tensor& memory, const HeadTensors& read_heads, const HeadTensors& write_heads,
                          const at::Tensor& erase, const at::Tensor& add, const at::Tensor& reads,
                          const at::Tensor& w_read, const at::Tensor& w_write, const at::Tensor& new_memory,
-                         bool memory_t, bool new_memory_t) {
+                         bool memory_t, bool new_memory_t, double cosine_eps, double sharpen_floor) {
   TORCH_CHECK(!memory_t && !new_memory_t, "ntm_fast._C: the CUDA kernels take row-major [B, N, M] memory");
   run("memory_step_forward", memory, [&](auto zero, cudaStream_t stream) {
     using T = decltype(zero);
     return k::memory_step_forward<T>(memory.data_ptr<T>(), heads_of<T>(read_heads), heads_of<T>(write_heads),
                                      erase.data_ptr<T>(), add.data_ptr<T>(), reads.data_ptr<T>(), w_read.data_ptr<T>(),
                                      w_write.data_ptr<T>(), new_memory.data_ptr<T>(),
-                                     sizes_of(memory, read_heads.shift.size(2)), stream);
+                                     numerics<T>(cosine_eps, sharpen_floor), sizes_of(memory, read_heads.shift.size(2)),
+                                     stream);
   });
 }
 
@@ -119,7 +112,7 @@ void memory_step_backward(const at::Tensor& memory, const HeadTensors& read_head
                           const at::Tensor& grad_new_memory, const at::Tensor& d_memory,
                           const HeadTensors& d_read_heads, const HeadTensors& d_write_heads,
                           const at::Tensor& d_erase, const at::Tensor& d_add, bool memory_t,
-                          bool grad_new_memory_t) {
+                          bool grad_new_memory_t, double cosine_eps, double sharpen_floor) {
   TORCH_CHECK(!memory_t && !grad_new_memory_t, "ntm_fast._C: the CUDA kernels take row-major [B, N, M] memory");
   run("memory_step_backward", memory, [&](auto zero, cudaStream_t stream) {
     using T = decltype(zero);
@@ -128,7 +121,7 @@ void memory_step_backward(const at::Tensor& memory, const HeadTensors& read_head
         add.data_ptr<T>(), grad_reads.data_ptr<T>(), grad_w_read.data_ptr<T>(), grad_w_write.data_ptr<T>(),
         grad_new_memory.data_ptr<T>(), d_memory.data_ptr<T>(), grads_of<T>(d_read_heads),
         grads_of<T>(d_write_heads), d_erase.data_ptr<T>(), d_add.data_ptr<T>(),
-        sizes_of(memory, read_heads.shift.size(2)), stream);
+        numerics<T>(cosine_eps, sharpen_floor), sizes_of(memory, read_heads.shift.size(2)), stream);
   });
 }
 

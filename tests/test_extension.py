@@ -162,6 +162,80 @@ def test_torch_compile(cpp):
         torch.testing.assert_close(got, want)
 
 
+def _values_and_grads(op, inputs, backend):
+    """The op's outputs and the gradients of all its inputs for a fixed random upstream gradient."""
+    leaves = _grad_leaves(cases.flat_tensors(inputs))
+    outputs = getattr(ops, op)(**cases.rebuild(inputs, leaves), backend=backend)
+    outputs = outputs if isinstance(outputs, tuple) else (outputs,)
+    g = torch.Generator().manual_seed(7)
+    upstream = [torch.randn(o.shape, generator=g, dtype=o.dtype) for o in outputs]
+    return [o.detach() for o in outputs], list(torch.autograd.grad(outputs, leaves, upstream))
+
+
+def _assert_matches_reference(op, inputs):
+    """cpp and the reference give the same NaN and inf entries, and finite ones as test_backend_equivalence asks:
+    float64 tightly, float32 within a few times the float32 reference's own error against float64. Returns the
+    reference's values and gradients."""
+    dtype = cases.flat_tensors(inputs)[0].dtype
+    got, want = (_values_and_grads(op, inputs, b) for b in ("cpp", "reference"))
+    oracle = want
+    if dtype != torch.float64:
+        oracle = _values_and_grads(op, cases.rebuild(inputs, [t.double() for t in cases.flat_tensors(inputs)]),
+                                   "reference")
+    for part, kind in enumerate(("output", "gradient")):
+        for i, (g, w, o) in enumerate(zip(got[part], want[part], oracle[part])):
+            finite = torch.isfinite(w)
+            torch.testing.assert_close(g[~finite], w[~finite], equal_nan=True, rtol=0, atol=0,
+                                       msg=lambda m: f"{op} {kind} {i}, non-finite entries: {m}")
+            assert torch.isfinite(g[finite]).all(), f"{op} {kind} {i}: non-finite where the reference is finite"
+            if dtype == torch.float64:
+                torch.testing.assert_close(g[finite], w[finite], rtol=1e-7, atol=1e-9,
+                                           msg=lambda m: f"{op} {kind} {i}: {m}")
+            else:
+                both = finite & torch.isfinite(o)
+                ref_err = (w.double() - o)[both].abs().max().item() if both.any() else 0.0
+                torch.testing.assert_close(g.double()[both], o[both], rtol=1e-4, atol=1e-5 + 4 * ref_err,
+                                           msg=lambda m: f"{op} {kind} {i} (reference f32 error {ref_err:.2e}): {m}")
+    return want[0]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("param, value", [("beta", 1e10), ("beta", "max"), ("gamma", 1e10), ("gamma", 1e30)])
+@pytest.mark.parametrize("op", ["address", "memory_step"])
+def test_extreme_beta_and_gamma_match_reference(cpp, op, param, value, dtype):
+    """β and γ up to the dtype's range give the reference's finite weights, and its gradients. (The softmax's
+    products β·K and γ·log w_s must be rounded before the max is subtracted: fused into an FMA they left each
+    product's rounding error, e^error overflowed the sum, and β = 1e10 gave NaN weights in float32.)"""
+    value = torch.finfo(dtype).max if value == "max" else value
+    if op == "address":
+        inputs = cases.address_inputs(3, 9, 4, 2, 1, dtype=dtype)
+        inputs[param].fill_(value)
+    else:
+        inputs = cases.memory_step_inputs(3, 9, 4, 2, 1, 1, dtype=dtype)
+        for heads in ("read_heads", "write_heads"):
+            getattr(inputs[heads], param).fill_(value)
+    want = _assert_matches_reference(op, inputs)
+    assert all(torch.isfinite(w).all() for w in want), "the reference's result is finite here"
+
+
+_STEP_INPUTS = ["memory", "read key", "read beta", "read gate", "read shift", "read gamma", "write key",
+                "write beta", "write gate", "write shift", "write gamma", "erase", "add", "w_read_prev",
+                "w_write_prev"]  # cases.flat_tensors' order
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), -float("inf")])
+@pytest.mark.parametrize("target", _STEP_INPUTS)
+def test_non_finite_input_matches_reference(cpp, target, value, dtype):
+    """A NaN or ±inf in one element of any memory_step input gives the reference's values and gradients: NaN
+    (or inf) wherever the reference has one, never a finite stand-in. (log(+inf) in the vectorized log was
+    finite, so an infinite shift or previous weighting gave finite weights; an erase value that was not finite
+    got a finite gradient.)"""
+    inputs = cases.memory_step_inputs(2, 7, 3, 1, 2, 1, dtype=dtype)
+    cases.flat_tensors(inputs)[_STEP_INPUTS.index(target)].view(-1)[1] = value
+    _assert_matches_reference("memory_step", inputs)
+
+
 def test_failing_build_raises_backend_unavailable(tmp_path, monkeypatch):
     """A build that fails (here: sources that do not compile) raises BackendUnavailable with the compiler's
     error, which is what `auto` logs when it falls back and what backend='cpp' raises."""

@@ -130,14 +130,14 @@ def _address_args(heads: ReadHeads, w_prev: Tensor):
 def address_forward(memory, heads: ReadHeads, w_prev, *, eps, tiny):
     memory = memory.contiguous()
     w = empty_output(w_prev.shape, memory)
-    _kernels(memory).address_forward(memory, _address_args(heads, w_prev), w)
+    _kernels(memory).address_forward(memory, _address_args(heads, w_prev), w, **_constants(eps, tiny))
     return w
 
 
 def address_backward(memory, heads: ReadHeads, w_prev, w, grad_w, *, eps, tiny):
     memory, args = memory.contiguous(), _address_args(heads, w_prev)
     d_memory, *d_args = _like([memory, *args], memory)
-    _kernels(memory).address_backward(memory, args, grad_w.contiguous(), d_memory, d_args)
+    _kernels(memory).address_backward(memory, args, grad_w.contiguous(), d_memory, d_args, **_constants(eps, tiny))
     return d_memory, ReadHeads(*d_args[:5]), d_args[5]
 
 
@@ -179,7 +179,7 @@ def memory_step_forward(memory, read_heads: ReadHeads, write_heads: WriteHeads, 
     w_read, w_write = _like([w_read_prev, w_write_prev], memory)
     new_memory = _new_memory(memory, memory.device.type == "cpu")
     _kernels(memory).memory_step_forward(memory, read_args, write_args, erase, add, reads, w_read, w_write,
-                                         new_memory)
+                                         new_memory, **_constants(eps, tiny))
     return reads, w_read, w_write, new_memory
 
 
@@ -193,7 +193,7 @@ def memory_step_backward(memory, read_heads: ReadHeads, write_heads: WriteHeads,
                                                                                                     memory)
     _kernels(memory).memory_step_backward(memory, read_args, write_args, erase, add,
                                           *_contiguous([grad_reads, grad_w_read, grad_w_write]), grad_memory,
-                                          d_memory, d_read, d_write, d_erase, d_add)
+                                          d_memory, d_read, d_write, d_erase, d_add, **_constants(eps, tiny))
     return (d_memory, ReadHeads(*d_read[:5]), WriteHeads(*d_write[:5], d_erase, d_add), d_read[5], d_write[5])
 
 
@@ -211,7 +211,8 @@ def step_forward(x, h_prev, c_prev, reads_prev, w_read_prev, w_write_prev, memor
         h_prev, c_prev = h_prev.contiguous(), c_prev.contiguous()
     W_ih, _, W_hh, _, W_heads, _, W_out, _ = weights
     logits, h, c, reads, w_read, w_write, new_memory, u, tanh_c, gates, p, hr, *heads = _kernels(x).step_forward(
-        x, h_prev, c_prev, reads_prev, w_read_prev, w_write_prev, memory, *weights, *_layout_args(layout))
+        x, h_prev, c_prev, reads_prev, w_read_prev, w_write_prev, memory, *weights, list(layout.sizes),
+        **_constants(eps, tiny))
     saved = (memory, w_read_prev, w_write_prev, u, h_prev, c_prev, h, tanh_c, gates, p, hr, W_ih, W_hh, W_heads,
              W_out, *heads)
     return (logits, h, c, reads, w_read, w_write, new_memory), saved
@@ -226,15 +227,16 @@ def step_backward(saved, grads, layout: HeadLayout, *, eps, tiny):
     return _kernels(h).step_backward(
         d_logits.contiguous(), d_h, None if d_c is None else d_c.contiguous(), d_reads, d_w_read, d_w_write,
         d_memory, memory, w_read_prev, w_write_prev, heads, u, h_prev, c_prev, h, tanh_c, gates, p, hr, W_ih, W_hh,
-        W_heads, W_out, *_layout_args(layout))
+        W_heads, W_out, list(layout.sizes), **_constants(eps, tiny))
 
 
 def sequence_forward(x, h0, c0, reads0, w_read0, w_write0, memory0, weights, layout: HeadLayout, keep_tape, *,
                      eps, tiny):
     """x [T, B, X] and the initial state -> (logits [T, B, Y], tape): one C++ call, one batch chunk per
     thread through every step. keep_tape: keep what sequence_backward needs (else freed as it goes)."""
-    return _kernels(x).sequence_forward(x, h0, c0, reads0, w_read0, w_write0, memory0, *weights,
-                                        *_layout_args(layout), keep_tape)
+    # keep_tape last and positional: tests/test_fused_cell.py reads it there.
+    return _kernels(x).sequence_forward(x, h0, c0, reads0, w_read0, w_write0, memory0, *weights, list(layout.sizes),
+                                        eps, tiny, keep_tape)
 
 
 def sequence_backward(tape, d_logits, weights):
@@ -243,8 +245,9 @@ def sequence_backward(tape, d_logits, weights):
     return _kernels(d_logits).sequence_backward(tape, d_logits, *weights)
 
 
-def _layout_args(layout: HeadLayout):
-    return layout.read_heads, layout.write_heads, layout.memory_width, layout.shifts
+def _constants(eps: float, tiny: float) -> dict:
+    """ε (Eq 6) and the sharpening floor (Eq 9) under the bindings' argument names."""
+    return dict(cosine_eps=eps, sharpen_floor=tiny)
 
 
 def load_cpp():

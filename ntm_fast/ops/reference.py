@@ -12,9 +12,9 @@ Numerical conventions (kernels reproduce them exactly):
 * Cosine similarity (Eq 6) is smoothed as ``k·M[i] / (sqrt(‖k‖² + ε) · sqrt(‖M[i]‖² + ε))`` with
   ``ε = COSINE_EPS``: a zero key or an all-zero memory row gives similarity 0 with finite gradients.
 * Sharpening (Eq 9) is computed as ``softmax_i(γ · log(max(w_s[i], tiny)))`` where ``tiny`` is the
-  smallest normal number of the dtype. This equals ``w_s^γ / Σ w_s^γ`` but cannot overflow for γ up to
-  50, and its gradient with respect to γ stays finite at exact zeros (d/dγ 0^γ is where naive code
-  makes NaN: ``0 · log 0``).
+  smallest normal number of the dtype (``sharpen_floor``). This equals ``w_s^γ / Σ w_s^γ`` but cannot
+  overflow for γ up to 50, and its gradient with respect to γ stays finite at exact zeros (d/dγ 0^γ is
+  where naive code makes NaN: ``0 · log 0``).
 * Shift (Eq 8): ``w_s[i] = Σ_{j=-S..S} s[j+S] · w_g[(i - j) mod N]``; shift +1 moves focus from slot i
   to slot i+1.
 """
