@@ -152,6 +152,19 @@ def test_gpu_suite_dry_run_writes_every_table(tmp_path):
     assert (tmp_path / "results.csv").read_text().count("\n") == len(data["results"]) + 1
 
 
+def test_gpu_suite_skips_what_its_time_limit_cannot_reach(tmp_path):
+    script = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmarks", "gpu_suite.py")
+    result = subprocess.run([sys.executable, script, str(tmp_path), "--dry-run", "--limit", "20"], capture_output=True,
+                            text=True)
+    assert result.returncode in (0, 3), result.stderr[-3000:]  # 3: the watchdog ended it at the limit
+    data = json.loads((tmp_path / "results.json").read_text())
+    assert data["results"] and all(r["status"] == "skipped (time budget)" for r in data["results"])
+    assert "skipped (time budget)" in (tmp_path / "results.md").read_text()
+    bad = subprocess.run([sys.executable, script, str(tmp_path), "--dry-run", "--limit", "5"], capture_output=True,
+                         text=True)
+    assert bad.returncode == 2 and "--limit must be at least 20 seconds, got 5" in bad.stderr
+
+
 def _row(contender, ms, status="ok", **extra):
     row = {"op": "step", "mode": "fwd+bwd", "batch": 4, "slots": 8, "contender": contender, "status": status,
            **extra}

@@ -504,14 +504,14 @@ def format_table(rows) -> str:
     lines = [head, "-" * len(head)]
     for r in rows:
         ok = r["status"] == "ok"
-        lines.append(
+        lines.append((
             f"{r['op']:<11} {r['mode']:<7} {r['batch']:>5} {r['slots']:>5}  {r['contender']:<16} "
             + (f"{r['median_ms']:>7.3f} ms" if ok else f"{'-':>10}")
             + (f" {r['seq_per_s']:>8.1f}" if "seq_per_s" in r else f" {'':>8}")
             + (f" {r['speedup']:>6.2f}x" if "speedup" in r else f" {'':>7}")
             + (f" {r['vs_per_step']:>10.2f}x" if "vs_per_step" in r else f" {'':>11}")
             + (f" {r['compile_s']:>7.1f}s" if "compile_s" in r else f" {'':>8}")
-            + (f"  {r.get('runs_as', '')}" if ok else f"  {r['status']}")).rstrip()
+            + (f"  {r.get('runs_as', '')}" if ok else f"  {r['status']}")).rstrip())
     if any(split_contender(r["contender"])[1] for r in rows):
         lines.append(f"<backend>{PER_STEP}: the backend's model with fuse_sequence = False, one time step at a time; "
                      "vs per-step = its time / the backend's (the whole-sequence node's) time")
