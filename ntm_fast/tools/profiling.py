@@ -10,15 +10,15 @@ The step is cut into parts, each a function of tensors built from the model's ow
 
 Each part's inputs are captured from a real forward pass (checked to equal `model(x)`), then the part is
 timed alone over all 2L+1 time steps, forward and forward+backward, with `bench.measure` -- the same timing
-helper `ntm-fast bench` uses.
+helper `ntm-fast bench` uses. Beside each time stands an analytic minimum of the bytes the part must move
+(`traffic_model`), hence the achieved bandwidth, and the activation bytes it saves for backward (counted
+with `saved_tensors_hooks`). `--trace` writes a Chrome trace of one step with these parts as ranges.
 
 Where the model runs the whole sequence as one autograd node (model/fused.py: `cpp` on CPU, `triton` on
 CUDA), that node is what the step runs: the report's parts are then the node itself (controller, memory
 interaction and output layer of every time step), the loss and the optimizer, and the per-op parts above
 follow, timed alone, as what the same step would cost run step by step. ``<backend>-per-step`` profiles that
-backend's model with the node switched off (`fuse_sequence = False`). Beside each time stands an analytic minimum of the bytes the part must move
-(`traffic_model`), hence the achieved bandwidth, and the activation bytes it saves for backward (counted
-with `saved_tensors_hooks`). `--trace` writes a Chrome trace of one step with these parts as ranges.
+backend's model with the node switched off (`fuse_sequence = False`).
 """
 from __future__ import annotations
 
