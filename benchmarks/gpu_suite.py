@@ -1,38 +1,47 @@
-"""The prepared GPU run: tests and benchmarks of the Triton backend in one call of at most ~8 minutes.
+"""The prepared GPU run: the whole training step, the GPU tests and the per-op tables in at most 6 minutes.
 
     python benchmarks/gpu_suite.py [OUT_DIR]          # on the GPU machine (OUT_DIR defaults to $OUT)
     python benchmarks/gpu_suite.py OUT_DIR --dry-run  # CPU, Triton interpreter, tiny sizes: checks the script
 
-It prints the environment, runs `pytest -m gpu` and the equivalence suite on CUDA, then times reference
-(eager) vs triton (vs cuda, when built) vs torch.compile(reference) per op (memory_step, address over both
-heads, read, write), forward and forward+backward, B in {32, 256, 1024, 4096} x N in {128, 1024}, M=20,
-1 read + 1 write head; then the whole training step (copy task, L=20, LSTM 100, N=128, RMSprop); then the
-kernel-launch counts per call; and the memory bandwidth of memory_step at the largest batch against the
-card's copy bandwidth.
+In this order, each part checking the time left and listing what it could not reach as skipped:
+  1. the environment;
+  2. the whole training step (copy task, L=20: 41 time steps; LSTM 100, N=128, M=20, one read and one write
+     head; forward, loss, backward, gradient clipping, RMSprop) at B in {32, 256, 1024, 4096}: `triton` (the
+     whole sequence as one autograd node), `triton-per-step` (the same model with `fuse_sequence = False`:
+     the per-op kernels, one time step at a time), the eager reference, `cuda` (when built), then
+     torch.compile(reference) with its compile time; sequences/s and ratios;
+  3. tests, each pytest run with its own timeout from the budget: the float32 cases that failed on the first
+     GPU run (H200, 2026-11-26), then `pytest -m gpu` (tests/test_compile_sm90.py needs no GPU: left out);
+  4. the per-op tables (memory_step, address over both heads, read, write; forward and forward+backward;
+     B in {32, 256, 1024, 4096} x N in {128, 1024}), torch.compile(reference) for memory_step only (each op
+     and mode compiles anew); then kernel launches per call and memory_step's bandwidth.
+
+Every table is rewritten into OUT_DIR after each case, so a run cut short still leaves what it measured:
+results.md (the tables), results.csv (bench.csv's columns), results.json ({meta, results} as `ntm-fast
+bench` writes bench.json; meta holds the git commit: `git rev-parse HEAD`, or $NTM_FAST_COMMIT where the tree
+is no git checkout) and pytest_<name>.txt. A watchdog ends the process at the time limit.
 
 The workloads, the timing (`triton.testing.do_bench`, median) and the check of every contender against the
-reference before it is timed (a disagreeing one is reported as refused) are `ntm_fast.bench`'s, the code
-behind `ntm-fast bench`. All contenders run in this process, the eager ones first: torch.compile(reference)
-(dynamic shapes: one compilation per op and mode serves every size) comes after them. Markdown tables go
-to stdout and OUT_DIR/results.md, rows (bench.csv's columns) to OUT_DIR/results.csv. A time budget keeps
-the run inside the limit: rows it cannot reach are listed as skipped.
+reference before it is timed (a disagreeing one is reported as refused) are `ntm_fast.tools.bench`'s, the
+code behind `ntm-fast bench`; here all contenders run in this process.
 """
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import os
 import subprocess
 import sys
+import threading
 import time
 
+START = time.monotonic()
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
-BUDGET_S = 7.5 * 60
-START = time.monotonic()
-# Seconds that must be left to start a case: an eager case takes a few; one that compiles anew much more.
-# What they keep back also pays for the launch counts and the report at the end.
-RESERVE_S = {"eager": 30, "compile": 120, "compile step": 180}
+# Seconds that must be left to start a part or a case. Each part keeps back what the later parts need.
+KEEP = {"step": 190, "compile step": 130, "tests": 40, "ops": 8}
+COMPILE_S = 60  # what a first torch.compile of a case may take (dynamic shapes: later sizes reuse it)
 
 
 def parse_args():
@@ -40,7 +49,11 @@ def parse_args():
     parser.add_argument("out", nargs="?", default=os.environ.get("OUT", "gpu_suite_out"))
     parser.add_argument("--device", choices=("cuda", "cpu"), default=None)
     parser.add_argument("--dry-run", action="store_true", help="CPU, interpreter, tiny sizes, no pytest")
+    parser.add_argument("--limit", type=float, default=6 * 60,
+                        help="seconds after which the watchdog ends the run (default 360)")
     args = parser.parse_args()
+    if args.limit < 20:
+        parser.error(f"--limit must be at least 20 seconds, got {args.limit}")
     args.device = args.device or ("cpu" if args.dry_run else "cuda")
     args.dry_run = args.dry_run or args.device == "cpu"
     if args.dry_run:
@@ -49,35 +62,128 @@ def parse_args():
 
 
 ARGS = parse_args()
+LIMIT_S = ARGS.limit  # the watchdog ends the process here
+BUDGET_S = LIMIT_S - 15  # what the parts plan with; the rest writes the files
 
 import torch  # noqa: E402
 
 import ntm_fast  # noqa: E402
-from ntm_fast.tools import bench  # noqa: E402
 from ntm_fast.ops.dispatch import available_backends, import_kernels, resolved_ops  # noqa: E402
-from ntm_fast.tools.bench import COMPILE, MODES, OP_CALLS, OPS, STEP, Case  # noqa: E402
+from ntm_fast.tools import bench  # noqa: E402
+from ntm_fast.tools.bench import COMPILE, MODES, OP_CALLS, OPS, PER_STEP, STEP, Case  # noqa: E402
 
 import_kernels()
 OP_ORDER = ("memory_step", "address", "read", "write")
-EAGER = ["reference", "triton"] + (["cuda"] if "cuda" in available_backends(ARGS.device) else [])
+CUDA = ["cuda"] if "cuda" in available_backends(ARGS.device) else []
+OP_CONTENDERS = ["reference", "triton", *CUDA]
+STEP_CONTENDERS = ["triton", "triton" + PER_STEP, "reference", *CUDA]  # then COMPILE
 if ARGS.dry_run:  # inductor's C++ build would take minutes on the CPU: the eager backend exercises the path
-    SETTINGS = bench.Settings(width=4, controller_size=8, length=1, device="cpu", warmup=0, reps=3,
+    SETTINGS = bench.Settings(width=4, controller_size=8, length=1, device="cpu", warmup=0, reps=1,
                               budget_s=0.05, compile_backend="eager", compile_dynamic=True)
-    SIZES, STEP_SIZES = [(2, 8), (3, 8)], [(2, 8)]
+    SIZES, STEP_BATCHES = [(2, 8)], [2]
 else:  # M=20, R=W=1, S=1, LSTM 100, copy L=20: bench's defaults
     SETTINGS = bench.Settings(device=ARGS.device, compile_dynamic=True)
     SIZES = [(B, N) for N in (128, 1024) for B in (32, 256, 1024, 4096)]
-    STEP_SIZES = [(B, 128) for B in (32, 256, 1024)]
+    STEP_BATCHES = [32, 256, 1024, 4096]
 S = SETTINGS
+STEP_SLOTS = 128 if not ARGS.dry_run else 8
 
 
 def left_s():
     return BUDGET_S - (time.monotonic() - START)
 
 
-def environment():
+# ---- the results, rewritten into OUT_DIR after every case ---------------------------------------------------
+def all_rows(rows) -> list:
+    """Copies of `rows` with their ratios: vs the reference (speedup), the sequence node vs per-step."""
+    return bench.add_per_step_ratios(bench.add_speedups([dict(r) for r in rows]))
+
+
+def per_s(row) -> str:
+    return "-" if "seq_per_s" not in row else f"{row['seq_per_s']:,.0f}" if row["seq_per_s"] >= 100 \
+        else f"{row['seq_per_s']:.3g}"
+
+
+class Results:
+    def __init__(self):
+        self.environment, self.tests, self.rows, self.extra = [], [], [], []
+        self.meta = {}
+        self.state = "running"
+        self.lock = threading.Lock()
+
+    def add(self, row):
+        self.rows.append(row)
+        self.save()
+
+    def markdown(self) -> str:
+        rows = all_rows(self.rows)
+        T = 2 * S.length + 1
+        lines = ["# ntm_fast on a GPU: the prepared suite", "", f"state: {self.state}", ""]
+        lines += [f"- {line}" for line in self.environment]
+        lines += ["", f"## Whole training step (copy L={S.length}: T={T}, N={STEP_SLOTS}, M={S.width}, LSTM "
+                  f"{S.controller_size}; forward, loss, backward, clipping, RMSprop)", ""] + step_tables(rows)
+        lines += ["", "## Tests", ""] + ([f"- {t}" for t in self.tests] or ["- not reached"])
+        lines += ["", "## Ops: reference vs torch.compile(reference) vs triton",
+                  f"M={S.width}, S={S.shift_range}, {S.read_heads} read + {S.write_heads} write head (address: "
+                  "both heads), float32; the compile contender uses dynamic shapes, memory_step only"]
+        lines += op_tables(rows) + self.extra
+        return "\n".join(lines) + "\n"
+
+    def save(self):
+        with self.lock:
+            rows = all_rows(self.rows)
+            meta = {**self.meta, "state": self.state, "wall_s": round(time.monotonic() - START, 1)}
+            for name, write in (("results.md", lambda f: f.write(self.markdown())),
+                                ("results.json", lambda f: json.dump({"meta": meta, "results": rows}, f, indent=1))):
+                path = os.path.join(ARGS.out, name)
+                with open(path + ".tmp", "w") as f:
+                    write(f)
+                    f.flush()
+                os.replace(path + ".tmp", path)  # a reader (or a cut) never meets half a file
+            bench.write_csv(rows, os.path.join(ARGS.out, "results.csv"))
+
+
+RESULTS = Results()
+CHILDREN = []  # the pytest process running now, if any
+
+
+def watchdog():
+    """End the process at LIMIT_S, leaving the files with what was measured and a state saying so."""
+    def stop():
+        for child in list(CHILDREN):
+            child.kill()
+        RESULTS.state = f"cut at the {LIMIT_S:.0f} s limit"
+        RESULTS.save()
+        print(f"gpu_suite: cut at the {LIMIT_S:.0f} s limit; results in {ARGS.out}", flush=True)
+        os._exit(3)
+
+    timer = threading.Timer(LIMIT_S - (time.monotonic() - START), stop)
+    timer.daemon = True
+    timer.start()
+
+
+def git_commit() -> str:
+    try:
+        head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True, timeout=10)
+        if head.returncode == 0:
+            dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=ROOT,
+                                   capture_output=True, text=True, timeout=10).stdout.strip()
+            return head.stdout.strip() + ("-dirty" if dirty else "")
+    except (OSError, subprocess.TimeoutExpired):
+        pass
+    return os.environ.get("NTM_FAST_COMMIT", "unknown (no git checkout and no $NTM_FAST_COMMIT)")
+
+
+def environment() -> list:
     info = bench.environment(ARGS.device)
-    lines = [f"{k}: {v}" for k, v in info.items()] + [f"ntm_fast: {ntm_fast.__version__}"]
+    sequence = sys.modules.get("ntm_fast.kernels.sequence")
+    RESULTS.meta = {**info, "commit": git_commit(), "ntm_fast": ntm_fast.__version__, "dry_run": ARGS.dry_run,
+                    "budget_s": LIMIT_S, "settings": dataclasses.asdict(S), "step_batches": STEP_BATCHES,
+                    "op_sizes": SIZES, "command": "python " + " ".join(sys.argv)}
+    lines = [f"{k}: {v}" for k, v in info.items()] + [f"commit: {RESULTS.meta['commit']}",
+                                                        f"ntm_fast: {ntm_fast.__version__}"]
+    if sequence is not None:
+        lines.append(f"sequence node float32 tl.dot precision: {sequence.default_dot_precision()}")
     if ARGS.dry_run:
         lines.append("dry run: Triton interpreter, tiny sizes, torch.compile with the eager backend")
     if torch.cuda.is_available():
@@ -86,74 +192,94 @@ def environment():
     return lines
 
 
+# ---- cases: bench.run_contender checks each contender against the reference, then times it ---------------
+def run_case(contender, case, keep):
+    """Check and time `contender` on `case` if more than `keep` seconds are left; record the row."""
+    if left_s() < keep:
+        row = {**dataclasses.asdict(case), "contender": contender, "status": "skipped (time budget)"}
+    else:
+        row = bench.run_contender(contender, [case], S)[0]
+        if ARGS.device == "cuda" and row["status"].startswith("error"):
+            torch.cuda.empty_cache()  # an out-of-memory case must not cost the next ones
+    RESULTS.add(row)
+    print(f"{row['op']} {row['mode']} B={row['batch']} N={row['slots']} {contender}: "
+          + (f"{row['median_ms']:.3f} ms" if row["status"] == "ok" else row["status"]), flush=True)
+    return row
+
+
+def step_part():
+    """Eager contenders at every batch size (smallest first), then torch.compile(reference) at each."""
+    cases = [Case(STEP, "fwd+bwd", B, STEP_SLOTS) for B in STEP_BATCHES]
+    for case in cases:
+        for contender in STEP_CONTENDERS:
+            run_case(contender, case, KEEP["step"])
+    compiled = False
+    for case in cases:  # the first case compiles; dynamic shapes serve the others
+        row = run_case(COMPILE, case, KEEP["compile step"] + (0 if compiled else COMPILE_S))
+        compiled = compiled or row["status"] != "skipped (time budget)"
+
+
+def op_part():
+    """Every eager contender on a case in a row (op_inputs draws each size once); compile for memory_step."""
+    for B, N in SIZES:
+        for op in OP_ORDER:
+            for mode in MODES:
+                for contender in OP_CONTENDERS:
+                    run_case(contender, Case(op, mode, B, N), KEEP["ops"])
+    compiled = set()
+    for B, N in SIZES:
+        for mode in MODES:
+            first = mode not in compiled
+            row = run_case(COMPILE, Case("memory_step", mode, B, N), KEEP["ops"] + (COMPILE_S if first else 0))
+            if row["status"] != "skipped (time budget)":
+                compiled.add(mode)
+
+
 def run_pytest(name, argv, timeout):
-    """Run pytest in a subprocess; return its summary line (and write its output to OUT_DIR). Verbose, so
-    that a run cut short by its time budget still names the tests that failed before the cut."""
-    if timeout < 30:
+    """pytest in a subprocess with its own timeout; its summary line (the output goes to pytest_<name>.txt).
+    Verbose, so that a run cut by its timeout still names the tests that failed before the cut."""
+    if timeout < 20:
         return f"{name}: skipped (time budget)"
+    proc = subprocess.Popen([sys.executable, "-m", "pytest", "-v", "-rf", "--tb=line", "-p", "no:cacheprovider",
+                             *argv], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    CHILDREN.append(proc)  # the watchdog ends it with this process
     try:
-        proc = subprocess.run([sys.executable, "-m", "pytest", "-v", "-rf", "--tb=line", "-p", "no:cacheprovider",
-                               *argv], cwd=ROOT, capture_output=True, text=True, timeout=timeout)
-        output, status = proc.stdout + proc.stderr, f"exit {proc.returncode}"
-    except subprocess.TimeoutExpired as err:
-        output, status = (err.stdout or b"").decode() if isinstance(err.stdout, bytes) else (err.stdout or ""), \
-            f"timed out after {timeout:.0f} s"
+        output, _ = proc.communicate(timeout=timeout)
+        status = f"exit {proc.returncode}"
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        output, _ = proc.communicate()
+        status = f"timed out after {timeout:.0f} s"
+    CHILDREN.remove(proc)
     with open(os.path.join(ARGS.out, f"pytest_{name}.txt"), "w") as f:
         f.write(output)
     lines = output.splitlines()
     summary = [line for line in lines if " passed" in line or " failed" in line or "error" in line]
+    passed = sum(" PASSED" in line for line in lines)
     failed = [line.split(" ")[0] for line in lines if " FAILED" in line and "::" in line]
     named = f"; failed: {', '.join(failed[:8])}{' ...' if len(failed) > 8 else ''}" if failed else ""
-    return f"{name}: {status}; {summary[-1] if summary else 'no summary'}{named}"
+    return f"{name}: {status}; {summary[-1] if summary else f'no summary ({passed} passed before the cut)'}{named}"
 
 
-# --- benchmarks: bench.run_contender checks each contender against the reference, then times it -----------
-
-def run_cases(rows, contender, cases, reserve):
-    """One row per case (`reserve(case)`: seconds that must be left to start it, else it is skipped)."""
-    for case in cases:
-        if left_s() < reserve(case):
-            row = {**dataclasses.asdict(case), "contender": contender, "status": "skipped (time budget)"}
-        else:
-            row = bench.run_contender(contender, [case], S)[0]
-            if ARGS.device == "cuda" and row["status"].startswith("error"):
-                torch.cuda.empty_cache()  # an out-of-memory case must not cost the next ones
-        rows.append(row)
-        print(f"{row['op']} {row['mode']} B={row['batch']} N={row['slots']} {contender}: "
-              + (f"{row['median_ms']:.3f} ms" if row["status"] == "ok" else row["status"]), flush=True)
-
-
-def benchmarks():
-    """Eager contenders first (ops, then the step), then torch.compile(reference) (ops, then the step)."""
-    op_cases = [Case(op, mode, B, N) for B, N in SIZES for op in OP_ORDER for mode in MODES]
-    step_cases = [Case(STEP, "fwd+bwd", B, N) for B, N in STEP_SIZES]
-    rows, compiled = [], set()
-
-    def compile_reserve(case):  # the first case of an op and mode compiles; dynamic shapes serve the rest
-        if (case.op, case.mode) in compiled:
-            return RESERVE_S["eager"]
-        reserve = RESERVE_S["compile step" if case.op == STEP else "compile"]
-        if left_s() >= reserve:
-            compiled.add((case.op, case.mode))
-        return reserve
-
-    for B, N in SIZES:  # every eager contender on a case in a row: op_inputs draws each size once
-        for op in OP_ORDER:
-            for mode in MODES:
-                for contender in EAGER:
-                    run_cases(rows, contender, [Case(op, mode, B, N)], lambda c: RESERVE_S["eager"])
-    for contender in EAGER:
-        run_cases(rows, contender, step_cases, lambda c: RESERVE_S["eager"])
-    run_cases(rows, COMPILE, op_cases + step_cases, compile_reserve)
-    order = (*OPS, STEP), MODES, [*EAGER, COMPILE]
-    rows.sort(key=lambda r: (order[0].index(r["op"]), order[1].index(r["mode"]), r["slots"], r["batch"],
-                             order[2].index(r["contender"])))
-    return bench.add_speedups(rows)
+def test_part():
+    if ARGS.dry_run:
+        RESULTS.tests.append("skipped in a dry run")
+        return
+    # The float32 adversarial cases that failed on the first GPU run (benchmarks/RESULTS.md, "GPU ops").
+    RESULTS.tests.append(run_pytest("first_run_failures", [
+        "tests/test_backend_equivalence.py", "tests/test_triton.py", "-m", "gpu or not gpu", "-k",
+        "(test_address and M1 and f32 and (triton or cuda)) or (test_gpu_memory_step_large and extreme and f32)"],
+        timeout=min(60, left_s() - KEEP["tests"] - 60)))
+    RESULTS.save()
+    RESULTS.tests.append(run_pytest("gpu", ["-m", "gpu", "tests", "--ignore=tests/test_compile_sm90.py"],
+                                    timeout=min(150, left_s() - KEEP["tests"])))
+    RESULTS.save()
 
 
+# ---- launches and bandwidth (after the per-op tables) ------------------------------------------------------
 def launch_counts():
     """Kernel launches per call: Triton kernels launched vs the reference's aten ops (views excluded,
-    they launch nothing), forward and backward, at the first benchmark size, on bench's op inputs."""
+    they launch nothing), forward and backward, at the first op size, on bench's op inputs."""
     from torch.utils._python_dispatch import TorchDispatchMode
 
     class AtenCounter(TorchDispatchMode):
@@ -175,8 +301,8 @@ def launch_counts():
         return run(self, *args, **kwargs)
 
     kernel_type.run = counting_run
-    lines = ["| op | reference aten ops fwd | bwd | triton kernels fwd | bwd | triton launcher aten ops fwd | bwd (allocations; + interpreter copies in a dry run) |",
-             "|---|---|---|---|---|---|---|"]
+    lines = ["| op | reference aten ops fwd | bwd | triton kernels fwd | bwd | triton launcher aten ops fwd | bwd "
+             "(allocations; + interpreter copies in a dry run) |", "|---|---|---|---|---|---|---|"]
     B, N = SIZES[0]
     try:
         for op in OPS:
@@ -199,20 +325,15 @@ def launch_counts():
     return lines
 
 
-def copy_bandwidth_gbs():
-    """Device-to-device copy bandwidth (GB/s, read + write), with bench.measure: 1 GiB on CUDA (a small
-    buffer in a dry run, to exercise the path)."""
+def bandwidth_lines(rows):
+    """memory_step bytes of memory moved per step / time at the largest batch: forward reads M_{t-1} and
+    writes M_t (2 memory tensors); forward+backward adds reading M_{t-1} and dL/dM_t and writing dL/dM_{t-1}
+    (5 in all). Head tensors and on-chip re-reads are not counted. Against the device-to-device copy
+    bandwidth (read + write) of 1 GiB (a small buffer in a dry run)."""
     src = torch.empty(2**28 if ARGS.device == "cuda" else 2**20, dtype=torch.float32, device=ARGS.device)
     dst = torch.empty_like(src)
     timing = bench.measure(lambda: dst.copy_(src), ARGS.device, warmup=S.warmup, reps=S.reps, budget_s=S.budget_s)
-    return 2 * src.numel() * 4 / timing.median_s / 1e9, src.numel() * 4
-
-
-def bandwidth_lines(rows):
-    """memory_step bytes of memory moved per step / time at the largest batch: forward reads M_{t-1} and
-    writes M_t (2 memory tensors); forward+backward adds reading M_{t-1} and ∂L/∂M_t and writing ∂L/∂M_{t-1}
-    (5 in all). Head tensors and on-chip re-reads are not counted."""
-    copy, copy_bytes = copy_bandwidth_gbs()
+    copy = 2 * src.numel() * 4 / timing.median_s / 1e9
     B_max = max(B for B, _ in SIZES)
     lines = ["| mode | B | N | contender | ms | GB/s | of copy bandwidth |", "|---|---|---|---|---|---|---|"]
     for r in rows:
@@ -221,10 +342,11 @@ def bandwidth_lines(rows):
             gbs = tensors * r["batch"] * r["slots"] * S.width * 4 / (r["median_ms"] / 1e3) / 1e9
             lines.append(f"| {r['mode']} | {r['batch']} | {r['slots']} | {r['contender']} | {r['median_ms']:.3f} | "
                          f"{gbs:.1f} | {gbs / copy:.0%} |")
-    lines.append(f"\ncopy bandwidth (torch copy_, {copy_bytes / 2**20:.0f} MiB): {copy:.0f} GB/s")
+    lines.append(f"\ncopy bandwidth (torch copy_, {src.numel() * 4 / 2**20:.0f} MiB): {copy:.0f} GB/s")
     return lines
 
 
+# ---- tables --------------------------------------------------------------------------------------------------
 def cell(row, fmt=".3f"):
     if row is None:
         return "-"
@@ -233,17 +355,48 @@ def cell(row, fmt=".3f"):
     return row["status"].replace("|", "/")[:70]
 
 
-def ratio(rows_by_name, base, over="triton"):
-    a, b = rows_by_name.get(base), rows_by_name.get(over)
+def ratio(got, slow, fast):
+    """How many times faster `fast` ran than `slow` (both names of contenders in `got`), or '-'."""
+    a, b = got.get(slow), got.get(fast)
     ok = a is not None and b is not None and a["status"] == b["status"] == "ok"
-    return f"{a['median_ms'] / b['median_ms']:.1f}x" if ok else "-"
+    return f"{a['median_ms'] / b['median_ms']:.2f}x" if ok else "-"
+
+
+def step_tables(rows):
+    """Every step row, then the sequence node's ratios at each batch size."""
+    names = [*STEP_CONTENDERS, COMPILE]
+    lines = ["| B | contender | runs as | ms/step | sequences/s | vs reference | compile s |",
+             "|---|---|---|---|---|---|---|"]
+    by_batch = {}
+    for r in sorted((r for r in rows if r["op"] == STEP),
+                    key=lambda r: (r["batch"], names.index(r["contender"]))):
+        by_batch.setdefault(r["batch"], {})[r["contender"]] = r
+        seq = per_s(r)
+        speedup = f"{r['speedup']:.2f}x" if "speedup" in r else "-"
+        compile_s = f"{r['compile_s']:.1f}" if "compile_s" in r else ""
+        lines.append(f"| {r['batch']} | {r['contender']} | {r.get('runs_as', '-')} | {cell(r, '.2f')} | {seq} | "
+                     f"{speedup} | {compile_s} |")
+    lines += ["", "The sequence node (`triton`) against the others, same run (times faster):", "",
+              "| B | sequences/s | vs triton-per-step | vs reference | vs torch.compile(reference) |"
+              + (" vs cuda |" if CUDA else ""), "|---|---|---|---|---|" + ("---|" if CUDA else "")]
+    for B, got in by_batch.items():
+        node = got.get("triton")
+        seq = per_s(node) if node else "-"
+        others = ["triton" + PER_STEP, "reference", COMPILE, *CUDA]
+        lines.append(f"| {B} | {seq} | " + " | ".join(ratio(got, o, "triton") for o in others) + " |")
+    lines += ["", "`triton-per-step`: the same model with `fuse_sequence = False` (one time step at a time, the "
+              "per-op kernels); compile s: the first call's seconds beyond the median (the compilation; dynamic "
+              "shapes, so later sizes reuse it)."]
+    return lines
 
 
 def op_tables(rows):
-    """One markdown table per (op, mode): rows B x N, columns ms per contender and speedups of triton."""
-    lines, names = [], ["reference", COMPILE] + EAGER[1:]
+    """One markdown table per (op, mode) reached: rows B x N, columns ms per contender and triton's ratios."""
+    lines, names = [], ["reference", COMPILE, *OP_CONTENDERS[1:]]
     for op in OP_ORDER:
         for mode in MODES:
+            if not any((r["op"], r["mode"]) == (op, mode) for r in rows):
+                continue
             lines += [f"\n### {op}, {mode} (ms, median)\n",
                       "| B | N | " + " | ".join(names) + " | triton vs reference | triton vs compile |",
                       "|---|---|" + "---|" * (len(names) + 2)]
@@ -251,70 +404,35 @@ def op_tables(rows):
                 got = {r["contender"]: r for r in rows
                        if (r["op"], r["mode"], r["batch"], r["slots"]) == (op, mode, B, N)}
                 lines.append(f"| {B} | {N} | " + " | ".join([cell(got.get(n)) for n in names]
-                                                          + [ratio(got, "reference"), ratio(got, COMPILE)]) + " |")
+                                                          + [ratio(got, "reference", "triton"),
+                                                             ratio(got, COMPILE, "triton")]) + " |")
     checked = {}
     for r in rows:
         if r["status"] == "ok" and r["contender"] != "reference":
             checked[r["contender"]] = max(checked.get(r["contender"], 0.0), r["max_error"])
-    firsts = {}
-    for r in rows:
-        if r.get("compile_s") is not None:
-            firsts.setdefault(f"{r['op']} {r['mode']}", r["compile_s"])
-    lines += ["", "Every timed row agreed with the reference first (rtol 1e-4, atol 1e-5; step 1e-3, 1e-4); "
-              "largest max abs error: " + (", ".join(f"{c} {e:.2g}" for c, e in checked.items()) or "-"),
-              "", "torch.compile first-call seconds beyond the median (the compilation): "
-              + (", ".join(f"{k} {v:.1f}" for k, v in firsts.items()) or "-")]
-    return lines
-
-
-def train_table(rows):
-    lines = ["| B | N | contender | ms/step | sequences/s | vs reference |", "|---|---|---|---|---|---|"]
-    for r in rows:
-        if r["op"] == STEP:
-            seq = f"{r['seq_per_s']:.0f}" if "seq_per_s" in r else "-"
-            speedup = f"{r['speedup']:.2f}x" if "speedup" in r else "-"
-            lines.append(f"| {r['batch']} | {r['slots']} | {r['contender']} | {cell(r, '.2f')} | {seq} | {speedup} |")
+    lines += ["", "Every timed row (step and ops) agreed with the reference first (rtol 1e-4, atol 1e-5; step "
+              "1e-3, 1e-4); largest max abs error: " + (", ".join(f"{c} {e:.2g}" for c, e in checked.items()) or "-")]
     return lines
 
 
 def main():
     os.makedirs(ARGS.out, exist_ok=True)
-    report = ["# ntm_fast Triton backend: GPU suite", ""] + [f"- {line}" for line in environment()]
-    print("\n".join(report), flush=True)
-
-    report += ["", "## Tests", ""]
-    if ARGS.dry_run:
-        report.append("- skipped in a dry run")
-    else:
-        # First the float32 adversarial cases that failed on the first GPU run (H200, 2026-11-26;
-        # benchmarks/results/gpu-h200.json), so that a fix is checked even if a later step runs out
-        # of time.
-        report.append("- " + run_pytest("first_run_failures", [
-            "tests/test_backend_equivalence.py", "tests/test_triton.py", "-m", "gpu or not gpu", "-k",
-            "(test_address and M1 and f32 and (triton or cuda)) or (test_gpu_memory_step_large and extreme and f32)"],
-            timeout=min(90, left_s() - 330)))
-        report.append("- " + run_pytest("gpu", ["-m", "gpu", "tests/test_triton.py"], timeout=min(150, left_s() - 240)))
-        report.append("- " + run_pytest("equivalence_triton_cuda",
-                                        ["tests/test_backend_equivalence.py", "tests/test_extension.py", "-k",
-                                         "(triton or cuda) and not host_sources"], timeout=min(150, left_s() - 200)))
-    print("\n".join(report[-4:]), flush=True)
-
-    rows = benchmarks()
-    T = 2 * S.length + 1
-    report += ["", "## Ops: reference vs torch.compile(reference) vs triton",
-               f"M={S.width}, S={S.shift_range}, {S.read_heads} read + {S.write_heads} write head (address: both "
-               "heads), float32; the compile contender uses dynamic shapes"] + op_tables(rows)
-    report += ["", f"## Whole training step (copy L={S.length}: T={T}, N={STEP_SIZES[0][1]}, M={S.width}, "
-               f"LSTM {S.controller_size}; forward, loss, backward, clipping, RMSprop)", ""] + train_table(rows)
-    report += ["", "## Launches per call", ""] + launch_counts()
-    report += ["", "## memory_step bandwidth at the largest batch", ""] + bandwidth_lines(rows)
-    report += ["", f"total wall time: {time.monotonic() - START:.0f} s"]
-
-    text = "\n".join(report) + "\n"
-    print(text)
-    with open(os.path.join(ARGS.out, "results.md"), "w") as f:
-        f.write(text)
-    bench.write_csv(rows, os.path.join(ARGS.out, "results.csv"))
+    watchdog()
+    RESULTS.environment = environment()
+    RESULTS.save()
+    print("\n".join(RESULTS.environment), flush=True)
+    step_part()
+    test_part()
+    print("\n".join(RESULTS.tests), flush=True)
+    op_part()
+    if left_s() > 0:
+        RESULTS.extra += ["", "## Launches per call", ""] + launch_counts()
+        RESULTS.save()
+    if left_s() > 0:
+        RESULTS.extra += ["", "## memory_step bandwidth at the largest batch", ""] + bandwidth_lines(RESULTS.rows)
+    RESULTS.state = f"complete in {time.monotonic() - START:.0f} s"
+    RESULTS.save()
+    print(RESULTS.markdown(), flush=True)
 
 
 if __name__ == "__main__":

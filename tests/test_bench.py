@@ -12,7 +12,8 @@ import pytest
 from cases import backend_or_skip
 from ntm_fast.ops import dispatch, reference
 from ntm_fast.ops.dispatch import BACKENDS, Backend
-from ntm_fast.tools.bench import Case, Settings, check_contenders, default_contenders, merge_rounds, run_contender
+from ntm_fast.tools.bench import (Case, Settings, check_contenders, default_contenders, has_sequence_node, merge_rounds,
+                                  per_step_contenders, run_contender, split_contender)
 from ntm_fast.tools.cli import main
 
 TINY = Settings(width=4, controller_size=6, length=2, warmup=0, reps=3, budget_s=0.01)
@@ -66,6 +67,9 @@ def test_the_triton_interpreter_is_never_a_cpu_contender(monkeypatch, backend_ca
 @pytest.mark.parametrize("argv,message", [
     (["--backends", "nope"], "unknown backend 'nope'"),
     (["--backends", "cuda"], "backend 'cuda' is unavailable for cpu tensors"),
+    (["--backends", "reference-per-step"], "contender 'reference-per-step': backend 'reference' has no "
+                                           "whole-sequence node for cpu tensors"),
+    (["--backends", "nope-per-step"], "unknown backend 'nope'"),
     (["--batch-sizes", "4", "0"], "--batch-sizes must be >= 1, got 0"),
     (["--slots", "-3"], "--slots must be >= 1, got -3"),
     (["--reps", "0"], "--reps must be >= 1, got 0"),
@@ -94,6 +98,71 @@ def test_bench_end_to_end(tmp_path, capsys):
     assert all(r["seq_per_s"] > 0 for r in data["results"] if r["op"] == "step")
     assert (out / "bench.csv").read_text().count("\n") == 9 and (out / "bench.png").stat().st_size > 0
 
+
+
+def test_per_step_contender_names(monkeypatch, backend_cache):
+    # A stand-in backend whose launchers list a whole-sequence node on the CPU, as the C++ extension's do.
+    ops = types.SimpleNamespace(**{op: getattr(reference, op) for op in ("address", "read", "write", "memory_step")},
+                                kernels=types.SimpleNamespace(FUSED_SEQUENCE_DEVICES=("cpu",)))
+    monkeypatch.setitem(BACKENDS, "seq", Backend("seq", "a sequence node on cpu", lambda: ("cpu",), lambda: ops))
+    assert split_contender("seq-per-step") == ("seq", True) and split_contender("seq") == ("seq", False)
+    assert has_sequence_node("seq", "cpu") and not has_sequence_node("reference", "cpu")
+    assert per_step_contenders(["reference", "seq"], "cpu") == ["seq-per-step"]
+    assert check_contenders(["seq", "seq-per-step"], "cpu") == ["reference", "seq", "seq-per-step"]
+    assert not any(name.endswith("-per-step") for name in default_contenders("cpu"))  # opt-in on the CPU
+    # A per-step contender times the whole step only.
+    (row,) = run_contender("seq-per-step", [Case("read", "fwd", 2, 5)], TINY)
+    assert row["status"].startswith("error: ValueError: contender 'seq-per-step' times the whole step only")
+
+
+def test_bench_per_step_contender_end_to_end(tmp_path, capsys):
+    backend_or_skip("cpp", "cpu")
+    out = tmp_path / "bench"
+    main(["bench", "--backends", "cpp", "cpp-per-step", "--compile", "off", "--ops", "read", "step", "--modes",
+          "fwd+bwd", "--batch-sizes", "2", "--slots", "8", "--memory-width", "4", "--controller-size", "6",
+          "--length", "2", "--warmup", "0", "--reps", "3", "--budget", "0.01", "--threads", "1", "--out", str(out),
+          "--no-progress", "--no-plot"])
+    text = capsys.readouterr().out
+    assert "vs per-step" in text and "<backend>-per-step: the backend's model with fuse_sequence = False" in text
+    rows = {(r["op"], r["contender"]): r for r in json.loads((out / "bench.json").read_text())["results"]}
+    assert ("read", "cpp-per-step") not in rows  # the whole step only
+    assert all(r["status"] == "ok" for r in rows.values())
+    assert rows["step", "cpp"]["runs_as"] == "sequence node"
+    assert rows["step", "cpp-per-step"]["runs_as"] == "step nodes"  # one fused node per time step
+    assert rows["step", "reference"]["runs_as"] == "per-op"
+    node, per_step = rows["step", "cpp"], rows["step", "cpp-per-step"]
+    assert node["vs_per_step"] == pytest.approx(per_step["median_ms"] / node["median_ms"])
+
+
+def test_gpu_suite_dry_run_writes_every_table(tmp_path):
+    script = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmarks", "gpu_suite.py")
+    result = subprocess.run([sys.executable, script, str(tmp_path), "--dry-run"], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-3000:]
+    text = (tmp_path / "results.md").read_text()
+    assert "state: complete" in text and "commit: " in text
+    for title in ("## Whole training step", "vs triton-per-step", "## Tests", "### memory_step, fwd+bwd",
+                  "### write, fwd", "## Launches per call", "## memory_step bandwidth"):
+        assert title in text
+    data = json.loads((tmp_path / "results.json").read_text())
+    assert data["meta"]["commit"] and data["meta"]["dry_run"] is True
+    step = {r["contender"]: r for r in data["results"] if r["op"] == "step"}
+    assert step["triton"]["runs_as"] == "sequence node" and step["triton-per-step"]["runs_as"] == "per-op"
+    assert {"reference", "compile"} <= set(step) and all(r["status"] == "ok" for r in step.values())
+    assert "vs_per_step" in step["triton"]
+    assert (tmp_path / "results.csv").read_text().count("\n") == len(data["results"]) + 1
+
+
+def test_gpu_suite_skips_what_its_time_limit_cannot_reach(tmp_path):
+    script = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmarks", "gpu_suite.py")
+    result = subprocess.run([sys.executable, script, str(tmp_path), "--dry-run", "--limit", "20"], capture_output=True,
+                            text=True)
+    assert result.returncode in (0, 3), result.stderr[-3000:]  # 3: the watchdog ended it at the limit
+    data = json.loads((tmp_path / "results.json").read_text())
+    assert data["results"] and all(r["status"] == "skipped (time budget)" for r in data["results"])
+    assert "skipped (time budget)" in (tmp_path / "results.md").read_text()
+    bad = subprocess.run([sys.executable, script, str(tmp_path), "--dry-run", "--limit", "5"], capture_output=True,
+                         text=True)
+    assert bad.returncode == 2 and "--limit must be at least 20 seconds, got 5" in bad.stderr
 
 
 def _row(contender, ms, status="ok", **extra):

@@ -4,6 +4,7 @@ import json
 
 import pytest
 
+from cases import backend_or_skip
 from ntm_fast.ops import dispatch, reference
 from ntm_fast.ops.dispatch import BACKENDS, Backend
 from ntm_fast.tools.cli import main
@@ -76,8 +77,35 @@ def test_profile_fused_backend_reports_one_memory_interaction(monkeypatch, tmp_p
     assert set(report["parts"]) == {"controller", "memory interaction", "output/loss", "optimizer"}
 
 
+def test_profile_shows_the_sequence_node_as_its_own_part(tmp_path, capsys):
+    backend_or_skip("cpp", "cpu")  # runs the whole sequence as one node on the CPU
+    main(["profile", *TINY, "--backend", "cpp", "--trace", str(tmp_path / "trace.json"),
+          "--json", str(tmp_path / "p.json")])
+    text = capsys.readouterr().out
+    assert "the step ran as: sequence node" in text and "not what this step ran" in text
+    report = json.loads((tmp_path / "p.json").read_text())
+    assert report["runs_as"] == "sequence node" and report["memory_fraction"] is None
+    assert set(report["parts"]) == {"sequence node", "loss", "optimizer"}
+    assert set(report["per_step_parts"]) == {"controller", "memory interaction", "output/loss"}
+    assert report["parts"]["sequence node"]["fwd_bwd_s"] > 0 and report["parts"]["sequence node"]["min_bytes"] is None
+    assert report["parts"]["sequence node"]["saved_bytes_per_t"] > 0  # the node's tape
+    names = {e.get("name") for e in json.loads((tmp_path / "trace.json").read_text())["traceEvents"]}
+    assert {"sequence node", "loss", "backward", "optimizer"} <= names and "controller" not in names
+
+
+def test_profile_per_step_contender(tmp_path, capsys):
+    backend_or_skip("cpp", "cpu")
+    main(["profile", *TINY, "--backend", "cpp-per-step", "--json", str(tmp_path / "p.json")])
+    text = capsys.readouterr().out
+    assert "backend cpp-per-step" in text and "the step ran as: step nodes" in text
+    report = json.loads((tmp_path / "p.json").read_text())
+    assert set(report["parts"]) == {"controller", "memory interaction", "output/loss", "optimizer"}
+    assert report["per_step_parts"] is None and report["memory_fraction"] > 0
+
+
 @pytest.mark.parametrize("argv,message", [
     (["--backend", "nope"], "unknown backend 'nope'"),
+    (["--backend", "reference-per-step"], "backend 'reference' has no whole-sequence node for cpu tensors"),
     (["--batch-size", "0"], "--batch-size must be >= 1, got 0"),
     (["--length", "0"], "--length must be >= 1, got 0"),
     (["--memory-slots", "0", "--backend", "reference"], "'memory_slots' must be an integer >= 1"),

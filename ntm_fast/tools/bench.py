@@ -2,7 +2,11 @@
 
 Contenders: the backends that run on the device (`available_backends`; the Triton interpreter on CPU is
 never one) plus ``compile``, the reference ops under `torch.compile` (for the whole step: the reference
-model with its `NTMCell` compiled, one graph per time step reused over the sequence).
+model with its `NTMCell` compiled, one graph per time step reused over the sequence). For the whole step, a
+backend that runs the whole sequence as one autograd node on the device (`cpp` on CPU, `triton` on CUDA;
+model/fused.py) has a second contender, ``<backend>-per-step``: the same model with `fuse_sequence = False`,
+run one time step at a time, so the sequence node and the per-step path are timed side by side. Each step
+row says what the model ran as (`runs_as`: sequence node, step nodes or per-op).
 
 Cases: each op (`address` over all R+W heads, `read`, `write`, `memory_step`) and the whole training step
 (copy task at a fixed length, so `torch.compile` compiles once), forward (no grad) and forward+backward
@@ -43,10 +47,11 @@ STEP = "step"
 MODES = ("fwd", "fwd+bwd")
 COMPILE = "compile"  # the contender torch.compile(reference)
 COMPILE_CHOICES = ("off", "ops", "all")  # which cases the compile contender runs
+PER_STEP = "-per-step"  # suffix of the contender running a sequence-node backend's model step by step
 # Agreement with the reference required before timing (float32; the step accumulates over 2L+1 steps).
 TOLERANCE = {"op": dict(rtol=1e-4, atol=1e-5), STEP: dict(rtol=1e-3, atol=1e-4)}
 CSV_FIELDS = ("op", "mode", "batch", "slots", "contender", "status", "median_ms", "seq_per_s", "speedup",
-              "compile_s", "reps", "max_error", "threads", "rounds")
+              "vs_per_step", "runs_as", "compile_s", "reps", "max_error", "threads", "rounds")
 
 
 @dataclass(frozen=True)
@@ -243,30 +248,66 @@ def training_step(trainer, batch) -> tuple:
     return train_step, gradients, update
 
 
+def split_contender(contender: str) -> tuple:
+    """(backend, per_step): 'triton-per-step' -> ('triton', True), 'triton' -> ('triton', False)."""
+    if contender.endswith(PER_STEP):
+        return contender[:-len(PER_STEP)], True
+    return contender, False
+
+
+def has_sequence_node(backend: str, device) -> bool:
+    """Whether `backend` runs a whole sequence as one autograd node on `device`'s tensors (model/fused.py)."""
+    device_type = torch.device(device).type
+    if unavailable_reason(backend, device_type) is not None:
+        return False
+    kernels = getattr(resolved_ops(backend, device_type), "kernels", None)
+    return device_type in getattr(kernels, "FUSED_SEQUENCE_DEVICES", ())
+
+
+def runs_as(model, x) -> str:
+    """What `model(x)` (x [T, B, X]) runs as: 'sequence node' (one autograd node for all T steps), 'step
+    nodes' (one per time step) or 'per-op' (the backend's ops, one call each)."""
+    from ..model import fused
+
+    if model.fuse_sequence and fused.sequence_usable(model.cell, x[0]):
+        return "sequence node"
+    return "step nodes" if fused.usable(model.cell, x[0]) else "per-op"
+
+
 def step_trainer(contender: str, batch_size: int, device, *, task: str = "copy", model: dict, seed: int = 0,
                  compile_options: dict | None = None):
-    """A `Trainer` (seeded: the same initial weights for every contender) whose model uses `contender`;
+    """A `Trainer` (seeded: the same initial weights for every contender) whose model uses `contender`
+    (a backend, ``compile``, or ``<backend>-per-step``: that backend's model with `fuse_sequence = False`);
     `model` holds NTM keyword arguments; `compile_options` those of the compile contender's `cell.compile`."""
     from .train import TrainConfig, Trainer
 
+    backend, per_step = split_contender(contender)
     config = TrainConfig(task=task, batch_size=batch_size, seed=seed, device=str(device), progress=False,
-                         backend="reference" if contender == COMPILE else contender, model=model,
+                         backend="reference" if contender == COMPILE else backend, model=model,
                          out_dir=os.path.join(tempfile.gettempdir(), "ntm-fast-bench"))  # never written
     trainer = Trainer(config)
+    trainer.model.fuse_sequence = not per_step
     if contender == COMPILE:
         trainer.model.cell.compile(**(compile_options or {}))
     return trainer
 
 
+def step_case(contender: str, case: Case, s: Settings) -> tuple:
+    """(trainer, copy-task batch [T, B, X]) of a whole-step case, seeded."""
+    model = dict(controller_size=s.controller_size, memory_slots=case.slots, memory_width=s.width,
+                 read_heads=s.read_heads, write_heads=s.write_heads, shift_range=s.shift_range)
+    trainer = step_trainer(contender, case.batch, s.device, model=model, seed=s.seed,
+                           compile_options=dict(backend=s.compile_backend, dynamic=s.compile_dynamic or None))
+    return trainer, trainer.task.sample(case.batch, s.length, torch.Generator().manual_seed(s.seed)).to(s.device)
+
+
 def workload(contender: str, case: Case, s: Settings) -> tuple:
     """(timed, check) callables for `contender` on `case`: `timed()` is what is measured, `check()` returns
     the tensors compared with the reference (outputs; for fwd+bwd also gradients)."""
+    if case.op != STEP and split_contender(contender)[1]:
+        raise ValueError(f"contender {contender!r} times the whole step only, not {case.op!r}")
     if case.op == STEP:
-        model = dict(controller_size=s.controller_size, memory_slots=case.slots, memory_width=s.width,
-                     read_heads=s.read_heads, write_heads=s.write_heads, shift_range=s.shift_range)
-        trainer = step_trainer(contender, case.batch, s.device, model=model, seed=s.seed,
-                               compile_options=dict(backend=s.compile_backend, dynamic=s.compile_dynamic or None))
-        batch = trainer.task.sample(case.batch, s.length, torch.Generator().manual_seed(s.seed)).to(s.device)
+        trainer, batch = step_case(contender, case, s)
         if case.mode == "fwd":
             def forward_loss(x):
                 logits = trainer.model(x)
@@ -334,6 +375,8 @@ def run_contender(contender: str, cases, s: Settings, progress: bool = False) ->
             row.update(status="ok", median_ms=timing.median_s * 1e3, reps=timing.reps, max_error=error)
             if case.op == STEP:
                 row["seq_per_s"] = case.batch / timing.median_s
+                trainer, batch = step_case(contender, case, s)
+                row["runs_as"] = runs_as(trainer.model, batch.inputs)
             if contender == COMPILE:
                 row["compile_s"] = max(0.0, first_call_s - timing.median_s)
         except Disagreement as err:
@@ -378,18 +421,29 @@ def default_contenders(device) -> list:
     return [n for n in available_backends(device_type) if n != "triton" or device_type == "cuda"]
 
 
+def per_step_contenders(names, device) -> list:
+    """``<backend>-per-step`` for each backend in `names` that has a whole-sequence node on `device`."""
+    return [n + PER_STEP for n in names if n not in (COMPILE, "reference") and has_sequence_node(n, device)]
+
+
 def check_contenders(names, device) -> list:
-    """Validate user-named backends (ValueError with the reason for an unknown or unavailable one)."""
+    """Validate user-named contenders: backends and ``<backend>-per-step`` (ValueError with the reason for an
+    unknown or unavailable one, or a per-step contender whose backend has no sequence node on `device`)."""
     device_type = torch.device(device).type
-    for name in names:
+    for contender in names:
+        name, per_step = split_contender(contender)
         if name not in BACKENDS:
-            raise ValueError(f"unknown backend {name!r}; known: {', '.join(BACKENDS)}")
+            raise ValueError(f"unknown backend {name!r}; known: {', '.join(BACKENDS)} (and, for the whole step, "
+                             f"<backend>{PER_STEP} for a backend with a whole-sequence node on the device)")
         if name == "triton" and device_type != "cuda":
             raise ValueError("backend 'triton' runs on CPU tensors only under the Triton interpreter, "
                              "which is a test tool, not a contender; benchmark it with --device cuda")
         reason = unavailable_reason(name, device_type)
         if reason is not None:
             raise ValueError(f"backend {name!r} is unavailable for {device_type} tensors: {reason}")
+        if per_step and not has_sequence_node(name, device_type):
+            raise ValueError(f"contender {contender!r}: backend {name!r} has no whole-sequence node for "
+                             f"{device_type} tensors, so its step already runs step by step; use {name!r}")
     return list(dict.fromkeys(["reference", *names]))  # the reference is always timed: ratios need it
 
 
@@ -404,6 +458,18 @@ def add_speedups(rows) -> list:
     for r in rows:
         if r["status"] == "ok" and _case_key(r) in ref:
             r["speedup"] = ref[_case_key(r)] / r["median_ms"]
+    return rows
+
+
+def add_per_step_ratios(rows) -> list:
+    """vs_per_step = `<backend>-per-step` median / `<backend>` median on the same step case, on the backend's
+    row (>1: the whole-sequence node is faster than the same model run step by step)."""
+    per_step = {(*_case_key(r), split_contender(r["contender"])[0]): r["median_ms"] for r in rows
+                if split_contender(r["contender"])[1] and r["status"] == "ok"}
+    for r in rows:
+        key = (*_case_key(r), r["contender"])
+        if r["status"] == "ok" and key in per_step:
+            r["vs_per_step"] = per_step[key] / r["median_ms"]
     return rows
 
 
@@ -431,18 +497,24 @@ def environment(device) -> dict:
 
 
 def format_table(rows) -> str:
-    head = f"{'op':<11} {'mode':<7} {'B':>5} {'N':>5}  {'contender':<10} {'time':>10} {'seq/s':>8} " \
-           f"{'vs ref':>7} {'compile':>8}  status"
+    """The rows as a text table; the step rows say what the model ran as, and a backend's step row its
+    sequence node's speed-up over the same backend run step by step (vs per-step)."""
+    head = f"{'op':<11} {'mode':<7} {'B':>5} {'N':>5}  {'contender':<16} {'time':>10} {'seq/s':>8} " \
+           f"{'vs ref':>7} {'vs per-step':>11} {'compile':>8}  runs as / status"
     lines = [head, "-" * len(head)]
     for r in rows:
         ok = r["status"] == "ok"
-        lines.append(
-            f"{r['op']:<11} {r['mode']:<7} {r['batch']:>5} {r['slots']:>5}  {r['contender']:<10} "
+        lines.append((
+            f"{r['op']:<11} {r['mode']:<7} {r['batch']:>5} {r['slots']:>5}  {r['contender']:<16} "
             + (f"{r['median_ms']:>7.3f} ms" if ok else f"{'-':>10}")
             + (f" {r['seq_per_s']:>8.1f}" if "seq_per_s" in r else f" {'':>8}")
             + (f" {r['speedup']:>6.2f}x" if "speedup" in r else f" {'':>7}")
+            + (f" {r['vs_per_step']:>10.2f}x" if "vs_per_step" in r else f" {'':>11}")
             + (f" {r['compile_s']:>7.1f}s" if "compile_s" in r else f" {'':>8}")
-            + ("" if ok else f"  {r['status']}"))
+            + (f"  {r.get('runs_as', '')}" if ok else f"  {r['status']}")).rstrip())
+    if any(split_contender(r["contender"])[1] for r in rows):
+        lines.append(f"<backend>{PER_STEP}: the backend's model with fuse_sequence = False, one time step at a time; "
+                     "vs per-step = its time / the backend's (the whole-sequence node's) time")
     return "\n".join(lines)
 
 
@@ -516,7 +588,8 @@ def run_bench(contenders, compile_cases: str, cases, s: Settings, progress=True,
     With `rounds` > 1 the contenders' processes alternate that many times (the order reversed every other
     round) and each case reports the median over rounds: on a shared machine whose speed drifts over
     minutes, contenders timed one after the other would otherwise meet different machines."""
-    runs = [(c, list(cases)) for c in contenders]
+    runs = [(c, [case for case in cases if case.op == STEP or not split_contender(c)[1]]) for c in contenders]
+    runs = [(c, its_cases) for c, its_cases in runs if its_cases]
     if compile_cases != "off":
         runs.append((COMPILE, [c for c in cases if compile_cases == "all" or c.op != STEP]))
     per_round = []
@@ -532,7 +605,7 @@ def run_bench(contenders, compile_cases: str, cases, s: Settings, progress=True,
     order = {c: i for i, (c, _) in enumerate(runs)}
     rows.sort(key=lambda r: ((OPS + (STEP,)).index(r["op"]), MODES.index(r["mode"]), r["slots"], r["batch"],
                              order[r["contender"]]))
-    return add_speedups(rows)
+    return add_per_step_ratios(add_speedups(rows))
 
 
 # ---- the command -------------------------------------------------------------------------------------------
@@ -545,8 +618,10 @@ def add_bench_parser(sub):
                                    "table and writes bench.csv, bench.json and bench.png into --out.")
     p.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
     p.add_argument("--backends", nargs="*", default=None,
-                   help="backends to time besides the reference (default: every one available on the device; "
-                        "none: the reference alone)")
+                   help="backends to time besides the reference (default: every one available on the device, "
+                        "and on cuda triton-per-step; none: the reference alone). <backend>-per-step (e.g. "
+                        "cpp-per-step on cpu) times, in the step cases, a backend that runs the whole sequence "
+                        "as one node with that node switched off (fuse_sequence = False)")
     p.add_argument("--compile", choices=COMPILE_CHOICES, default="ops",
                    help="torch.compile(reference) as a contender: off, ops (default; the per-op cases) or all "
                         "(also the whole step: slow to compile on a CPU)")
@@ -592,8 +667,13 @@ def cmd_bench(args):
         raise ValueError(f"--budget must be positive, got {args.budget}")
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         raise ValueError("--device cuda asked for, but no CUDA GPU is visible")
-    contenders = check_contenders(args.backends if args.backends is not None
-                                  else default_contenders(args.device), args.device)
+    if args.backends is None:  # on CUDA the per-step contenders come by default; on CPU they are asked for
+        names = default_contenders(args.device)
+        if torch.device(args.device).type == "cuda" and STEP in args.ops:
+            names += per_step_contenders(names, args.device)
+    else:
+        names = args.backends
+    contenders = check_contenders(names, args.device)
     s = Settings(width=args.memory_width, read_heads=args.read_heads, write_heads=args.write_heads,
                  shift_range=args.shift_range, controller_size=args.controller_size, length=args.length,
                  device=args.device, warmup=args.warmup, reps=args.reps, budget_s=args.budget, threads=args.threads)

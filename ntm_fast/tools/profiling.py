@@ -13,6 +13,12 @@ timed alone over all 2L+1 time steps, forward and forward+backward, with `bench.
 helper `ntm-fast bench` uses. Beside each time stands an analytic minimum of the bytes the part must move
 (`traffic_model`), hence the achieved bandwidth, and the activation bytes it saves for backward (counted
 with `saved_tensors_hooks`). `--trace` writes a Chrome trace of one step with these parts as ranges.
+
+Where the model runs the whole sequence as one autograd node (model/fused.py: `cpp` on CPU, `triton` on
+CUDA), that node is what the step runs: the report's parts are then the node itself (controller, memory
+interaction and output layer of every time step), the loss and the optimizer, and the per-op parts above
+follow, timed alone, as what the same step would cost run step by step. ``<backend>-per-step`` profiles that
+backend's model with the node switched off (`fuse_sequence = False`).
 """
 from __future__ import annotations
 
@@ -23,13 +29,14 @@ import sys
 import torch
 
 from .. import ops
-from ..model import fused
 from ..ops.dispatch import resolve
 from .options import add_device_backend, add_model_options, model_options_given
-from .bench import check_contenders, forward_backward, forward_only, measure, step_trainer, training_step
+from .bench import (check_contenders, forward_backward, forward_only, measure, runs_as, split_contender,
+                    step_trainer, training_step)
 
 MEMORY_PARTS = ("addressing", "read", "write")  # the reference's memory interaction, split
 MEMORY = "memory interaction"
+SEQUENCE = "sequence node"  # the whole sequence as one autograd node: controller + memory + output, all T steps
 
 
 # ---- the analytic byte model -------------------------------------------------------------------------------
@@ -193,14 +200,40 @@ class InstrumentedStep:
             self.loss(self.forward())
         return held
 
-    def trace(self, path, update):
-        """Write a Chrome trace of one training step (forward parts as ranges, then backward, optimizer)."""
+    def node_saved_bytes(self) -> dict:
+        """Activation bytes saved for backward by the sequence node and by the loss over one forward+loss."""
+        seen = {p.untyped_storage().data_ptr() for p in self.trainer.model.parameters()}
+        held = {}
+
+        def pack(t):
+            storage = t.untyped_storage()
+            if storage.data_ptr() not in seen:
+                seen.add(storage.data_ptr())
+                held[self.current] = held.get(self.current, 0) + storage.nbytes()
+            return t
+
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            with self._part(SEQUENCE):
+                logits = self.trainer.model(self.batch.inputs)
+            with self._part("loss"):
+                self.trainer.task.loss(logits, self.batch)
+        return held
+
+    def trace(self, path, update, node: bool = False):
+        """Write a Chrome trace of one training step (forward parts as ranges, or the sequence node's one
+        range with `node`, then backward, optimizer)."""
         from torch.profiler import ProfilerActivity, profile, record_function
 
         activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if self.batch.inputs.is_cuda else [])
         with profile(activities=activities) as prof:
             self.trainer.model.zero_grad(set_to_none=True)
-            loss = self.loss(self.forward())
+            if node:
+                with self._part(SEQUENCE):
+                    logits = self.trainer.model(self.batch.inputs)
+                with self._part("loss"):
+                    loss = self.trainer.task.loss(logits, self.batch)
+            else:
+                loss = self.loss(self.forward())
             with record_function("backward"):
                 loss.backward()
             with record_function("optimizer"):
@@ -210,7 +243,8 @@ class InstrumentedStep:
 
 # ---- the profile -------------------------------------------------------------------------------------------
 def resolve_backend(name: str, device) -> str:
-    """The backend `name` stands for on `device` ('auto' -> the one auto picks); ValueError if unusable."""
+    """The backend (or ``<backend>-per-step``) `name` stands for on `device` ('auto' -> the one auto picks);
+    ValueError if unusable."""
     device = torch.device(device)
     if name == "auto":
         return resolve(name, device.type)
@@ -218,21 +252,38 @@ def resolve_backend(name: str, device) -> str:
     return name
 
 
+def _timed_parts(step, parts_names, captured, timed) -> dict:
+    parts = {}
+    for part in parts_names:
+        fwd, fwd_bwd = step.part_callables(part, captured[part])
+        parts[part] = {"fwd_s": timed(fwd), "fwd_bwd_s": timed(fwd_bwd)}
+    return parts
+
+
 def profile_step(*, task="copy", batch_size=256, length=20, backend="auto", device="cpu", model=None,
                  warmup=1, reps=5, budget_s=2.0, trace=None, seed=0) -> dict:
     """Profile one training step; returns the report as a dict (see `format_report`)."""
-    backend = resolve_backend(backend, device)
-    trainer = step_trainer(backend, batch_size, device, task=task, model=model or {}, seed=seed)
+    contender = resolve_backend(backend, device)
+    trainer = step_trainer(contender, batch_size, device, task=task, model=model or {}, seed=seed)
     batch = trainer.task.sample(batch_size, length, torch.Generator().manual_seed(seed)).to(device)
     train_step, gradients, update = training_step(trainer, batch)
-    step = InstrumentedStep(trainer, batch, backend)
+    step = InstrumentedStep(trainer, batch, split_contender(contender)[0])
     timed = lambda fn: measure(fn, device, warmup=warmup, reps=reps, budget_s=budget_s).median_s  # noqa: E731
+    ran_as = runs_as(trainer.model, batch.inputs)
+    node = ran_as == "sequence node"
 
     captured = step.capture()
-    parts = {}
-    for part in ("controller", *step.memory_parts, "output/loss"):
-        fwd, fwd_bwd = step.part_callables(part, captured[part])
-        parts[part] = {"fwd_s": timed(fwd), "fwd_bwd_s": timed(fwd_bwd)}
+    per_op = _timed_parts(step, ("controller", *step.memory_parts, "output/loss"), captured, timed)
+    if node:  # the step's parts are the node, the loss and the optimizer; the per-op parts are set aside
+        model, params = trainer.model, list(trainer.model.parameters())
+        logits = model(batch.inputs).detach()
+        loss = lambda y: trainer.task.loss(y, batch)  # noqa: E731
+        parts = {SEQUENCE: {"fwd_s": timed(forward_only(lambda: model(batch.inputs), [])),
+                            "fwd_bwd_s": timed(forward_backward(lambda: model(batch.inputs), [], params))},
+                 "loss": {"fwd_s": timed(forward_only(loss, [logits])),
+                          "fwd_bwd_s": timed(forward_backward(loss, [logits]))}}
+    else:
+        parts = per_op
     gradients()
     parts["optimizer"] = {"fwd_s": None, "fwd_bwd_s": timed(update)}
     whole = {"fwd_s": timed(forward_only(lambda: trainer.task.loss(trainer.model(batch.inputs), batch), [])),
@@ -243,64 +294,92 @@ def profile_step(*, task="copy", batch_size=256, length=20, backend="auto", devi
     traffic = traffic_model(batch_size, cell.N, cell.M, cell.R, cell.W, cell.S, cell.controller_size,
                             cell.input_size, cell.output_size, num_params, cell.controller_kind,
                             batch.inputs.element_size())
-    saved = step.saved_bytes()
-    for part, row in parts.items():
-        fwd_bytes, bwd_bytes = traffic[part]
-        row["min_bytes"] = fwd_bytes + bwd_bytes if part == "optimizer" else (fwd_bytes + bwd_bytes) * T
+    saved = step.saved_bytes()  # the per-op path's
+    for part in ("controller", *step.memory_parts, "output/loss"):
+        row = per_op[part]
+        row["min_bytes"] = sum(traffic[part]) * T
         row["saved_bytes_per_t"] = saved.get(part, 0) / T
-    memory = {"fwd_s": sum(parts[p]["fwd_s"] for p in step.memory_parts),
-              "fwd_bwd_s": sum(parts[p]["fwd_bwd_s"] for p in step.memory_parts),
+    if node:  # no per-part byte minimum for the node: its state stays on chip between time steps
+        saved = step.node_saved_bytes()
+        for part in (SEQUENCE, "loss"):
+            parts[part].update(min_bytes=None, saved_bytes_per_t=saved.get(part, 0) / T)
+    parts["optimizer"].update(min_bytes=sum(traffic["optimizer"]), saved_bytes_per_t=0.0)
+    memory = {"fwd_s": sum(per_op[p]["fwd_s"] for p in step.memory_parts),
+              "fwd_bwd_s": sum(per_op[p]["fwd_bwd_s"] for p in step.memory_parts),
               "min_bytes": sum(traffic[MEMORY]) * T,
-              "saved_bytes_per_t": sum(parts[p]["saved_bytes_per_t"] for p in step.memory_parts)}
+              "saved_bytes_per_t": sum(per_op[p]["saved_bytes_per_t"] for p in step.memory_parts)}
     if trace:
-        step.trace(trace, update)
+        step.trace(trace, update, node=node)
     return {"task": trainer.task.name, "batch_size": batch_size, "length": length, "time_steps": T,
-            "backend": backend, "device": str(device), "threads": torch.get_num_threads(),
-            "model": trainer.model.config(), "split": step.split, "parts": parts, "memory": memory,
-            "whole_step": whole, "memory_fraction": memory["fwd_bwd_s"] / whole["fwd_bwd_s"],
-            "saved_bytes_per_t": sum(saved.values()) / T,
-            "fused_step": fused.sequence_usable(cell, batch.inputs[0])}
+            "backend": contender, "device": str(device), "threads": torch.get_num_threads(),
+            "model": trainer.model.config(), "split": step.split, "runs_as": ran_as, "parts": parts,
+            "per_step_parts": per_op if node else None, "memory": memory, "whole_step": whole,
+            # the memory interaction's share, where the step runs it as parts of its own
+            "memory_fraction": None if node else memory["fwd_bwd_s"] / whole["fwd_bwd_s"],
+            "saved_bytes_per_t": sum(saved.values()) / T}
 
 
 def format_report(r: dict) -> str:
     ms = lambda s: f"{s * 1e3:9.2f}" if s is not None else f"{'-':>9}"  # noqa: E731
     step_s = r["whole_step"]["fwd_bwd_s"]
+    node = r["runs_as"] == "sequence node"
 
     def line(name, row):
-        gbps = row["min_bytes"] / row["fwd_bwd_s"] / 1e9
+        if row["min_bytes"] is None:
+            traffic = f"{'-':>10} {'-':>7}"
+        else:
+            traffic = f"{row['min_bytes'] / 1e6:10.2f} {row['min_bytes'] / row['fwd_bwd_s'] / 1e9:7.2f}"
         return (f"{name:<22}{ms(row['fwd_s'])} {ms(row['fwd_bwd_s'])} {100 * row['fwd_bwd_s'] / step_s:8.1f}% "
-                f"{row['min_bytes'] / 1e6:10.2f} {gbps:7.2f} {row['saved_bytes_per_t'] / 1e3:9.1f}")
+                f"{traffic} {row['saved_bytes_per_t'] / 1e3:9.1f}")
+
+    def per_op_lines(parts, indent=""):
+        out = [line(indent + "controller", parts["controller"])]
+        if r["split"]:
+            out += [line(indent + "  " + p, parts[p]) for p in MEMORY_PARTS]
+            out.append(line(indent + MEMORY + " (sum)", r["memory"]))
+        else:
+            out.append(line(indent + MEMORY, parts[MEMORY]))
+        return out + [line(indent + "output/loss", parts["output/loss"])]
 
     parts = r["parts"]
     head = f"{'part':<22}{'fwd ms':>9} {'f+b ms':>9} {'of step':>9} {'min MB':>10} {'GB/s':>7} {'saved KB/t':>9}"
     lines = [f"ntm-fast profile: {r['task']} task, B={r['batch_size']}, L={r['length']} ({r['time_steps']} time "
              f"steps), N={r['model']['memory_slots']} M={r['model']['memory_width']}, backend {r['backend']} on "
-             f"{r['device']}, {r['threads']} thread(s)", head, "-" * len(head), line("controller", parts["controller"])]
-    if r["split"]:
-        lines += [line("  " + p, parts[p]) for p in MEMORY_PARTS]
-        lines.append(line(MEMORY + " (sum)", r["memory"]))
+             f"{r['device']}, {r['threads']} thread(s); the step ran as: {r['runs_as']}", head, "-" * len(head)]
+    if node:
+        lines += [line(SEQUENCE, parts[SEQUENCE]), line("loss", parts["loss"])]
     else:
-        lines.append(line(MEMORY, parts[MEMORY]))
-    lines += [line("output/loss", parts["output/loss"]), line("optimizer", parts["optimizer"])]
+        lines += per_op_lines(parts)
+    lines.append(line("optimizer", parts["optimizer"]))
     fwd_sum = sum(p["fwd_s"] for p in parts.values() if p["fwd_s"] is not None)
     parts_sum = sum(p["fwd_bwd_s"] for p in parts.values())
     whole = r["whole_step"]
     lines += ["-" * len(head),
               f"{'sum of parts':<22}{ms(fwd_sum)} {ms(parts_sum)} {100 * parts_sum / step_s:8.1f}%",
               f"{'whole step (measured)':<22}{ms(whole['fwd_s'])} {ms(step_s)} {100.0:8.1f}%  "
-              f"({r['batch_size'] / step_s:.0f} sequences/s)",
-              "",
-              f"memory interaction: {100 * r['memory_fraction']:.0f}% of a training step "
-              f"({r['memory']['fwd_bwd_s'] * 1e3:.1f} of {step_s * 1e3:.1f} ms)",
-              f"held for backward: {r['saved_bytes_per_t'] / 1e3:.1f} KB per time step "
-              f"({r['memory']['saved_bytes_per_t'] / 1e3:.1f} KB of it by the memory interaction)",
-              "Parts are timed alone (forward, forward+backward) on inputs captured from a real step; min MB is "
-              "the analytic least traffic per step (memory read once, written once); GB/s = min MB / f+b time."]
+              f"({r['batch_size'] / step_s:.0f} sequences/s)"]
+    if node:
+        lines += [f"{SEQUENCE}: controller, memory interaction and output layer of all {r['time_steps']} time steps "
+                  "in one autograd node (ntm_fast/model/fused.py); no per-part byte minimum (it keeps its state "
+                  "between time steps, so the per-part minima do not apply).",
+                  "", "The same step run step by step, its parts each timed alone (not what this step ran; "
+                  f"% of the step above; `--backend {r['backend']}-per-step` profiles that path):"]
+        lines += per_op_lines(r["per_step_parts"], "  ")
+        lines += ["", f"held for backward: {r['saved_bytes_per_t'] / 1e3:.1f} KB per time step (the {SEQUENCE} "
+                  f"and the loss; step by step the {MEMORY} alone holds {r['memory']['saved_bytes_per_t'] / 1e3:.1f} "
+                  "KB)"]
+    else:
+        lines += ["", f"memory interaction: {100 * r['memory_fraction']:.0f}% of a training step "
+                  f"({r['memory']['fwd_bwd_s'] * 1e3:.1f} of {step_s * 1e3:.1f} ms)",
+                  f"held for backward: {r['saved_bytes_per_t'] / 1e3:.1f} KB per time step "
+                  f"({r['memory']['saved_bytes_per_t'] / 1e3:.1f} KB of it by the memory interaction)"]
+    lines.append("Parts are timed alone (forward, forward+backward) on inputs captured from a real step; min MB is "
+                 "the analytic least traffic per step (memory read once, written once); GB/s = min MB / f+b time.")
     if r["split"]:
         lines.append(f"The {MEMORY} (sum) row's min MB is the fused minimum; the split ops each read memory again.")
-    if r.get("fused_step"):
-        lines.append("This backend runs the whole sequence as one fused autograd node (ntm_fast/model/fused.py); the "
-                     "parts are its unfused ops timed alone, so they overlap and can add up to more than the step.")
+    if r["runs_as"] == "step nodes":
+        lines.append("This step ran each time step as one fused autograd node (ntm_fast/model/fused.py); the parts "
+                     "are its unfused ops timed alone, so they overlap and can add up to more than the step.")
     return "\n".join(lines)
 
 
@@ -309,13 +388,17 @@ def add_profile_parser(sub):
 
     p = sub.add_parser("profile", help="split a training step's time and memory traffic into parts",
                        description="Time a training step's parts (controller, addressing, read, write or the "
-                                   "fused memory interaction, output/loss, optimizer), set them beside the "
+                                   "fused memory interaction, output/loss, optimizer; or, where the model runs "
+                                   "the whole sequence as one node, that node, the loss and the optimizer, "
+                                   "with the per-step parts beside), set them beside the "
                                    "analytic minimum of bytes each must move, and count the activations held "
                                    "for backward per time step.")
     p.add_argument("--task", default="copy", choices=sorted(TASKS), help="task whose model is profiled (default copy)")
     p.add_argument("--batch-size", type=int, default=256, help="sequences per batch (default 256)")
     p.add_argument("--length", type=int, default=20, help="sequence length L (default 20)")
-    add_device_backend(p, "ops backend (default auto: the one training would use)")
+    add_device_backend(p, "ops backend (default auto: the one training would use); <backend>-per-step (e.g. "
+                          "cpp-per-step) profiles a backend that runs the whole sequence as one node with that "
+                          "node switched off")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     p.add_argument("--warmup", type=int, default=1, help="untimed calls before timing, CPU (default 1)")
     p.add_argument("--reps", type=int, default=5, help="timed calls per part, CPU; the median is reported (default 5)")
