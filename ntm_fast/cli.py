@@ -64,6 +64,17 @@ def _number(low: float, high: float | None = None, low_inclusive: bool = False):
 
 _positive = _number(0)
 
+
+def _seed(text):
+    """An argparse type: a seed torch accepts, an integer in [-2**63, 2**64)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+    if not -2 ** 63 <= value < 2 ** 64:
+        raise argparse.ArgumentTypeError(f"must be an integer in [-2**63, 2**64), got {value}")
+    return value
+
 MODEL_OPTIONS = (
     # (flag, NTM keyword, type, help)
     ("--controller", "controller", str, "controller network: lstm or feedforward (default lstm)"),
@@ -143,7 +154,7 @@ def add_train_parser(sub):
     p.add_argument("--curriculum-lr", nargs="+", type=_level_lr, metavar="LEVEL=LR",
                    help="learning rate to switch to when the curriculum reaches LEVEL, e.g. 10=1e-4 "
                    "(--curriculum only)")
-    p.add_argument("--seed", type=int, help=f"random seed (default {d.seed})")
+    p.add_argument("--seed", type=_seed, help=f"random seed (default {d.seed})")
     p.add_argument("--eval-every", type=_integer(1), help=f"evaluate every N steps (default {d.eval_every})")
     p.add_argument("--checkpoint-every", type=_integer(1), help=f"checkpoint every N steps (default "
                    f"{d.checkpoint_every})")
@@ -187,16 +198,14 @@ INVOCATION_FIELDS = ("out_dir", "device", "backend", "progress", "plots", "final
 CURRICULUM_OPTIONS = ("curriculum_start", "curriculum_step", "curriculum_threshold", "curriculum_lr")
 
 
-def cmd_train(args):
+def _train_config(args):
+    """(TrainConfig, checkpoint to resume or None) from the options given: over TrainConfig's defaults come
+    the checkpoint's run settings (with --resume), then the --config entry's, then the flags'."""
     import dataclasses
 
-    import torch
+    from .train import TrainConfig, load_checkpoint
+    from .zoo import zoo_config
 
-    from .train import TrainConfig, Trainer, describe, load_checkpoint
-    from .zoo import ZOO, zoo_config
-
-    if args.threads is not None:
-        torch.set_num_threads(args.threads)
     options = vars(args)  # holds only the options given (argument_default=SUPPRESS) and the on/off flags
     zoo_name = options.get("config")
     zoo = zoo_config(zoo_name) if zoo_name else {}
@@ -227,9 +236,8 @@ def cmd_train(args):
             raise UsageError("'overwrite' cannot apply with --resume of a checkpoint in --out: it would move aside "
                              "the run being continued", field="overwrite")
     model = {**recorded.pop("model", {}), **zoo.pop("model", {}), **model_given}
-    settings = {**recorded, **zoo, **given}
-    config = TrainConfig(**settings, model=model, out_dir=out_dir, final_eval=not args.no_final_eval,
-                         plots=not args.no_plots, progress=not args.no_progress)
+    config = TrainConfig(**{**recorded, **zoo, **given}, model=model, out_dir=out_dir,
+                         final_eval=not args.no_final_eval, plots=not args.no_plots, progress=not args.no_progress)
     # Options given that would have no effect are refused rather than ignored.
     if "momentum" in given and config.optimizer != "rmsprop":
         raise UsageError(f"'momentum' applies to --optimizer rmsprop only; the optimizer is {config.optimizer!r}",
@@ -237,12 +245,24 @@ def cmd_train(args):
     for name in CURRICULUM_OPTIONS:
         if name in given and not config.curriculum:
             raise UsageError(f"'{name}' applies with --curriculum only, and the curriculum is off", field=name)
-    if zoo_name:
-        print(f"config {zoo_name}: {ZOO[zoo_name]['about']}")
+    return config, checkpoint
+
+
+def cmd_train(args):
+    import torch
+
+    from .train import Trainer, describe
+    from .zoo import ZOO
+
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
+    config, checkpoint = _train_config(args)
+    if getattr(args, "config", None):
+        print(f"config {args.config}: {ZOO[args.config]['about']}")
     trainer = Trainer(config, overwrite=args.overwrite)
-    if resume:
+    if checkpoint is not None:
         try:
-            trainer.resume(checkpoint, lr=given.get("lr"))
+            trainer.resume(checkpoint, lr=getattr(args, "lr", None))
         except UsageError as err:
             raise UsageError(str(err), field=err.field or "resume") from None
     print(f"training {config.task} on {config.device} with backend {_backend_name(config.backend, trainer.device)}; "
@@ -389,7 +409,7 @@ def add_viz_parser(sub):
     p.add_argument("--lengths", type=_integer(1), nargs="+", default=None,
                    help="sequence lengths of the outputs figure (default: the task's generalisation lengths)")
     _add_repeats(p)
-    p.add_argument("--seed", type=int, default=7, help="seed of the sequence (default 7)")
+    p.add_argument("--seed", type=_seed, default=7, help="seed of the sequence (default 7)")
     p.add_argument("--out", default=None, help="PNG path (default: weightings-L<length>.png or outputs.png beside "
                    "the checkpoint)")
     _add_device_backend(p)

@@ -244,10 +244,10 @@ def _safe_load(source, path: str, what: str):
                          f"({type(err).__name__}: {err})") from None
 
 
-def load_checkpoint(path: str, map_location=None) -> dict:
-    """The state a checkpoint file holds, on the CPU, once it is known to be intact and complete; UsageError
-    otherwise. (`map_location` is accepted for compatibility and ignored: model and optimiser
-    `load_state_dict` move tensors to their parameters' device, and RNG states must stay on the CPU.)"""
+def load_checkpoint(path: str) -> dict:
+    """The state a checkpoint file holds, once it is known to be intact and complete; UsageError otherwise.
+    Tensors stay on the CPU: the model's and optimiser's `load_state_dict` move them to the parameters'
+    device, and RNG states must be CPU tensors."""
     if not os.path.exists(path):
         raise UsageError(f"checkpoint {path!r} does not exist")
     if os.path.isdir(path):

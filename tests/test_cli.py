@@ -67,6 +67,7 @@ QUICK = ["--batch-size", "2", "--max-length", "2", "--no-progress", "--no-plots"
     (["eval", "{tmp}/c.pt", "--backend", "nope"], "--backend: unknown backend 'nope'"),
     (["viz", "{tmp}/c.pt", "--figure", "outputs", "--length", "3"], "--length applies to --figure weightings"),
     (["viz", "{tmp}/c.pt", "--lengths", "0"], "argument --lengths: must be an integer >= 1, got 0"),
+    (["viz", "{tmp}/c.pt", "--seed", str(2 ** 64)], "argument --seed: must be an integer in [-2**63, 2**64)"),
     (["train", "--steps", "0"], "argument --steps: must be an integer >= 1, got 0"),
     (["train", "--steps", "-1"], "argument --steps: must be an integer >= 1, got -1"),
     (["train", "--steps", "x"], "argument --steps: expected an integer, got 'x'"),
