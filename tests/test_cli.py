@@ -1,12 +1,15 @@
-"""The ntm-fast command: train → eval → viz end to end on a tiny run, --help, and argument errors."""
+"""The ntm-fast command: train → eval → viz end to end on a tiny run, --help, and argument errors: every
+expected failure is one line naming the flag, anything else keeps its traceback."""
 import json
+import os
 import subprocess
 import sys
 
 import pytest
-import torch
 
+from ntm_fast.tools import runfolder, train
 from ntm_fast.tools.cli import main
+from ntm_fast.tools.train import load_checkpoint
 
 TINY = ["--controller-size", "12", "--memory-slots", "10", "--memory-width", "5"]
 
@@ -36,21 +39,127 @@ def test_resume_continues(tmp_path, capsys):
     # From a named checkpoint, with a new learning rate.
     main(args + ["--steps", "6", "--resume", str(tmp_path / "checkpoint.pt"), "--lr", "5e-5"])
     assert "done: 6 steps" in capsys.readouterr().out
-    assert torch.load(tmp_path / "checkpoint.pt", weights_only=False)["optimizer"]["param_groups"][0]["lr"] == 5e-5
+    assert load_checkpoint(str(tmp_path / "checkpoint.pt"))["optimizer"]["param_groups"][0]["lr"] == 5e-5
+
+
+def test_resume_takes_the_runs_settings_from_the_checkpoint(tmp_path, capsys):
+    main(["train", "--steps", "2", "--batch-size", "2", "--max-length", "2", "--optimizer", "adam", "--lr", "2e-3",
+          "--out", str(tmp_path), "--no-progress", "--no-plots", "--no-final-eval", "--backend", "reference", *TINY])
+    main(["train", "--resume", "--steps", "3", "--out", str(tmp_path), "--no-progress", "--no-plots",
+          "--no-final-eval", "--backend", "reference"])  # no model, optimizer or batch options: the checkpoint's
+    assert "done: 3 steps, 6 sequences" in capsys.readouterr().out
+    ckpt = load_checkpoint(str(tmp_path / "checkpoint.pt"))
+    assert ckpt["train_config"]["optimizer"] == "adam" and "betas" in ckpt["optimizer"]["param_groups"][0]
+    assert ckpt["model_config"]["memory_slots"] == 10 and ckpt["optimizer"]["param_groups"][0]["lr"] == 2e-3
+
+
+QUICK = ["--batch-size", "2", "--max-length", "2", "--no-progress", "--no-plots", "--no-final-eval", "--backend",
+         "reference", *TINY]
 
 
 @pytest.mark.parametrize("argv,message", [
     (["eval", "/nonexistent/checkpoint.pt"], "checkpoint '/nonexistent/checkpoint.pt' does not exist"),
-    (["train", "--steps", "0", "--no-progress"], "'steps' must be an integer >= 1, got 0"),
-    (["train", "--backend", "nope", "--steps", "1", "--no-progress"], "unknown backend 'nope'"),
-    (["train", "--memory-init", "zeros", "--steps", "1"], "'memory_init' must be one of"),
+    (["eval", "{tmp}"], "is a folder, not a file"),
+    (["eval", "{tmp}/c.pt", "--batches", "0"], "argument --batches: must be an integer >= 1, got 0"),
+    (["eval", "{tmp}/c.pt", "--json", "{tmp}/no/such/x.json"], "--json must name a file in an existing folder"),
+    (["eval", "{tmp}/c.pt", "--png", "{tmp}"], "--png must name a file, but"),
+    (["eval", "{tmp}/c.pt", "--device", "gpu"], "--device must be cpu, cuda or cuda:N, got 'gpu'"),
+    (["eval", "{tmp}/c.pt", "--backend", "nope"], "--backend: unknown backend 'nope'"),
+    (["viz", "{tmp}/c.pt", "--figure", "outputs", "--length", "3"], "--length applies to --figure weightings"),
+    (["viz", "{tmp}/c.pt", "--lengths", "0"], "argument --lengths: must be an integer >= 1, got 0"),
+    (["viz", "{tmp}/c.pt", "--seed", str(2 ** 64)], "argument --seed: must be an integer in [-2**63, 2**64)"),
+    (["train", "--steps", "0"], "argument --steps: must be an integer >= 1, got 0"),
+    (["train", "--steps", "-1"], "argument --steps: must be an integer >= 1, got -1"),
+    (["train", "--steps", "x"], "argument --steps: expected an integer, got 'x'"),
+    (["train", "--batch-size", "0"], "argument --batch-size: must be an integer >= 1, got 0"),
+    (["train", "--lr", "0"], "argument --lr: must be a number > 0, got 0"),
+    (["train", "--lr", "nan"], "argument --lr: must be a number > 0, got nan"),
+    (["train", "--momentum", "1"], "argument --momentum: must be a number >= 0 and < 1, got 1"),
+    (["train", "--threads", "0"], "argument --threads: must be an integer >= 1, got 0"),
+    (["train", "--max-length", "50"], "--max-length must be an integer within 1..20, the training lengths of task"),
+    (["train", "--memory-slots", "0"], "argument --memory-slots: must be an integer >= 1, got 0"),
+    (["train", "--memory-init", "zeros"], "argument --memory-init: invalid choice: 'zeros'"),
+    (["train", "--backend", "nope"], "--backend: unknown backend 'nope'"),
+    (["train", "--device", "cuda:x"], "--device must be cpu, cuda or cuda:N, got 'cuda:x'"),
+    (["train", "--curriculum-lr", "3=-1"], "argument --curriculum-lr: expected a LEVEL >= 1 and a positive LR"),
+    (["train", "--optimizer", "adam", "--momentum", "0.5"], "--momentum applies to --optimizer rmsprop only"),
+    (["train", "--curriculum-start", "3"], "--curriculum-start applies with --curriculum only"),
+    (["train", "--out", "{tmp}/c.pt"], "--out must be a folder, but '{tmp}/c.pt' is a file"),
+    (["train", "--out", "{tmp}/c.pt/sub"], "--out must be a folder that can be made"),
+    (["train", "--resume", "--out", "{tmp}/empty"], "--resume: found nothing to continue: '{tmp}/empty/checkpoint.pt' "
+                                                    "does not exist"),
+    (["train", "--resume", "{tmp}/none.pt"], "--resume: checkpoint '{tmp}/none.pt' does not exist"),
+    (["train", "--resume", "{tmp}/bad.pt"], "--resume: checkpoint '{tmp}/bad.pt' is corrupt or not a checkpoint"),
+    (["train", "--resume", "{tmp}/c.pt", "--momentum", "0.5"], "--momentum is 0.5, but the checkpoint's run has 0.9: "
+                                                              "it cannot change when resuming"),
+    (["train", "--resume", "{tmp}/c.pt", "--memory-slots", "9"], "--memory-slots is 9, but the checkpoint's model "
+                                                                "has 10"),
+    (["train", "--resume", "{tmp}/c.pt", "--steps", "1"], "--steps is 1, but the checkpoint is at step 2 already"),
+    (["train", "--resume", "{tmp}/c.pt", "--out", "{tmp}", "--overwrite"], "--overwrite cannot apply with --resume "
+                                                                            "of a checkpoint in --out"),
+    (["train", "--out", "{tmp}"], "--out '{tmp}' holds another run (eval.json, metrics.csv): continue it with "
+                                  "--resume, move it aside with --overwrite, or choose another folder"),
 ])
-def test_errors_are_one_line_without_traceback(argv, message, capsys, tmp_path):
+def test_errors_are_one_line_naming_the_flag(argv, message, capsys, tmp_path_factory):
+    tmp = tmp_path_factory.getbasetemp() / "errors"
+    if not tmp.exists():  # one small run for the cases that need a checkpoint (c.pt at step 2)
+        main(["train", "--steps", "2", "--out", str(tmp), *QUICK])
+        os.rename(tmp / "checkpoint.pt", tmp / "c.pt")
+        (tmp / "bad.pt").write_bytes(b"not a checkpoint")
+        capsys.readouterr()
+    argv = [a.replace("{tmp}", str(tmp)) for a in argv]
+    if argv[0] == "train" and "--steps" not in argv:
+        argv += ["--steps", "3"]
+    if argv[0] == "train" and "--out" not in argv and "--resume" not in argv:
+        argv += ["--out", str(tmp / "new")]
     with pytest.raises(SystemExit) as exit_info:
-        main(argv + (["--out", str(tmp_path)] if argv[0] == "train" else []))
+        main(argv[:1] + QUICK + argv[1:] if argv[0] == "train" else argv)  # argv's options win
     assert exit_info.value.code == 2
     err = capsys.readouterr().err
-    assert message in err and "Traceback" not in err
+    assert message.replace("{tmp}", str(tmp)) in err and "Traceback" not in err
+    assert len(err.strip().splitlines()) == 1, err
+
+
+def test_a_second_run_on_a_folder_in_use_is_refused_naming_the_holder(tmp_path, capsys):
+    with runfolder.lock(str(tmp_path)):
+        with pytest.raises(SystemExit) as exit_info:
+            main(["train", "--steps", "2", "--out", str(tmp_path), *QUICK])
+    assert exit_info.value.code == 2
+    assert f"--out '{tmp_path}' is in use by another run: pid {os.getpid()} on host" in capsys.readouterr().err
+    assert os.listdir(tmp_path) == []
+
+
+def test_overwrite_moves_the_old_run_aside(tmp_path, capsys):
+    main(["train", "--steps", "2", "--out", str(tmp_path), *QUICK])
+    main(["train", "--steps", "1", "--out", str(tmp_path), "--overwrite", *QUICK])
+    assert load_checkpoint(str(tmp_path / "previous-1" / "checkpoint.pt"))["step"] == 2
+    assert load_checkpoint(str(tmp_path / "checkpoint.pt"))["step"] == 1
+
+
+def test_a_checkpoint_that_would_run_code_is_a_one_line_refusal(tmp_path, capsys):
+    marker = tmp_path / "ran"
+
+    class RunsACommand:
+        def __reduce__(self):
+            return os.system, (f"touch {marker}",)
+
+    import torch
+
+    torch.save({"model": RunsACommand(), "model_config": {}}, tmp_path / "hostile.pt")
+    with pytest.raises(SystemExit) as exit_info:
+        main(["eval", str(tmp_path / "hostile.pt")])
+    assert exit_info.value.code == 2 and not marker.exists()
+    err = capsys.readouterr().err
+    assert "refused" in err and "could run code" in err and "Traceback" not in err
+
+
+def test_an_unexpected_failure_keeps_its_traceback(tmp_path, monkeypatch):
+    def broken(self):
+        raise ValueError("a bug, not a bad argument")
+
+    monkeypatch.setattr(train.Trainer, "fit", broken)
+    with pytest.raises(ValueError, match="a bug, not a bad argument"):
+        main(["train", "--steps", "1", "--out", str(tmp_path), *QUICK])
 
 
 def test_help_runs_as_module():

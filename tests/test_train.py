@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from ntm_fast.tools import train as train_mod
+from ntm_fast.tools.runfolder import UsageError
 from ntm_fast.tools.train import Trainer, TrainConfig, load_checkpoint
 
 TINY = dict(controller_size=16, memory_slots=12, memory_width=6)
@@ -58,7 +59,7 @@ def test_resume_after_a_kill_reproduces_the_uninterrupted_run(tmp_path):
 
 
 def test_injected_nan_gradient_rolls_back_and_training_goes_on(tmp_path, caplog):
-    trainer = Trainer(config(tmp_path, steps=30))
+    trainer = Trainer(config(tmp_path, steps=30, eval_every=2))
     lr0 = trainer.lr
     calls = {"n": 0}
 
@@ -74,6 +75,7 @@ def test_injected_nan_gradient_rolls_back_and_training_goes_on(tmp_path, caplog)
     assert trainer.lr == pytest.approx(lr0 * 0.5)
     assert trainer.step == 30
     assert [s for s, _ in losses(tmp_path)] == list(range(1, 31))  # rows of the abandoned steps are gone
+    assert [e["step"] for e in summary["evaluations"]] == list(range(2, 31, 2))  # so are evaluations 12 and 14
     assert all(torch.isfinite(p).all() for p in trainer.model.parameters())
 
 
@@ -90,8 +92,12 @@ def test_a_checkpoint_write_that_dies_keeps_the_previous_checkpoint(tmp_path, mo
     path = tmp_path / "checkpoint.pt"
     before = path.read_bytes()
 
+    real_save = torch.save
+
     def dying_save(obj, f):
-        f.write(b"partial bytes")
+        if not hasattr(f, "fileno"):  # the payload, serialised in memory first
+            return real_save(obj, f)
+        f.write(b"partial bytes")  # the file itself: dies halfway
         raise OSError("disk full")
 
     monkeypatch.setattr(train_mod.torch, "save", dying_save)
@@ -104,7 +110,7 @@ def test_a_checkpoint_write_that_dies_keeps_the_previous_checkpoint(tmp_path, mo
 def test_resume_refuses_a_checkpoint_of_another_model(tmp_path):
     Trainer(config(tmp_path, steps=10)).fit()
     other = Trainer(config(tmp_path, steps=10, model=dict(TINY, memory_slots=16)))
-    with pytest.raises(ValueError, match="holds a model"):
+    with pytest.raises(UsageError, match="'memory_slots' is 16, but the checkpoint's model has 12"):
         other.resume()
 
 
@@ -146,7 +152,7 @@ def test_curriculum_grows_the_length_and_a_resumed_run_reproduces_it(tmp_path):
 
 def test_curriculum_refuses_a_fixed_length_task(tmp_path):
     with pytest.raises(ValueError, match="'curriculum' must be off for task 'ngram'"):
-        Trainer(config(tmp_path, task="ngram", curriculum=True))
+        Trainer(config(tmp_path, task="ngram", curriculum=True, max_length=None))
 
 
 def test_raising_the_curriculum_level_resets_the_divergence_detector(tmp_path):
@@ -161,10 +167,19 @@ def test_raising_the_curriculum_level_resets_the_divergence_detector(tmp_path):
     assert trainer._grow_curriculum(eval_errors=5.0) is None and trainer.level == 2  # above the threshold
 
 
-def test_a_fresh_run_in_a_used_folder_keeps_none_of_the_old_runs_metrics(tmp_path):
+def test_a_fresh_run_refuses_a_used_folder_unless_it_may_move_the_old_run_aside(tmp_path):
     Trainer(config(tmp_path, steps=10, seed=1)).fit()
-    Trainer(config(tmp_path, steps=5)).fit()
+    before = {name: (tmp_path / name).read_bytes() for name in ("checkpoint.pt", "metrics.csv", "eval.json")}
+    with pytest.raises(UsageError, match="holds another run .*checkpoint.pt.*--resume.*--overwrite") as err:
+        Trainer(config(tmp_path, steps=5)).fit()
+    assert err.value.field == "out_dir"
+    assert {name: (tmp_path / name).read_bytes() for name in before} == before  # untouched
+    Trainer(config(tmp_path, steps=5), overwrite=True).fit()
     assert [s for s, _ in losses(tmp_path)] == [1, 2, 3, 4, 5]
+    assert {name: (tmp_path / "previous-1" / name).read_bytes() for name in before} == before  # moved, intact
+    Trainer(config(tmp_path, steps=3), overwrite=True).fit()
+    assert [s for s, _ in losses(tmp_path / "previous-2")] == [1, 2, 3, 4, 5]
+    assert not (tmp_path / "run.lock").exists()  # released at the end
 
 
 def test_resume_from_a_level_checkpoint_with_a_new_learning_rate(tmp_path):
@@ -174,11 +189,12 @@ def test_resume_from_a_level_checkpoint_with_a_new_learning_rate(tmp_path):
     again = Trainer(config(tmp_path, **dict(grow_always, steps=12)))
     again.resume(str(tmp_path / "level-1.pt"), lr=2.5e-4)
     assert (again.step, again.level, again.lr) == (5, 2, 2.5e-4)
-    assert [s for s, _ in losses(tmp_path)] == list(range(1, 6))  # rows after the level checkpoint dropped
     again.fit()
-    assert [s for s, _ in losses(tmp_path)] == list(range(1, 13))
+    assert [s for s, _ in losses(tmp_path)] == list(range(1, 13))  # rows after the level checkpoint replaced
+    with open(tmp_path / "metrics.csv", newline="") as f:
+        assert [float(r["lr"]) for r in csv.DictReader(f)] == [1e-3] * 5 + [2.5e-4] * 7
     assert load_checkpoint(str(tmp_path / "checkpoint.pt"))["optimizer"]["param_groups"][0]["lr"] == 2.5e-4
-    with pytest.raises(ValueError, match="argument 'lr' must be a positive number, got -1.0"):
+    with pytest.raises(UsageError, match="'lr' must be a positive number, got -1.0"):
         Trainer(config(tmp_path, **grow_always)).resume(lr=-1.0)
 
 

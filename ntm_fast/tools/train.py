@@ -4,8 +4,17 @@
   to ±`clip` (10 by default).
 * Checkpoints every `checkpoint_every` steps to `<out_dir>/checkpoint.pt`, written atomically (temporary
   file, fsync, rename): a kill mid-write leaves the previous checkpoint intact. A checkpoint holds the
-  model, optimiser, every random-number-generator state and the divergence detector, so a resumed run
-  reproduces the uninterrupted run's losses exactly.
+  model, optimiser, every random-number-generator state (uint8 tensors) and the divergence detector, so a
+  resumed run reproduces the uninterrupted run's losses exactly; configurations are plain dicts.
+* Checkpoint files hold tensors and plain values only and are read with `torch.load(weights_only=True)`, so
+  loading one cannot run code: a file that needs anything else is refused. The state is stored as the bytes
+  torch.save makes of it beside their SHA-256; a file whose bytes changed after it was written is reported
+  as corrupt, never loaded. Every entry is checked (`load_checkpoint` names a missing or bad one). Files of
+  the earlier format (the state dict itself, no checksum) are read the same safe way and checked against
+  their zip CRCs instead, with a warning; they are re-saved in the current format at the next checkpoint.
+* Run folder (`runfolder.py`): a run locks `out_dir`; a new run refuses a folder holding another run unless
+  `overwrite` moves that run's files into `previous-<n>/`; metrics.csv and eval.json are rewritten atomically
+  when rows are dropped, and the evaluations before a resume are kept.
 * Divergence recovery: a non-finite loss or gradient, or a loss above `blowup_factor` × its running
   average for `blowup_patience` steps in a row, rolls back to the last checkpoint, multiplies the learning
   rate by `lr_decay` and says so in the log. After `max_rollbacks` rollbacks training stops with an error.
@@ -23,23 +32,40 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import hashlib
+import inspect
+import io
 import json
 import logging
 import math
 import os
+import pickle
 import tempfile
 import time
+import warnings
+import zipfile
 from dataclasses import dataclass, field
 
 import torch
 from tqdm.auto import tqdm
 
 from ..model import NTM
+from . import runfolder
+from .runfolder import UsageError
 from .tasks import make_task
 
 log = logging.getLogger(__name__)
 
 METRIC_FIELDS = ("step", "sequences", "length", "loss", "bit_errors", "lr", "seconds")
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value) -> bool:
+    """A finite int or float (not a bool)."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
 @dataclass
@@ -49,7 +75,7 @@ class TrainConfig:
     batch_size: int = 32
     optimizer: str = "rmsprop"
     lr: float | None = None  # None: the task's rate for this optimizer (paper Tables 1-3), else DEFAULT_LR
-    momentum: float = 0.9
+    momentum: float = 0.9  # RMSprop's; Adam has none
     clip: float = 10.0
     max_length: int | None = None  # cap on training sequence length (quick runs)
     curriculum: bool = False  # grow the maximum training length as the error falls (see the module doc)
@@ -73,44 +99,93 @@ class TrainConfig:
     progress: bool = True
     model: dict = field(default_factory=dict)  # NTM keyword arguments (controller_size, memory_slots, ...)
 
-    def validate(self):
+    def validate(self, check_machine: bool = True):
+        """Raise UsageError naming the first bad field. `check_machine`: also check that `device` and
+        `backend` work here and that `out_dir` is no file (not for a checkpoint's record of another run)."""
         def bad(name, expected):
-            raise ValueError(f"train: '{name}' must be {expected}, got {getattr(self, name)!r}")
+            raise UsageError(f"'{name}' must be {expected}, got {getattr(self, name)!r}", field=name)
 
-        for name in ("steps", "batch_size", "eval_every", "checkpoint_every", "eval_batches", "blowup_patience"):
-            if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
+        for name in ("steps", "batch_size", "eval_every", "checkpoint_every", "eval_batches", "blowup_patience",
+                     "curriculum_step"):
+            if not _is_int(getattr(self, name)) or getattr(self, name) < 1:
                 bad(name, "an integer >= 1")
-        if self.optimizer not in ("rmsprop", "adam"):
+        if not _is_int(self.max_rollbacks) or self.max_rollbacks < 0:
+            bad("max_rollbacks", "an integer >= 0")
+        if not _is_int(self.seed) or not -2 ** 63 <= self.seed < 2 ** 64:
+            bad("seed", "an integer in [-2**63, 2**64)")
+        if self.optimizer not in DEFAULT_LR:
             bad("optimizer", "'rmsprop' or 'adam'")
-        if self.lr is not None and not (math.isfinite(self.lr) and self.lr > 0):
+        if self.lr is not None and not (_is_number(self.lr) and self.lr > 0):
             bad("lr", "a positive number")
-        if not (math.isfinite(self.clip) and self.clip > 0):
+        if not (_is_number(self.momentum) and 0 <= self.momentum < 1):
+            bad("momentum", "a number in [0, 1)")
+        if self.optimizer != "rmsprop" and self.momentum != TrainConfig.momentum:
+            bad("momentum", f"left at its default with optimizer {self.optimizer!r}, which has no momentum setting")
+        if not (_is_number(self.clip) and self.clip > 0):
             bad("clip", "a positive number")
-        if not 0 < self.lr_decay < 1:
-            bad("lr_decay", "in (0, 1)")
-        if self.max_length is not None and self.max_length < 1:
-            bad("max_length", "an integer >= 1")
-        task = make_task(self.task)  # raises for an unknown task
+        if not (_is_number(self.lr_decay) and 0 < self.lr_decay < 1):
+            bad("lr_decay", "a number in (0, 1)")
+        if not (_is_number(self.blowup_factor) and self.blowup_factor > 1):
+            bad("blowup_factor", "a number > 1")
+        for name in ("curriculum", "final_eval", "plots", "progress"):
+            if not isinstance(getattr(self, name), bool):
+                bad(name, "True or False")
+        if not isinstance(self.model, dict):
+            bad("model", "a dict of NTM keyword arguments")
+        if not isinstance(self.task, str):
+            bad("task", "a task name")
+        try:
+            task = make_task(self.task)
+        except ValueError as err:
+            raise UsageError(str(err), field="task") from None
+        lo, hi = task.train_lengths
+        if self.max_length is not None and not (_is_int(self.max_length) and lo <= self.max_length <= hi):
+            bad("max_length", f"an integer within {lo}..{hi}, the training lengths of task {self.task!r}")
+        if not (_is_number(self.curriculum_threshold) and self.curriculum_threshold >= 0):
+            bad("curriculum_threshold", "a number >= 0")
+        if not isinstance(self.curriculum_lr, dict):
+            bad("curriculum_lr", "a dict {level: learning rate}")
         if self.curriculum:
             lo, hi = task.curriculum_range()
             if lo == hi:
                 bad("curriculum", f"off for task {self.task!r}, which trains at the one length {lo}")
-            if self.curriculum_start is not None and not lo <= self.curriculum_start <= hi:
+            if self.curriculum_start is not None and not (_is_int(self.curriculum_start)
+                                                          and lo <= self.curriculum_start <= hi):
                 bad("curriculum_start", f"within the task's curriculum levels {lo}..{hi}")
-            if self.curriculum_step < 1:
-                bad("curriculum_step", "an integer >= 1")
-            if not self.curriculum_threshold >= 0:
-                bad("curriculum_threshold", "a number >= 0")
             for level, lr in self.curriculum_lr.items():
-                if not (isinstance(level, int) and lo <= level <= hi and isinstance(lr, (int, float))
-                        and math.isfinite(lr) and lr > 0):
+                if not (_is_int(level) and lo <= level <= hi and _is_number(lr) and lr > 0):
                     bad("curriculum_lr", f"a mapping of curriculum levels {lo}..{hi} to positive learning rates")
-
-        if self.device.startswith("cuda") and not torch.cuda.is_available():
-            bad("device", "'cpu' on this machine (no CUDA GPU is visible)")
+        if not isinstance(self.out_dir, str) or not self.out_dir:
+            bad("out_dir", "a folder path")
+        if check_machine:
+            if os.path.exists(self.out_dir) and not os.path.isdir(self.out_dir):
+                raise UsageError(f"'out_dir' must be a folder, but {self.out_dir!r} is a file", field="out_dir")
+            check_device_backend(self.device, self.backend)
 
 
 DEFAULT_LR = {"rmsprop": 1e-4, "adam": 1e-3}
+
+
+def check_device_backend(device, backend: str) -> torch.device:
+    """`device` as a torch.device, once it and `backend` are known to work here; else UsageError naming
+    'device' or 'backend'."""
+    from ..ops.dispatch import resolve
+
+    try:
+        parsed = torch.device(device)
+    except (RuntimeError, TypeError) as err:
+        raise UsageError(f"'device' must be cpu, cuda or cuda:N, got {device!r} ({err})", field="device") from None
+    if parsed.type == "cuda" and not torch.cuda.is_available():
+        raise UsageError(f"'device' must be 'cpu' on this machine (no CUDA GPU is visible), got {device!r}",
+                         field="device")
+    if parsed.type not in ("cpu", "cuda"):
+        raise UsageError(f"'device' must be cpu, cuda or cuda:N, got {device!r}", field="device")
+    if backend != "auto":  # `auto` always finds one; a named backend must load and serve the device
+        try:
+            resolve(backend, parsed.type)
+        except ValueError as err:
+            raise UsageError(str(err), field="backend") from None
+    return parsed
 
 
 class TrainingDiverged(RuntimeError):
@@ -121,11 +196,9 @@ def atomic_save(obj, path: str):
     """torch.save to a temporary file in the same folder, fsync, then rename over `path`."""
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".pt", dir=folder)
-    umask = os.umask(0)
-    os.umask(umask)
+    fd, tmp = tempfile.mkstemp(prefix=runfolder.TEMPORARY_PREFIX, suffix=".pt", dir=folder)
     try:
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; give the file the mode a plain open() would
+        runfolder._chmod_like_open(tmp)
         with os.fdopen(fd, "wb") as f:
             torch.save(obj, f)
             f.flush()
@@ -137,36 +210,226 @@ def atomic_save(obj, path: str):
         raise
 
 
-def load_checkpoint(path: str, map_location="cpu") -> dict:
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"checkpoint {path!r} does not exist")
+# --- checkpoint files ---------------------------------------------------------------------------------------
+CHECKPOINT_FORMAT = "ntm_fast checkpoint"
+CHECKPOINT_VERSION = 2  # 1: the state dict itself, without a checksum
+
+
+def write_checkpoint(state: dict, path: str):
+    """Write `state` (tensors and plain values only) to `path` atomically, as the bytes torch.save makes of
+    it beside their SHA-256."""
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    payload = buffer.getvalue()
+    atomic_save({"format": CHECKPOINT_FORMAT, "version": CHECKPOINT_VERSION,
+                 "sha256": hashlib.sha256(payload).hexdigest(),
+                 "payload": torch.frombuffer(bytearray(payload), dtype=torch.uint8)}, path)
+
+
+def _safe_load(source, path: str, what: str):
+    """torch.load(weights_only=True) of `source` (part `what` of checkpoint `path`) on the CPU."""
     try:
-        ckpt = torch.load(path, map_location=map_location, weights_only=False)
-    except Exception as err:  # a truncated or foreign file
-        raise ValueError(f"checkpoint {path!r} could not be read: {err}") from None
-    if not isinstance(ckpt, dict) or "model" not in ckpt or "model_config" not in ckpt:
-        raise ValueError(f"{path!r} is not an ntm_fast checkpoint (no model/model_config entries)")
-    return ckpt
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # torch's notes on pickle protocols: the errors below say enough
+            return torch.load(source, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as err:
+        needs = [line.strip() for line in str(err).splitlines() if "GLOBAL" in line]
+        if needs:
+            raise UsageError(f"checkpoint {path!r} refused: {what} holds objects other than tensors and plain values, "
+                             f"and loading it could run code ({needs[0]}); ntm_fast writes no such files, so it "
+                             "was altered or comes from elsewhere. Nothing was loaded") from None
+        raise UsageError(f"checkpoint {path!r} is corrupt or not a checkpoint: {what} cannot be read") from None
+    except Exception as err:  # not a zip file, truncated, a bad record: torch's errors vary with the damage
+        raise UsageError(f"checkpoint {path!r} is corrupt or not a checkpoint: {what} cannot be read "
+                         f"({type(err).__name__}: {err})") from None
+
+
+def load_checkpoint(path: str) -> dict:
+    """The state a checkpoint file holds, once it is known to be intact and complete; UsageError otherwise.
+    Tensors stay on the CPU: the model's and optimiser's `load_state_dict` move them to the parameters'
+    device, and RNG states must be CPU tensors."""
+    if not os.path.exists(path):
+        raise UsageError(f"checkpoint {path!r} does not exist")
+    if os.path.isdir(path):
+        hint = os.path.join(path, "checkpoint.pt")
+        raise UsageError(f"checkpoint {path!r} is a folder, not a file"
+                         + (f"; did you mean {hint!r}?" if os.path.isfile(hint) else ""))
+    outer = _safe_load(path, path, "the file")
+    if isinstance(outer, dict) and outer.get("format") == CHECKPOINT_FORMAT:
+        if outer.get("version") != CHECKPOINT_VERSION:
+            raise UsageError(f"checkpoint {path!r} has format version {outer.get('version')!r}; this ntm_fast "
+                             f"reads version {CHECKPOINT_VERSION}")
+        payload, digest = outer.get("payload"), outer.get("sha256")
+        if not (torch.is_tensor(payload) and payload.dtype == torch.uint8 and payload.dim() == 1
+                and isinstance(digest, str)):
+            raise UsageError(f"checkpoint {path!r} is corrupt: its payload or checksum entry is damaged")
+        data = payload.numpy().tobytes()
+        if hashlib.sha256(data).hexdigest() != digest:
+            raise UsageError(f"checkpoint {path!r} is corrupt: its contents do not match the checksum written with "
+                             "them (bytes changed after it was saved). Nothing was loaded")
+        state = _safe_load(io.BytesIO(data), path, "the state")
+    elif isinstance(outer, dict) and "model" in outer and "model_config" in outer:
+        state = _upgrade_format_1(outer, path)
+    else:
+        raise UsageError(f"{path!r} is not an ntm_fast checkpoint (no format or model entries)")
+    check_checkpoint(state, path)
+    return state
+
+
+def _upgrade_format_1(state: dict, path: str) -> dict:
+    """A checkpoint written before the checksum: accepted once its zip CRCs check out; fields added since
+    get their defaults."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            damaged = archive.testzip()
+    except (zipfile.BadZipFile, OSError) as err:
+        raise UsageError(f"checkpoint {path!r} is corrupt: {err}") from None
+    if damaged is not None:
+        raise UsageError(f"checkpoint {path!r} is corrupt: record {damaged!r} fails its CRC check. Nothing was "
+                         "loaded")
+    log.warning("checkpoint %s was written by an earlier ntm_fast (no checksum): checked against its zip CRCs "
+                "instead; the next checkpoint is saved in the current format", path)
+    state = dict(state)
+    state.setdefault("curriculum_level", None)
+    if isinstance(state.get("train_config"), dict):
+        state["train_config"] = {**dataclasses.asdict(TrainConfig()), **state["train_config"]}
+    return state
+
+
+def _is_byte_tensor(value) -> bool:
+    return torch.is_tensor(value) and value.dtype == torch.uint8 and value.dim() == 1
+
+
+# What each entry of a checkpoint's state must be: (test, description for the error).
+CHECKPOINT_ENTRIES = {
+    "model": (lambda v: isinstance(v, dict) and all(isinstance(k, str) and torch.is_tensor(t) for k, t in v.items()),
+              "a mapping of parameter names to tensors"),
+    "model_config": (lambda v: isinstance(v, dict), "a dict of NTM arguments"),
+    "optimizer": (lambda v: isinstance(v, dict) and isinstance(v.get("state"), dict)
+                  and isinstance(v.get("param_groups"), list), "an optimiser state dict (state, param_groups)"),
+    "train_config": (lambda v: isinstance(v, dict), "a dict of TrainConfig fields"),
+    "step": (lambda v: _is_int(v) and v >= 0, "an integer >= 0"),
+    "curriculum_level": (lambda v: v is None or _is_int(v) and v >= 1, "None or an integer >= 1"),
+    "rollbacks": (lambda v: _is_int(v) and v >= 0, "an integer >= 0"),
+    "loss_avg": (lambda v: v is None or _is_number(v), "None or a finite number"),
+    "blowup_run": (_is_int, "an integer"),
+    "data_rng": (_is_byte_tensor, "a generator state (a 1-D uint8 tensor)"),
+    "torch_rng": (_is_byte_tensor, "a generator state (a 1-D uint8 tensor)"),
+    "cuda_rng": (lambda v: v is None or isinstance(v, list) and all(map(_is_byte_tensor, v)),
+                 "None or a list of generator states"),
+}
+MODEL_FIELDS = tuple(name for name in inspect.signature(NTM.__init__).parameters if name not in ("self", "backend"))
+TRAIN_FIELDS = tuple(f.name for f in dataclasses.fields(TrainConfig))
+
+
+def _short(value) -> str:
+    text = repr(value)
+    return f"{type(value).__name__} {text[:60] + '...' if len(text) > 60 else text}"
+
+
+def _check_fields(given: dict, expected: tuple, where: str, path: str):
+    missing = [name for name in expected if name not in given]
+    unknown = [name for name in given if name not in expected]
+    if missing:
+        raise UsageError(f"checkpoint {path!r}: {where} lacks the field {missing[0]!r}")
+    if unknown:
+        raise UsageError(f"checkpoint {path!r}: {where} has an unknown field {unknown[0]!r}")
+
+
+def check_checkpoint(state, path: str):
+    """UsageError naming the first missing or bad entry or field of a checkpoint's state."""
+    if not isinstance(state, dict):
+        raise UsageError(f"checkpoint {path!r} holds {_short(state)}, not a dict of entries")
+    for name, (test, expected) in CHECKPOINT_ENTRIES.items():
+        if name not in state:
+            raise UsageError(f"checkpoint {path!r} lacks the entry {name!r}")
+        if not test(state[name]):
+            raise UsageError(f"checkpoint {path!r}: entry {name!r} must be {expected}, got {_short(state[name])}")
+    train_config, model_config = state["train_config"], state["model_config"]
+    _check_fields(train_config, TRAIN_FIELDS, "train_config", path)
+    try:
+        TrainConfig(**train_config).validate(check_machine=False)
+    except UsageError as err:
+        raise UsageError(f"checkpoint {path!r}: train_config: {err}") from None
+    _check_fields(model_config, MODEL_FIELDS, "model_config", path)
+    try:
+        with torch.device("meta"):  # checks the arguments and gives the weights' shapes without allocating
+            shapes = {k: tuple(t.shape) for k, t in NTM(**model_config).state_dict().items()}
+    except (ValueError, TypeError) as err:
+        raise UsageError(f"checkpoint {path!r}: model_config: {err}") from None
+    task = make_task(train_config["task"])
+    for name in ("input_size", "output_size"):
+        if model_config[name] != getattr(task, name):
+            raise UsageError(f"checkpoint {path!r}: model_config {name!r} is {model_config[name]!r}, but task "
+                             f"{task.name!r} has {getattr(task, name)}")
+    weights = {k: tuple(t.shape) for k, t in state["model"].items()}
+    for name in sorted(set(shapes) | set(weights)):
+        if shapes.get(name) != weights.get(name):
+            raise UsageError(f"checkpoint {path!r}: weight {name!r} has shape {weights.get(name)}, but its "
+                             f"model_config gives {shapes.get(name)}")
 
 
 def model_from_checkpoint(ckpt: dict, device="cpu", backend="auto") -> NTM:
-    model = NTM(**ckpt["model_config"], backend=backend).to(device)
+    """The model of a checkpoint that `load_checkpoint` returned."""
+    model = NTM(**ckpt["model_config"], backend=backend)
     model.load_state_dict(ckpt["model"])
-    return model
+    return model.to(device)
+
+
+# --- metrics files ----------------------------------------------------------------------------------------
+def read_metrics(path: str, up_to: int) -> list:
+    """The complete rows of metrics file `path` with step <= `up_to` (a row a kill cut short is dropped)."""
+    if not os.path.exists(path):
+        return []
+    rows = []
+    with open(path, newline="") as f:
+        for row in csv.DictReader(f):
+            if None in row or any(row.get(name) in (None, "") for name in METRIC_FIELDS):
+                continue
+            try:
+                step = int(row["step"])
+            except ValueError:
+                continue
+            if step <= up_to:
+                rows.append(row)
+    return rows
+
+
+def read_evaluations(path: str, up_to: int) -> list:
+    """The evaluations of `path` (an eval.json) at steps <= `up_to`."""
+    try:
+        with open(path) as f:
+            summary = json.load(f)
+    except FileNotFoundError:
+        return []
+    except (OSError, ValueError) as err:
+        log.warning("%s cannot be read (%s): the evaluations before step %d are not carried over", path, err, up_to)
+        return []
+    evaluations = summary.get("evaluations") if isinstance(summary, dict) else None
+    return [e for e in evaluations or [] if isinstance(e, dict) and _is_int(e.get("step")) and e["step"] <= up_to]
 
 
 class Trainer:
-    """Owns the model, optimiser, data generators and divergence detector of one training run."""
+    """Owns the model, optimiser, data generators and divergence detector of one training run.
 
-    def __init__(self, config: TrainConfig):
+    `overwrite`: a new run may move the files of another run in `out_dir` into `out_dir/previous-<n>/`
+    instead of refusing the folder. `is_writer`: this process locks `out_dir` and writes the run's files
+    (under torchrun only rank 0 is the writer; the others train without touching the folder)."""
+
+    def __init__(self, config: TrainConfig, *, overwrite: bool = False, is_writer: bool = True):
         config.validate()
         self.config = config
+        self.overwrite, self.is_writer = overwrite, is_writer
         self.task = make_task(config.task)
         self.device = torch.device(config.device)
         torch.manual_seed(config.seed)
         model_kwargs = {**self.task.defaults.get("model", {}), **config.model}
-        self.model = NTM(self.task.input_size, self.task.output_size, backend=config.backend,
-                         **model_kwargs).to(self.device)
+        try:
+            self.model = NTM(self.task.input_size, self.task.output_size, backend=config.backend,
+                             **model_kwargs).to(self.device)
+        except (ValueError, TypeError) as err:  # the NTM names the bad argument: it is a model option
+            name = next((k for k in model_kwargs if f"'{k}'" in str(err)), None)
+            raise UsageError(str(err), field=name) from None
         lr = config.lr or self.task.defaults.get("lr", {}).get(config.optimizer, DEFAULT_LR[config.optimizer])
         if config.optimizer == "rmsprop":
             # alpha 0.95 as in the NTM paper's RMSprop (Graves 2013 variant).
@@ -181,8 +444,11 @@ class Trainer:
         self.rollbacks = 0
         self.loss_avg = None  # running average of the loss (divergence detector)
         self.blowup_run = 0
+        self.resumed_from = None  # the checkpoint `resume` continued from
+        self.evaluations = []  # eval.json's "evaluations", those from before a resume included
         self.checkpoint_path = os.path.join(config.out_dir, "checkpoint.pt")
         self.metrics_path = os.path.join(config.out_dir, "metrics.csv")
+        self.eval_path = os.path.join(config.out_dir, "eval.json")
 
     # --- state ------------------------------------------------------------------------------------------
     @property
@@ -190,6 +456,7 @@ class Trainer:
         return self.optimizer.param_groups[0]["lr"]
 
     def state_dict(self) -> dict:
+        """The run's state: tensors (RNG states as uint8 tensors) and plain values only."""
         return {
             "model": self.model.state_dict(),
             "model_config": self.model.config(),
@@ -206,53 +473,137 @@ class Trainer:
         }
 
     def load_state_dict(self, ckpt: dict):
+        """Take over a state that `load_checkpoint` returned (and `_check_resumable` accepted)."""
         self.model.load_state_dict(ckpt["model"])
         self.optimizer.load_state_dict(ckpt["optimizer"])
         self.step, self.rollbacks = ckpt["step"], ckpt["rollbacks"]
-        self.level = ckpt.get("curriculum_level", self.level)  # checkpoints before the curriculum lack it
+        if self.config.curriculum and ckpt["curriculum_level"] is not None:
+            self.level = ckpt["curriculum_level"]
+        # else the level stays this run's: None without a curriculum, its start for one turned on now
         self.loss_avg, self.blowup_run = ckpt["loss_avg"], ckpt["blowup_run"]
         self.data_rng.set_state(ckpt["data_rng"])
         torch.set_rng_state(ckpt["torch_rng"])
-        if ckpt.get("cuda_rng") is not None and torch.cuda.is_available():
-            torch.cuda.set_rng_state_all(ckpt["cuda_rng"])
+        if ckpt["cuda_rng"] is not None and torch.cuda.is_available():
+            for index, rng_state in enumerate(ckpt["cuda_rng"][:torch.cuda.device_count()]):
+                torch.cuda.set_rng_state(rng_state, index)
 
     def save_checkpoint(self):
-        atomic_save(self.state_dict(), self.checkpoint_path)
+        if self.is_writer:
+            write_checkpoint(self.state_dict(), self.checkpoint_path)
 
     def resume(self, path: str | None = None, lr: float | None = None):
         """Continue from `path` (default OUT/checkpoint.pt): OUT/level-N.pt undoes everything after
-        curriculum level N was passed. `lr` replaces the checkpoint's learning rate."""
+        curriculum level N was passed. `lr` (or a `config.lr` other than the checkpoint's run's) replaces the
+        checkpoint's learning rate. The run folder is not touched until `fit`."""
+        if lr is not None and not (_is_number(lr) and lr > 0):
+            raise UsageError(f"'lr' must be a positive number, got {lr!r}", field="lr")
         path = path or self.checkpoint_path
-        ckpt = load_checkpoint(path, map_location=self.device)
-        if ckpt["model_config"] != self.model.config():
-            raise ValueError(f"checkpoint {path!r} holds a model {ckpt['model_config']} but this run builds "
-                             f"{self.model.config()}")
+        ckpt = load_checkpoint(path)
+        self._check_resumable(ckpt)
         self.load_state_dict(ckpt)
+        if lr is None and self.config.lr is not None and self.config.lr != ckpt["train_config"]["lr"]:
+            lr = self.config.lr
         if lr is not None:
-            if not (math.isfinite(lr) and lr > 0):
-                raise ValueError(f"argument 'lr' must be a positive number, got {lr!r}")
             for group in self.optimizer.param_groups:
                 group["lr"] = lr
-        self._truncate_metrics(self.step)
+        self.resumed_from = path
         log.info("resumed from %s at step %d (learning rate %.3g)", path, self.step, self.lr)
 
-    # --- metrics ----------------------------------------------------------------------------------------
+    def _check_resumable(self, ckpt: dict):
+        """UsageError naming the setting of this run that cannot apply to the checkpoint's state."""
+        old, new = ckpt["train_config"], self.config
+        fixed = {"task": "the model was trained on it", "optimizer": "the optimiser state comes from the checkpoint",
+                 "seed": "the random streams come from the checkpoint"}
+        if new.optimizer == "rmsprop":
+            fixed["momentum"] = "the optimiser state comes from the checkpoint"
+        for name, why in fixed.items():
+            if getattr(new, name) != old[name]:
+                raise UsageError(f"'{name}' is {getattr(new, name)!r}, but the checkpoint's run has {old[name]!r}: it cannot "
+                                 f"change when resuming ({why})", field=name)
+        for name, value in self.model.config().items():
+            if ckpt["model_config"][name] != value:
+                raise UsageError(f"'{name}' is {value!r}, but the checkpoint's model has {ckpt['model_config'][name]!r}",
+                                 field=name)
+        if ckpt["step"] > new.steps:
+            raise UsageError(f"'steps' is {new.steps}, but the checkpoint is at step {ckpt['step']} already",
+                             field="steps")
+        level = ckpt["curriculum_level"]
+        if (new.curriculum and level is not None and new.curriculum_start is not None
+                and new.curriculum_start != old["curriculum_start"]):
+            raise UsageError(f"'curriculum_start' is {new.curriculum_start}, but the curriculum resumes at the checkpoint's level "
+                             f"{level}", field="curriculum_start")
+
+    # --- run folder and metrics ---------------------------------------------------------------------------
+    def _open_run_folder(self):
+        """Lock `out_dir` and make it this run's (a writer only; returns the lock, else None): the `.tmp-*`
+        files of killed writes are removed; another run's files refuse a new run unless `overwrite` moves
+        them aside; a resumed run keeps the metrics rows and evaluations up to its step (from the
+        checkpoint's folder when that is another one)."""
+        if not self.is_writer:
+            return None
+        folder = self.config.out_dir
+        try:
+            os.makedirs(folder, exist_ok=True)
+        except OSError as err:
+            raise UsageError(f"'out_dir' must be a folder that can be made: {err}", field="out_dir") from None
+        if not os.access(folder, os.W_OK | os.X_OK):
+            raise UsageError(f"'out_dir' must be a folder this user can write to; {folder!r} is not", field="out_dir")
+        held = runfolder.lock(folder)
+        try:
+            removed = runfolder.remove_temporaries(folder)
+            if removed:
+                log.info("%s: removed %d temporary files left by killed writes", folder, len(removed))
+            source = None if self.resumed_from is None else os.path.dirname(os.path.abspath(self.resumed_from))
+            in_place = source is not None and os.path.samefile(source, folder)
+            if not in_place and runfolder.holds_run(folder):
+                names = ", ".join(os.path.basename(p) for p in runfolder.run_files(folder))
+                if not self.overwrite:
+                    raise UsageError(f"'out_dir' {folder!r} holds another run ({names}): continue it with --resume, "
+                                     "move it aside with --overwrite, or choose another folder", field="out_dir")
+                log.warning("%s: moved the previous run's files into %s", folder, runfolder.move_aside(folder))
+            if source is not None:
+                self._rewrite_metrics(read_metrics(os.path.join(source, "metrics.csv"), self.step))
+                self.evaluations = read_evaluations(os.path.join(source, "eval.json"), self.step)
+            # The first rollback target: this run's state, not a later one left in the folder.
+            self.save_checkpoint()
+        except BaseException:
+            held.release()
+            raise
+        return held
+
+    def _rewrite_metrics(self, rows):
+        """Replace metrics.csv by `rows`, atomically (a kill leaves the old file or the new one)."""
+        if not self.is_writer:
+            return
+        text = io.StringIO()
+        writer = csv.DictWriter(text, fieldnames=METRIC_FIELDS, extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(rows)
+        runfolder.write_atomically(self.metrics_path, text.getvalue())
+
     def _truncate_metrics(self, step):
         """Drop metric rows past `step` (written by a run that was killed or rolled back)."""
-        if not os.path.exists(self.metrics_path):
-            return
-        with open(self.metrics_path, newline="") as f:
-            rows = [r for r in csv.DictReader(f) if int(r["step"]) <= step]
-        self._write_metrics(rows, mode="w")
+        self._rewrite_metrics(read_metrics(self.metrics_path, step))
 
-    def _write_metrics(self, rows, mode="a"):
-        os.makedirs(self.config.out_dir, exist_ok=True)
-        new = mode == "w" or not os.path.exists(self.metrics_path)
-        with open(self.metrics_path, mode, newline="") as f:
+    def _write_metrics(self, rows):
+        """Append `rows`: a kill mid-append cuts at most the last row short, which `read_metrics` drops."""
+        if not self.is_writer or not rows:
+            return
+        new = not os.path.exists(self.metrics_path)
+        with open(self.metrics_path, "a", newline="") as f:
             writer = csv.DictWriter(f, fieldnames=METRIC_FIELDS)
             if new:
                 writer.writeheader()
             writer.writerows(rows)
+
+    def _write_eval(self, summary: dict):
+        if self.is_writer:
+            runfolder.write_atomically(self.eval_path, json.dumps(summary, indent=2))
+
+    def _summary(self, start: float) -> dict:
+        cfg = self.config
+        return {"steps": self.step, "sequences": self.step * cfg.batch_size, "rollbacks": self.rollbacks,
+                "train_seconds": time.perf_counter() - start, "evaluations": self.evaluations}
 
     # --- one step ---------------------------------------------------------------------------------------
     def train_step(self):
@@ -294,13 +645,14 @@ class Trainer:
         if self.rollbacks > self.config.max_rollbacks:
             raise TrainingDiverged(f"training diverged {self.rollbacks} times (last: {why}); giving up")
         rollbacks, failed_step = self.rollbacks, self.step + 1
-        ckpt = load_checkpoint(self.checkpoint_path, map_location=self.device)
+        ckpt = load_checkpoint(self.checkpoint_path)
         self.load_state_dict(ckpt)
         self.rollbacks = rollbacks
         new_lr = self.lr * self.config.lr_decay
         for group in self.optimizer.param_groups:
             group["lr"] = new_lr
         self._truncate_metrics(self.step)
+        self.evaluations = [e for e in self.evaluations if e["step"] <= self.step]
         # Save at once so that the lowered learning rate and the rollback count survive a crash.
         self.save_checkpoint()
         log.warning("divergence at step %d (%s): rolled back to step %d, learning rate lowered to %.3g",
@@ -345,14 +697,19 @@ class Trainer:
 
     # --- the loop ---------------------------------------------------------------------------------------
     def fit(self) -> dict:
+        """Train to `config.steps`; returns the summary also written to eval.json. Holds the run folder's
+        lock throughout (see `_open_run_folder`)."""
+        held = self._open_run_folder()
+        try:
+            return self._fit()
+        finally:
+            if held is not None:
+                held.release()
+
+    def _fit(self) -> dict:
         cfg = self.config
-        os.makedirs(cfg.out_dir, exist_ok=True)
-        if self.step == 0 or not os.path.exists(self.checkpoint_path):
-            self.save_checkpoint()  # the step-0 checkpoint is the first rollback target, not another run's
-        self._truncate_metrics(self.step)  # drops rows another run left in this folder
         bar = tqdm(total=cfg.steps, initial=self.step, disable=not cfg.progress, unit="step", dynamic_ncols=True)
         rows, start = [], time.perf_counter()
-        eval_log = []
         while self.step < cfg.steps:
             result = self.train_step()
             why = "non-finite loss or gradient" if result is None else (
@@ -375,30 +732,32 @@ class Trainer:
                 length, kwargs = self.eval_point()
                 eval_errors = self.evaluate(length, **kwargs)
                 label = self.task.point_label(length, **kwargs)
-                eval_log.append({"step": self.step, "length": length, **kwargs, "bit_errors": eval_errors})
+                self.evaluations.append({"step": self.step, "length": length, **kwargs, "bit_errors": eval_errors})
                 bar.write(f"step {self.step}: eval {self.task.metric} at length {label}: {eval_errors:.3f}")
                 passed, grown = self.level, self._grow_curriculum(eval_errors)
                 if grown:
-                    eval_log[-1]["curriculum"] = self.level
+                    self.evaluations[-1]["curriculum"] = self.level
                     # Kept so that a later break-down can be undone: `--resume OUT/level-N.pt`.
-                    atomic_save(self.state_dict(), os.path.join(cfg.out_dir, f"level-{passed}.pt"))
+                    if self.is_writer:
+                        write_checkpoint(self.state_dict(), os.path.join(cfg.out_dir, f"level-{passed}.pt"))
                     bar.write(f"{grown} (saved {cfg.out_dir}/level-{passed}.pt)")
             if self.step % cfg.checkpoint_every == 0 or self.step == cfg.steps:
+                # Rows and evaluations first, then the checkpoint: after a kill, a resume drops whatever
+                # lies past the checkpoint's step.
                 self._write_metrics(rows)
                 rows = []
+                self._write_eval(self._summary(start))
                 self.save_checkpoint()
         bar.close()
         self._write_metrics(rows)
-        summary = {"steps": self.step, "sequences": self.step * cfg.batch_size, "rollbacks": self.rollbacks,
-                   "train_seconds": time.perf_counter() - start, "evaluations": eval_log}
+        summary = self._summary(start)
         if cfg.final_eval:
             errors, optimal = generalization(self.model, self.task, cfg.eval_batches, cfg.batch_size, self.device)
             summary.update(metric=self.task.metric, final_eval=errors, **({"optimal": optimal} if optimal else {}))
             for line in describe(self.task, errors, optimal):
                 log.info("final evaluation: %s", line)
-        with open(os.path.join(cfg.out_dir, "eval.json"), "w") as f:
-            json.dump(summary, f, indent=2)
-        if cfg.plots:
+        self._write_eval(summary)
+        if cfg.plots and self.is_writer:
             from . import plots
 
             plots.learning_curve(self.metrics_path, os.path.join(cfg.out_dir, "learning_curve.png"),
