@@ -17,7 +17,7 @@ from typing import NamedTuple
 import torch
 
 from . import checks
-from .backends import resolve
+from .backends import AUTO_ORDER, resolve, unavailable_reason
 
 
 class ReadHeads(NamedTuple):
@@ -42,22 +42,37 @@ class WriteHeads(NamedTuple):
     add: torch.Tensor
 
 
+def _backend(op: str, backend: str, memory: torch.Tensor):
+    """The ops object that runs `backend` on memory's device and computes in memory's dtype; call after the
+    op's input checks. 'auto' whose pick lacks the dtype (cpp and float16) runs the reference instead; a
+    named backend that lacks it is a TypeError (checks.check_backend_dtype)."""
+    impl = resolve(backend, memory.device)
+    name = backend
+    if backend == "auto":  # the first of AUTO_ORDER that runs here: the one `resolve` just returned
+        name = next(c for c in AUTO_ORDER.get(memory.device.type, ("reference",))
+                    if unavailable_reason(c, memory.device.type) is None)
+        if memory.dtype not in checks.BACKEND_DTYPES.get(name, (memory.dtype,)):
+            name, impl = "reference", resolve("reference", memory.device)
+    checks.check_backend_dtype(op, name, backend, "memory", memory)
+    return impl
+
+
 def address(memory, key, beta, gate, shift, gamma, w_prev, *, backend: str = "auto"):
     """Content addressing, interpolation, circular shift and sharpening (Eq 5-9) -> w [B, H, N]."""
     checks.check_address("address", memory, key, beta, gate, shift, gamma, w_prev)
-    return resolve(backend, memory.device).address(memory, key, beta, gate, shift, gamma, w_prev)
+    return _backend("address", backend, memory).address(memory, key, beta, gate, shift, gamma, w_prev)
 
 
 def read(memory, w, *, backend: str = "auto"):
     """Read (Eq 2) -> [B, H, M]."""
     checks.check_read("read", memory, w)
-    return resolve(backend, memory.device).read(memory, w)
+    return _backend("read", backend, memory).read(memory, w)
 
 
 def write(memory, w, erase, add, *, backend: str = "auto"):
     """Erase/add write (Eq 3-4) with W heads: all erases, then all adds -> new memory [B, N, M]."""
     checks.check_write("write", memory, w, erase, add)
-    return resolve(backend, memory.device).write(memory, w, erase, add)
+    return _backend("write", backend, memory).write(memory, w, erase, add)
 
 
 def memory_step(memory, read_heads: ReadHeads, write_heads: WriteHeads, w_read_prev, w_write_prev, *,
@@ -67,4 +82,4 @@ def memory_step(memory, read_heads: ReadHeads, write_heads: WriteHeads, w_read_p
     Returns (reads [B,R,M], w_read [B,R,N], w_write [B,W,N], new memory [B,N,M]).
     """
     checks.check_memory_step("memory_step", memory, read_heads, write_heads, w_read_prev, w_write_prev)
-    return resolve(backend, memory.device).memory_step(memory, read_heads, write_heads, w_read_prev, w_write_prev)
+    return _backend("memory_step", backend, memory).memory_step(memory, read_heads, write_heads, w_read_prev, w_write_prev)
