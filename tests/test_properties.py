@@ -170,6 +170,15 @@ def op_inputs(draw, op):
 # --- comparing ------------------------------------------------------------------------------------------
 
 
+def _named(inputs):
+    """(name, tensor) of every input tensor, heads expanded as 'read_heads.beta' etc."""
+    for name, value in inputs.items():
+        if isinstance(value, tuple):
+            yield from ((f"{name}.{field}", t) for field, t in zip(value._fields, value))
+        else:
+            yield name, value
+
+
 def _as(inputs, dtype):
     return cases.rebuild(inputs, [t.to(dtype=dtype, device=DEVICE) for t in cases.flat_tensors(inputs)])
 
@@ -208,12 +217,12 @@ def _spread(op, inputs, dtype, oracle):
 def _assert_same_values(x, r, o, dtype, label, spread=0.0, scale=0.0):
     """x (backend) against r (reference in the same dtype) and o (float64 oracle), element by element:
     identical NaN and Inf positions, values within the tolerances of test_backend_equivalence widened by
-    the input-rounding spread of the drawn case (see _spread) and by 4 ulps of `scale`, the largest value
-    among the op's outputs and gradients. The latter is the rounding of the intermediate terms a small
-    gradient is formed from: e.g. with M = 1 every cosine similarity is ±1 up to less than a float32 ulp,
-    and ∂L/∂key, exactly ~1e-12, comes out of ∂K/∂k = (M̂ - K·k̂)/|k| times terms as large as ∂L/∂w_prev as
-    ~1e-4 from the kernels and ~1e-17 from the reference's autograd (an ill-conditioned draw of
-    test_memory_step; each side is exact by luck elsewhere)."""
+    the input-rounding spread of the drawn case (see _spread) and by 4 ulps of `scale`, the size of the
+    intermediate terms (see assert_agrees_with_reference). That is the rounding a small gradient inherits
+    from the terms it is formed from: e.g. with M = 1 every cosine similarity is ±1 up to less than a
+    float32 ulp, and ∂L/∂key, exactly ~1e-12, comes out of β·∂L/∂(βK)·(M̂ - K·k̂)/|k| as ~1e-4 from the
+    kernels and ~1e-17 from the reference's autograd (ill-conditioned draws of test_memory_step; each
+    side is exact by luck elsewhere)."""
     where = lambda mask: mask.nonzero().tolist()[:6]  # noqa: E731
     nan_x, nan_r = torch.isnan(x), torch.isnan(r)
     assert torch.equal(nan_x, nan_r), (f"{label}: NaN at {where(nan_x & ~nan_r)} where the reference is not, "
@@ -246,8 +255,11 @@ def assert_agrees_with_reference(op, inputs, dtype, backend):
     if isinstance(got, Exception):
         raise AssertionError(f"{backend} raised where the reference computed") from got
     spread = iter(_spread(op, inputs, dtype, oracle))
-    scale = max([o[torch.isfinite(o)].abs().max().item() for o in oracle[0] + oracle[1] if torch.isfinite(o).any()],
-                default=0.0)
+    # Intermediate terms: up to the largest output or gradient, times β where ∂L/∂(βK) becomes ∂L/∂K.
+    largest = lambda ts: max([t[torch.isfinite(t)].abs().max().item() for t in ts if torch.isfinite(t).any()],  # noqa: E731
+                             default=0.0)
+    betas = [t for name, t in _named(inputs) if name.endswith("beta")]
+    scale = largest(oracle[0] + oracle[1]) * max(1.0, largest(betas))
     for part, index in (("output", 0), ("gradient", 1)):
         for i, (x, r, o) in enumerate(zip(got[index], ref[index], oracle[index])):
             _assert_same_values(x, r, o, dtype, f"{backend} {op} {part} {i}", next(spread), scale)
