@@ -116,6 +116,13 @@ def _shifted(src_ptr, shift_ptr, hrows, rows, slots, B, N, S, WRAP, TRANSPOSE: t
 
 
 @triton.jit
+def _clamp_tiny(w_shifted, TINY: tl.constexpr):
+    """max(w_s, tiny) of Eq 9's log that keeps a NaN w_s NaN, as the reference's clamp does (Triton's
+    default maximum returns the other operand, which turned a NaN memory into uniform weights 1/N)."""
+    return tl.maximum(w_shifted, TINY, propagate_nan=tl.PropagateNan.ALL)
+
+
+@triton.jit
 def address_head_fwd(mem_ptr, key_ptr, beta_ptr, gate_ptr, shift_ptr, gamma_ptr, wprev_ptr, w_ptr, tmp_ptr,
                      h, H, rows, B, N, M, S, WRAP, TINY: tl.constexpr, EPS: tl.constexpr, DTYPE: tl.constexpr,
                      BLOCK_B: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_M: tl.constexpr):
@@ -136,7 +143,7 @@ def address_head_fwd(mem_ptr, key_ptr, beta_ptr, gate_ptr, shift_ptr, gamma_ptr,
     for start in range(0, N, BLOCK_N):
         slots, offs, _, mask = _slot_tile(start, rows, hrows, B, N, BLOCK_N)
         w_shifted = _shifted(wg_ptr, shift_ptr, hrows, rows, slots, B, N, S, WRAP, False, DTYPE, BLOCK_B, BLOCK_N)
-        z = tl.where((slots < N)[None, :], gamma[:, None] * tl.log(tl.maximum(w_shifted, TINY)), float("-inf"))
+        z = tl.where((slots < N)[None, :], gamma[:, None] * tl.log(_clamp_tiny(w_shifted, TINY)), float("-inf"))
         new_max = tl.maximum(run_max, tl.max(z, axis=1))
         run_sum = run_sum * tl.exp(run_max - new_max) + tl.sum(tl.exp(z - new_max[:, None]), axis=1)
         run_max = new_max
@@ -181,7 +188,7 @@ def address_head_bwd(mem_ptr, key_ptr, beta_ptr, gate_ptr, shift_ptr, gamma_ptr,
     for start in range(0, N, BLOCK_N):
         slots, offs, head_offs, mask = _slot_tile(start, rows, hrows, B, N, BLOCK_N)
         w_shifted = _shifted(wg_ptr, shift_ptr, hrows, rows, slots, B, N, S, WRAP, False, DTYPE, BLOCK_B, BLOCK_N)
-        clamped = tl.maximum(w_shifted, TINY)
+        clamped = _clamp_tiny(w_shifted, TINY)
         w = tl.load(w_ptr + head_offs, mask=mask, other=0.0).to(DTYPE)
         g_z = w * (tl.load(gw_ptr + head_offs, mask=mask, other=0.0).to(DTYPE) - w_dot_gw[:, None])
         g_gamma += tl.sum(g_z * tl.log(clamped), axis=1)

@@ -179,7 +179,7 @@ def test_gradcheck_of_the_fused_step(controller):
     def step(*args):
         x, rest = args[0], list(args[1:])
         h_prev, c_prev = (rest.pop(0), rest.pop(0)) if lstm else (None, None)
-        outs = FusedStep.apply(fused_module.fused_kernels(cell, x), cell.layout, lstm, x, h_prev, c_prev, *rest)
+        outs = FusedStep.apply(fused_module.step_kernels(cell, x), cell.layout, lstm, x, h_prev, c_prev, *rest)
         return tuple(o for o in outs if o is not None)
 
     assert torch.autograd.gradcheck(step, inputs)
@@ -204,7 +204,7 @@ def test_gradcheck_of_the_fused_sequence(controller):
     def run(x, *rest):
         rest = list(rest)
         h0, c0 = (rest.pop(0), rest.pop(0)) if lstm else (None, None)
-        return FusedSequence.apply(fused_module.fused_kernels(cell, x[0]), cell.layout, lstm, True, x, h0, c0, *rest)
+        return FusedSequence.apply(fused_module.sequence_kernels(cell, x[0]), cell.layout, lstm, True, x, h0, c0, *rest)
 
     before = torch.get_num_threads()
     try:

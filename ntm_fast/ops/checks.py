@@ -1,4 +1,5 @@
-"""Input validation shared by every op: rank, mutually consistent shapes, floating dtype, one device.
+"""Input validation shared by every op: rank, mutually consistent shapes, floating dtype, one device, and
+a dtype the chosen backend computes in.
 
 Errors name the op and the argument, give the expected shape with the sizes known so far (for example
 ``[B, H, M] = [4, 2, 20]``) and say what came instead.
@@ -6,6 +7,21 @@ Errors name the op and the argument, give the expected shape with the sizes know
 from __future__ import annotations
 
 import torch
+
+# The dtypes each backend computes in. float16/bfloat16: the reference computes in them, the Triton kernels
+# load them into float32 arithmetic; the C++/CUDA extension is compiled for float32 and float64 only.
+BACKEND_DTYPES = {
+    "reference": (torch.float16, torch.bfloat16, torch.float32, torch.float64),
+    "triton": (torch.float16, torch.bfloat16, torch.float32, torch.float64),
+    "cpp": (torch.float32, torch.float64),
+    "cuda": (torch.float32, torch.float64),
+}
+FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+
+
+def _dtype_names(dtypes):
+    names = [str(d).replace("torch.", "") for d in dtypes]
+    return ", ".join(names[:-1]) + " or " + names[-1] if len(names) > 1 else names[0]
 
 
 def _fmt_expected(dims, sizes):
@@ -30,9 +46,10 @@ def check_tensors(op: str, specs, sizes: dict | None = None) -> dict:
                 f"{op}: argument '{name}' must be a torch.Tensor of shape {_fmt_expected(dims, sizes)}, "
                 f"got {type(value).__name__}"
             )
-        if not value.is_floating_point():
+        if value.dtype not in FLOAT_DTYPES:
             raise TypeError(
-                f"{op}: argument '{name}' must be a floating-point tensor (float32 or float64), got {value.dtype}"
+                f"{op}: argument '{name}' must be a floating-point tensor ({_dtype_names(FLOAT_DTYPES)}), "
+                f"got {value.dtype}"
             )
         if first is None:
             first = (name, value)
@@ -137,3 +154,22 @@ def check_memory_step(op, memory, read_heads, write_heads, w_read_prev, w_write_
     )
     check_shift_width(op, "read_heads.shift", read_heads.shift)
     return sizes
+
+
+def check_backend_dtype(op: str, backend: str, requested: str, name: str, value: torch.Tensor) -> None:
+    """Refuse a dtype that backend `backend` (resolved from the `requested` name, e.g. 'auto') does not
+    compute in.
+
+    Called after check_tensors (every tensor argument then shares `value`'s dtype); names the argument, the
+    dtypes the backend takes and the backends that take this dtype. Raises TypeError.
+    """
+    supported = BACKEND_DTYPES.get(backend)
+    if supported is None or value.dtype in supported:
+        return
+    chosen = f"backend '{backend}'" + (f" (chosen by backend='{requested}')" if requested != backend else "")
+    others = [b for b, dtypes in BACKEND_DTYPES.items() if value.dtype in dtypes]
+    raise TypeError(
+        f"{op}: argument '{name}' is {value.dtype}, which {chosen} does not support "
+        f"(it takes {_dtype_names(supported)}); {str(value.dtype).replace('torch.', '')} is supported by "
+        f"backend={' or '.join(repr(b) for b in others)}"
+    )

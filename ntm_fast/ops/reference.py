@@ -1,8 +1,8 @@
 """The reference path: pure, vectorized PyTorch. It *defines* the math every backend computes.
 
 Everything here is differentiable by autograd, works on any device and in float32 or float64, and has
-no Python loop over batch items or memory slots (the only loop is over the 2S+1 shift offsets, and even
-that is a single gather). Equation numbers are those of Graves, Wayne & Danihelka (2014),
+no Python loop over batch items or memory slots (the loops are over the 2S+1 shift offsets, a single
+gather, and over the write heads in the erase product). Equation numbers are those of Graves, Wayne & Danihelka (2014),
 arXiv:1410.5401.
 
 Shapes: B batch, H heads in one call, N memory slots, M slot width, K = 2S+1 shift offsets.
@@ -95,7 +95,13 @@ def write(memory, w, erase, add):
     M_t = M_{t-1} ⊙ Π_h (1 - w_h e_hᵀ) + Σ_h w_h a_hᵀ.
     memory [B, N, M]; w [B, W, N]; erase, add [B, W, M]. Returns the new memory [B, N, M].
     """
-    keep = torch.prod(1 - w.unsqueeze(-1) * erase.unsqueeze(-2), dim=1)  # [B, N, M]
+    # Π_h as a running product over the W heads, not torch.prod: autograd then gives each head's factor the
+    # product of the other heads' factors, formed directly as the kernels do, whereas torch.prod's backward
+    # divides the product by the factor and so spreads one head's NaN/Inf into every head's gradient.
+    factors = 1 - w.unsqueeze(-1) * erase.unsqueeze(-2)  # [B, W, N, M]
+    keep = factors[:, 0]
+    for h in range(1, factors.shape[1]):
+        keep = keep * factors[:, h]
     return memory * keep + torch.einsum("bwn,bwm->bnm", w, add)
 
 
