@@ -65,6 +65,15 @@ def train(flags, seed, out, steps=None, resume=False) -> float:
         return json.load(f)["train_seconds"]
 
 
+def without_lr(flags):
+    """`flags` less any `--lr X`."""
+    out = list(flags)
+    while "--lr" in out:
+        i = out.index("--lr")
+        del out[i:i + 2]
+    return out
+
+
 def run_seed(args, flags, seed) -> dict:
     out = os.path.join(args.out, f"seed-{seed}")
     if args.segment is None:
@@ -74,9 +83,13 @@ def run_seed(args, flags, seed) -> dict:
     shutil.rmtree(out, ignore_errors=True)
     best, best_key, seconds, step, history, learned = None, None, 0.0, 0, [], None
     while step < args.steps:
-        lr = [lr for at, lr in sorted(args.lr_at + ([(learned, args.lr_when_learned)] if learned else []))
-              if at <= step]
-        seg_flags = flags + (["--lr", str(lr[-1])] if lr else [])
+        changes = sorted(args.lr_at + ([(learned, args.lr_when_learned)] if learned else []))
+        lr = [lr for at, lr in changes if at <= step]
+        if step == 0:
+            seg_flags = flags + (["--lr", str(lr[-1])] if lr else [])
+        else:  # --lr on a resume replaces the checkpoint's rate: give it only where the schedule changes it, so
+            # that a rate the trainer lowered after a divergence stays lowered
+            seg_flags = without_lr(flags) + (["--lr", str(lr[-1])] if any(at == step for at, _ in changes) else [])
         step = min(step + args.segment, args.steps)
         seconds += train(seg_flags, seed, out, steps=step, resume=step > args.segment)
         errors = score(os.path.join(out, "checkpoint.pt"), sorted(TARGET), args.select_sequences, SELECT_SEED)
