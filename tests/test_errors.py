@@ -117,7 +117,7 @@ def test_bad_checkpoint_files(tmp_path):
         load_checkpoint(str(tmp_path / "none.pt"))
     junk = tmp_path / "junk.pt"
     junk.write_bytes(b"not a checkpoint")
-    with pytest.raises(ValueError, match="could not be read"):
+    with pytest.raises(ValueError, match="is corrupt or not a checkpoint: the file cannot be read"):
         load_checkpoint(str(junk))
     other = tmp_path / "other.pt"
     torch.save({"weights": 1}, other)

@@ -166,6 +166,10 @@ class TrainConfig:
 DEFAULT_LR = {"rmsprop": 1e-4, "adam": 1e-3}
 
 
+class MissingCheckpoint(UsageError, FileNotFoundError):
+    """A checkpoint path that names no file: a usage error, and a FileNotFoundError as callers expect."""
+
+
 def check_device_backend(device, backend: str) -> torch.device:
     """`device` as a torch.device, once it and `backend` are known to work here; else UsageError naming
     'device' or 'backend'."""
@@ -249,7 +253,7 @@ def load_checkpoint(path: str) -> dict:
     Tensors stay on the CPU: the model's and optimiser's `load_state_dict` move them to the parameters'
     device, and RNG states must be CPU tensors."""
     if not os.path.exists(path):
-        raise UsageError(f"checkpoint {path!r} does not exist")
+        raise MissingCheckpoint(f"checkpoint {path!r} does not exist")
     if os.path.isdir(path):
         hint = os.path.join(path, "checkpoint.pt")
         raise UsageError(f"checkpoint {path!r} is a folder, not a file"
