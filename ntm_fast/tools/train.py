@@ -279,7 +279,7 @@ def load_checkpoint(path: str) -> dict:
     else:
         raise UsageError(f"{path!r} is not an ntm_fast checkpoint (no format or model entries)")
     if isinstance(state, dict):
-        state = {**LATER_ENTRIES, **state}
+        state = {**state, **{name: value for name, value in LATER_ENTRIES.items() if name not in state}}
     check_checkpoint(state, path)
     return state
 
