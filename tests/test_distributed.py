@@ -52,7 +52,7 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _run(args, processes=2, script=None):
+def _run(args, processes=2, script=None, status=0):
     env = {**os.environ, "PYTHONPATH": ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""), "OMP_NUM_THREADS": "1"}
     for name in ("WORLD_SIZE", "RANK", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
         env.pop(name, None)
@@ -63,7 +63,7 @@ def _run(args, processes=2, script=None):
         command = [sys.executable, "-m", "torch.distributed.run", "--nnodes=1", f"--nproc_per_node={processes}",
                    "--rdzv-backend=c10d", f"--rdzv-endpoint=127.0.0.1:{_free_port()}", *target, "train", *args]
     done = subprocess.run(command, capture_output=True, text=True, env=env, timeout=240, cwd=ROOT)
-    assert done.returncode == 0, done.stdout + done.stderr
+    assert done.returncode == status, done.stdout + done.stderr
     return done.stdout + done.stderr
 
 
@@ -120,6 +120,25 @@ def test_resume_on_two_processes_is_exact(two, tmp_path):
         assert torch.equal(resumed["model"][name], weight), name
     assert torch.equal(resumed["data_rng"], straight["data_rng"])
     assert [row.split(",")[:5] for row in _rows(half)] == [row.split(",")[:5] for row in _rows(out)]
+
+
+def test_resume_on_another_world_size_continues_the_same_batches(two, tmp_path):
+    out, _ = two
+    half = tmp_path / "half"
+    _run(["--steps", "2", "--out", str(half), *TINY])
+    # One process continues the 2-process run from step 2: same global batches, float32 summation order aside.
+    output = _run(["--steps", "4", "--out", str(tmp_path / "one"), "--resume", str(half / "checkpoint.pt"), *TINY],
+                  processes=1)
+    assert "written by 2 processes and continues on 1" in output
+    one, both = _weights(str(tmp_path / "one")), _weights(out)
+    assert one["world_size"] == 1 and torch.equal(one["data_rng"], both["data_rng"])
+    for name, weight in both["model"].items():
+        torch.testing.assert_close(one["model"][name], weight, rtol=1e-5, atol=1e-6, msg=name)
+
+
+def test_a_batch_that_does_not_divide_is_refused(tmp_path):
+    output = _run(["--steps", "2", "--out", str(tmp_path / "run"), *TINY, "--batch-size", "3"], status=1)
+    assert "--batch-size (the global batch) must divide among the 2 processes, got 3" in output
 
 
 def test_nan_on_one_rank_rolls_every_rank_back(tmp_path):
