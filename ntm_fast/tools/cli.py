@@ -101,7 +101,8 @@ def add_train_parser(sub):
                    "what each one reaches)")
     p.add_argument("--task", choices=sorted(TASKS), help=f"task to learn (default {d.task})")
     p.add_argument("--steps", type=_integer(1), help=f"optimiser steps (batches) to train for, in all (default {d.steps})")
-    p.add_argument("--batch-size", type=_integer(1), help=f"sequences per batch (default {d.batch_size})")
+    p.add_argument("--batch-size", type=_integer(1), help=f"sequences per batch (default {d.batch_size}); under "
+                   "torchrun the global batch, divided among the processes")
     p.add_argument("--optimizer", choices=("rmsprop", "adam"),
                    help=f"rmsprop (the paper's, momentum 0.9) or adam (default {d.optimizer})")
     p.add_argument("--lr", type=_positive, help="learning rate (default: the paper's for the task with rmsprop, "
@@ -215,25 +216,50 @@ def _train_config(args):
 
 
 def cmd_train(args):
+    from . import distributed
+
+    if not distributed.launched():
+        return _train(args, None)
+    world, args.device = distributed.init(args.device)
+    try:
+        return _train(args, world)
+    finally:
+        distributed.close()
+
+
+def _train(args, world):
+    """`ntm-fast train` in this process; `world`: its place among the processes torchrun started (None
+    alone). Rank 0 alone prints, logs below errors and writes."""
     import torch
 
     from .train import Trainer, describe
     from .zoo import ZOO
 
+    rank0 = world is None or world.rank == 0
+    if not rank0:
+        logging.getLogger().setLevel(logging.ERROR)
+    say = print if rank0 else (lambda *a, **k: None)
     if args.threads is not None:
         torch.set_num_threads(args.threads)
     config, checkpoint = _train_config(args)
+    if world is not None:
+        share = config.batch_size // world.size
+        say(f"training on {world.size} processes ({world.backend}, world size {world.size}): --batch-size "
+            f"{config.batch_size} is the global batch, {share} sequences per process"
+            + ("" if config.batch_size % world.size == 0 else " (but it must divide among the processes)"))
     if getattr(args, "config", None):
-        print(f"config {args.config}: {ZOO[args.config]['about']}")
-    trainer = Trainer(config, overwrite=args.overwrite)
+        say(f"config {args.config}: {ZOO[args.config]['about']}")
+    trainer = Trainer(config, overwrite=args.overwrite, is_writer=rank0)
     if checkpoint is not None:
         try:
             trainer.resume(checkpoint, lr=getattr(args, "lr", None))
         except UsageError as err:
             raise UsageError(str(err), field=err.field or "resume") from None
-    print(f"training {config.task} on {config.device} with backend {_backend_name(config.backend, trainer.device)}; "
+    say(f"training {config.task} on {config.device} with backend {_backend_name(config.backend, trainer.device)}; "
           f"output in {config.out_dir}/")
     summary = trainer.fit()
+    if not rank0:
+        return
     print(f"done: {summary['steps']} steps, {summary['sequences']} sequences in {summary['train_seconds']:.0f} s "
           f"({summary['rollbacks']} rollbacks)")
     if "final_eval" in summary:

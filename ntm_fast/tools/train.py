@@ -24,6 +24,11 @@
   of the checkpoint; `<out_dir>/level-N.pt` keeps the state at which level N was passed, and
   `curriculum_lr` switches the learning rate when given levels are reached (repeat copy needs a lower rate
   for its longest sequences).
+* Several processes (torchrun; `distributed.py`): the model is wrapped in DistributedDataParallel, every
+  rank trains on its slice of the global batch (`batch_size` sequences in all), the logged loss and errors
+  are means over the ranks, and the divergence decision is taken on all-reduced values so that every rank
+  rolls back together, to rank 0's checkpoint. Only the writer (rank 0) writes; checkpoints hold every
+  rank's torch RNG states (`rank_rng`) and the world size.
 * Metrics: one CSV row per step in `<out_dir>/metrics.csv` (the `bit_errors` column holds the task's
   metric: bit errors per sequence, or the cost in bits for the n-gram task); evaluations, the final
   generalisation evaluation over the task's `eval_points` among them, in `<out_dir>/eval.json`.
@@ -47,10 +52,11 @@ import zipfile
 from dataclasses import dataclass, field
 
 import torch
+import torch.distributed as dist
 from tqdm.auto import tqdm
 
 from ..model import NTM
-from . import runfolder
+from . import distributed, runfolder
 from .runfolder import UsageError
 from .tasks import make_task
 
@@ -276,6 +282,8 @@ def load_checkpoint(path: str) -> dict:
         state = _upgrade_format_1(outer, path)
     else:
         raise UsageError(f"{path!r} is not an ntm_fast checkpoint (no format or model entries)")
+    if isinstance(state, dict):
+        state = {**state, **{name: value for name, value in LATER_ENTRIES.items() if name not in state}}
     check_checkpoint(state, path)
     return state
 
@@ -294,7 +302,6 @@ def _upgrade_format_1(state: dict, path: str) -> dict:
     log.warning("checkpoint %s was written by an earlier ntm_fast (no checksum): checked against its zip CRCs "
                 "instead; the next checkpoint is saved in the current format", path)
     state = dict(state)
-    state.setdefault("curriculum_level", None)
     if isinstance(state.get("train_config"), dict):
         state["train_config"] = {**dataclasses.asdict(TrainConfig()), **state["train_config"]}
     return state
@@ -321,7 +328,13 @@ CHECKPOINT_ENTRIES = {
     "torch_rng": (_is_byte_tensor, "a generator state (a 1-D uint8 tensor)"),
     "cuda_rng": (lambda v: v is None or isinstance(v, list) and all(map(_is_byte_tensor, v)),
                  "None or a list of generator states"),
+    "world_size": (lambda v: _is_int(v) and v >= 1, "an integer >= 1"),
+    "rank_rng": (lambda v: v is None or isinstance(v, list) and all(
+        isinstance(r, dict) and _is_byte_tensor(r.get("torch_rng")) and CHECKPOINT_ENTRIES["cuda_rng"][0](r.get("cuda_rng"))
+        for r in v), "None or a list of {'torch_rng', 'cuda_rng'} per rank"),
 }
+# Entries added since a format was first written, with the value that means what older files meant.
+LATER_ENTRIES = {"curriculum_level": None, "world_size": 1, "rank_rng": None}
 MODEL_FIELDS = tuple(name for name in inspect.signature(NTM.__init__).parameters if name not in ("self", "backend"))
 TRAIN_FIELDS = tuple(f.name for f in dataclasses.fields(TrainConfig))
 
@@ -418,7 +431,12 @@ class Trainer:
 
     `overwrite`: a new run may move the files of another run in `out_dir` into `out_dir/previous-<n>/`
     instead of refusing the folder. `is_writer`: this process locks `out_dir` and writes the run's files
-    (under torchrun only rank 0 is the writer; the others train without touching the folder)."""
+    (under torchrun only rank 0 is the writer; the others train without touching the folder).
+
+    Data-parallel when torch.distributed is initialised with more than one process (`distributed.init`):
+    the model is wrapped in DDP (`self.net`; `self.model` stays the plain NTM) and `batch_size`, the global
+    batch, must divide among the ranks. `fit`, `rollback` and `save_checkpoint` are then collective: every
+    rank calls them."""
 
     def __init__(self, config: TrainConfig, *, overwrite: bool = False, is_writer: bool = True):
         config.validate()
@@ -434,6 +452,16 @@ class Trainer:
         except (ValueError, TypeError) as err:  # the NTM names the bad argument: it is a model option
             name = next((k for k in model_kwargs if f"'{k}'" in str(err)), None)
             raise UsageError(str(err), field=name) from None
+        self.world_size = dist.get_world_size() if distributed.active() else 1
+        self.rank = dist.get_rank() if distributed.active() else 0
+        if config.batch_size % self.world_size:
+            raise UsageError(f"'batch_size' (the global batch) must divide among the {self.world_size} processes, "
+                             f"got {config.batch_size}", field="batch_size")
+        self.net = self.model
+        if self.world_size > 1:
+            self.net = torch.nn.parallel.DistributedDataParallel(
+                self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
+        self.rank_rng = None  # every rank's RNG states, gathered by `save_checkpoint` (several processes only)
         lr = config.lr or self.task.defaults.get("lr", {}).get(config.optimizer, DEFAULT_LR[config.optimizer])
         if config.optimizer == "rmsprop":
             # alpha 0.95 as in the NTM paper's RMSprop (Graves 2013 variant).
@@ -474,6 +502,8 @@ class Trainer:
             "data_rng": self.data_rng.get_state(),
             "torch_rng": torch.get_rng_state(),
             "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
+            "world_size": self.world_size,
+            "rank_rng": self.rank_rng,
         }
 
     def load_state_dict(self, ckpt: dict):
@@ -485,15 +515,23 @@ class Trainer:
             self.level = ckpt["curriculum_level"]
         # else the level stays this run's: None without a curriculum, its start for one turned on now
         self.loss_avg, self.blowup_run = ckpt["loss_avg"], ckpt["blowup_run"]
-        self.data_rng.set_state(ckpt["data_rng"])
-        torch.set_rng_state(ckpt["torch_rng"])
-        if ckpt["cuda_rng"] is not None and torch.cuda.is_available():
-            for index, rng_state in enumerate(ckpt["cuda_rng"][:torch.cuda.device_count()]):
+        self.data_rng.set_state(ckpt["data_rng"])  # the same on every rank: the global batches' stream
+        # This rank's own generators when the checkpoint comes from as many processes; else rank 0's (the
+        # top-level entries), which only a model drawing random numbers (memory_init 'random') reads.
+        own = ckpt["rank_rng"][self.rank] if ckpt["rank_rng"] and len(ckpt["rank_rng"]) == self.world_size else ckpt
+        torch.set_rng_state(own["torch_rng"])
+        if own["cuda_rng"] is not None and torch.cuda.is_available():
+            for index, rng_state in enumerate(own["cuda_rng"][:torch.cuda.device_count()]):
                 torch.cuda.set_rng_state(rng_state, index)
 
-    def save_checkpoint(self):
+    def save_checkpoint(self, path: str | None = None):
+        """Write the run's state to `path` (default OUT/checkpoint.pt) if this process is the writer. With
+        several processes every rank calls it: it gathers their RNG states first."""
+        if self.world_size > 1:
+            self.rank_rng = distributed.gather({"torch_rng": torch.get_rng_state(), "cuda_rng": torch.cuda.get_rng_state_all()
+                                                if torch.cuda.is_available() else None})
         if self.is_writer:
-            write_checkpoint(self.state_dict(), self.checkpoint_path)
+            write_checkpoint(self.state_dict(), path or self.checkpoint_path)
 
     def resume(self, path: str | None = None, lr: float | None = None):
         """Continue from `path` (default OUT/checkpoint.pt): OUT/level-N.pt undoes everything after
@@ -511,6 +549,10 @@ class Trainer:
             for group in self.optimizer.param_groups:
                 group["lr"] = lr
         self.resumed_from = path
+        if ckpt["world_size"] != self.world_size:
+            log.warning("%s was written by %d processes and continues on %d: the same global batches follow (equal up "
+                        "to float32 summation order); each rank's generators start from rank 0's", path,
+                        ckpt["world_size"], self.world_size)
         log.info("resumed from %s at step %d (learning rate %.3g)", path, self.step, self.lr)
 
     def _check_resumable(self, ckpt: dict):
@@ -568,8 +610,6 @@ class Trainer:
             if source is not None:
                 self._rewrite_metrics(read_metrics(os.path.join(source, "metrics.csv"), self.step))
                 self.evaluations = read_evaluations(os.path.join(source, "eval.json"), self.step)
-            # The first rollback target: this run's state, not a later one left in the folder.
-            self.save_checkpoint()
         except BaseException:
             held.release()
             raise
@@ -612,22 +652,33 @@ class Trainer:
     # --- one step ---------------------------------------------------------------------------------------
     def train_step(self):
         """One optimiser step on a fresh batch. Returns (loss, errors per sequence, length) or None
-        when the step diverged (non-finite loss or gradient); the parameters are then left untouched."""
+        when the step diverged (non-finite loss or gradient); the parameters are then left untouched.
+        With several processes: this rank's slice of the global batch; the loss and errors returned are
+        the means over the ranks, and a step that diverged on any rank returns None on all."""
         cfg = self.config
         batch, length = self.task.training_batch(cfg.batch_size, self.data_rng, cfg.max_length, self.level)
+        if self.world_size > 1:
+            share = cfg.batch_size // self.world_size
+            mine = slice(self.rank * share, (self.rank + 1) * share)  # [T, B, ...]: sequences on dim 1
+            batch = dataclasses.replace(batch, inputs=batch.inputs[:, mine], targets=batch.targets[:, mine],
+                                        mask=batch.mask[:, mine])
         batch = batch.to(self.device)
-        self.model.train()
-        logits = self.model(batch.inputs)
+        self.net.train()
+        logits = self.net(batch.inputs)  # DDP averages the gradients over the ranks in backward
         loss = self.task.loss(logits, batch)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         grads = [p.grad for p in self.model.parameters() if p.grad is not None]
-        finite = torch.isfinite(loss) and all(bool(torch.isfinite(g).all()) for g in grads)
-        if not finite:
+        finite = bool(torch.isfinite(loss)) and all(bool(torch.isfinite(g).all()) for g in grads)
+        errors = self.task.errors(logits.detach(), batch).mean().item()
+        # One all-reduce: every rank sees the same means and the same verdict (no rank steps alone).
+        loss_sum, errors_sum, diverged = distributed.sum_over_ranks([loss.item(), errors, float(not finite)],
+                                                                    self.device)
+        if diverged:
             return None
         torch.nn.utils.clip_grad_value_(self.model.parameters(), cfg.clip)
         self.optimizer.step()
-        return loss.item(), self.task.errors(logits.detach(), batch).mean().item(), length
+        return loss_sum / self.world_size, errors_sum / self.world_size, length
 
     def _blew_up(self, loss):
         """Sustained blow-up: loss above blowup_factor × its running average for blowup_patience steps.
@@ -649,7 +700,8 @@ class Trainer:
         if self.rollbacks > self.config.max_rollbacks:
             raise TrainingDiverged(f"training diverged {self.rollbacks} times (last: {why}); giving up")
         rollbacks, failed_step = self.rollbacks, self.step + 1
-        ckpt = load_checkpoint(self.checkpoint_path)
+        # Rank 0's checkpoint for every rank, sent over the group: no shared folder is needed.
+        ckpt = distributed.from_rank0(load_checkpoint(self.checkpoint_path) if self.rank == 0 else None)
         self.load_state_dict(ckpt)
         self.rollbacks = rollbacks
         new_lr = self.lr * self.config.lr_decay
@@ -705,6 +757,8 @@ class Trainer:
         lock throughout (see `_open_run_folder`)."""
         held = self._open_run_folder()
         try:
+            # The first rollback target: this run's state, not a later one left in the folder.
+            self.save_checkpoint()
             return self._fit()
         finally:
             if held is not None:
@@ -712,8 +766,9 @@ class Trainer:
 
     def _fit(self) -> dict:
         cfg = self.config
-        bar = tqdm(total=cfg.steps, initial=self.step, disable=not cfg.progress, unit="step", dynamic_ncols=True)
+        bar = tqdm(total=cfg.steps, initial=self.step, disable=not cfg.progress or self.rank != 0, unit="step", dynamic_ncols=True)
         rows, start = [], time.perf_counter()
+        say = bar.write if self.rank == 0 else (lambda text: None)
         while self.step < cfg.steps:
             result = self.train_step()
             why = "non-finite loss or gradient" if result is None else (
@@ -734,17 +789,16 @@ class Trainer:
             bar.set_postfix(loss=f"{loss:.4f}", bits=f"{errors:.2f}", lr=f"{self.lr:.2g}")
             if self.step % cfg.eval_every == 0 or self.step == cfg.steps:
                 length, kwargs = self.eval_point()
-                eval_errors = self.evaluate(length, **kwargs)
+                eval_errors = distributed.from_rank0(self.evaluate(length, **kwargs))  # one curriculum for all
                 label = self.task.point_label(length, **kwargs)
                 self.evaluations.append({"step": self.step, "length": length, **kwargs, "bit_errors": eval_errors})
-                bar.write(f"step {self.step}: eval {self.task.metric} at length {label}: {eval_errors:.3f}")
+                say(f"step {self.step}: eval {self.task.metric} at length {label}: {eval_errors:.3f}")
                 passed, grown = self.level, self._grow_curriculum(eval_errors)
                 if grown:
                     self.evaluations[-1]["curriculum"] = self.level
                     # Kept so that a later break-down can be undone: `--resume OUT/level-N.pt`.
-                    if self.is_writer:
-                        write_checkpoint(self.state_dict(), os.path.join(cfg.out_dir, f"level-{passed}.pt"))
-                    bar.write(f"{grown} (saved {cfg.out_dir}/level-{passed}.pt)")
+                    self.save_checkpoint(os.path.join(cfg.out_dir, f"level-{passed}.pt"))
+                    say(f"{grown} (saved {cfg.out_dir}/level-{passed}.pt)")
             if self.step % cfg.checkpoint_every == 0 or self.step == cfg.steps:
                 # Rows and evaluations first, then the checkpoint: after a kill, a resume drops whatever
                 # lies past the checkpoint's step.
@@ -755,7 +809,7 @@ class Trainer:
         bar.close()
         self._write_metrics(rows)
         summary = self._summary(start)
-        if cfg.final_eval:
+        if cfg.final_eval and self.rank == 0:
             errors, optimal = generalization(self.model, self.task, cfg.eval_batches, cfg.batch_size, self.device)
             summary.update(metric=self.task.metric, final_eval=errors, **({"optimal": optimal} if optimal else {}))
             for line in describe(self.task, errors, optimal):
@@ -768,7 +822,7 @@ class Trainer:
                                  metric=self.task.metric)
             plots.weightings(self.model, self.task, os.path.join(cfg.out_dir, "weightings.png"),
                              length=self.length_cap(), device=self.device)
-            if cfg.final_eval:
+            if "final_eval" in summary:
                 plots.generalization(self.task, summary["final_eval"], os.path.join(cfg.out_dir, "generalization.png"),
                                      optimal=optimal, trained_to=self.length_cap())
         return summary
