@@ -17,7 +17,9 @@ Shapes: T steps, B batch, X input, C controller units, G = 4C (LSTM) or C gate c
 M slot width, R read and W write heads (H = R + W), S shift range (K = 2S + 1), P = H·M + 3H + H·K + 2W·M.
 The matrix products are `tl.dot` over [BLOCK_B ≥ 16, BLOCK_D] × [BLOCK_D, BLOCK_J] tiles with the weights
 streamed from global memory (L2) each step: all gate tiles of W_hh do not fit in an SM's shared memory. The
-addressing, read and write are the per-op kernels' @triton.jit helpers (address.py, read_write.py). The
+addressing, read and write are the per-op kernels' @triton.jit helpers (address.py, read_write.py). Every
+phase of a step is a separate (noinline) function called from the time loop: inlined, the addresses of all
+phases' tiles are loop-invariant and were hoisted out of the loop and held live across it, which spilled. The
 memory lives in a per-call [B, N, M] buffer (each program touches only its rows), updated in place. h, c,
 the reads and the weightings of a step are stored once, into the tensors saved for backward, and the next
 step reads them back from there (L2 on a GPU): a matrix product needs whole rows that other threads of the
@@ -230,10 +232,12 @@ def _shift_tile(rows, B, H, K, BLOCK_H: tl.constexpr, BLOCK_K: tl.constexpr):
     return rows[:, None, None], cols, mask, k_ok
 
 
-@triton.jit
-def _head_activations(p_ptr, act_ptr, rows, B, R, W, M, K, DTYPE: tl.constexpr, BLOCK_H: tl.constexpr,
-                      BLOCK_K: tl.constexpr, BLOCK_HM: tl.constexpr, BLOCK_WM: tl.constexpr):
-    """Section 3.3's activations of one step's p [B, P] into the act scratch (layout above)."""
+@triton.jit(noinline=True)
+def _head_activations(p_ptr, act_ptr, row0, B, R, W, M, K, DTYPE: tl.constexpr, BLOCK_B: tl.constexpr,
+                      BLOCK_H: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_HM: tl.constexpr, BLOCK_WM: tl.constexpr):
+    """Section 3.3's activations of one step's p [B, P] into the act scratch (layout above), for the rows
+    row0 .. row0 + BLOCK_B."""
+    rows = row0 + tl.arange(0, BLOCK_B)
     H = R + W
     P = H * M + 3 * H + H * K + 2 * W * M
     rkey, wkey, rbeta, wbeta, rgate, wgate, rshift, wshift, rgamma, wgamma, erase, add = _act_ptrs(
@@ -266,11 +270,12 @@ def _head_activations(p_ptr, act_ptr, rows, B, R, W, M, K, DTYPE: tl.constexpr, 
     tl.store(add + r2 * (W * M) + wm, a, mask=mask)
 
 
-@triton.jit
-def _head_activations_bwd(p_ptr, act_ptr, gact_ptr, dp_ptr, rows, B, R, W, M, K, DTYPE: tl.constexpr,
-                          BLOCK_H: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_HM: tl.constexpr,
-                          BLOCK_WM: tl.constexpr):
+@triton.jit(noinline=True)
+def _head_activations_bwd(p_ptr, act_ptr, gact_ptr, dp_ptr, row0, B, R, W, M, K, DTYPE: tl.constexpr,
+                          BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_K: tl.constexpr,
+                          BLOCK_HM: tl.constexpr, BLOCK_WM: tl.constexpr):
     """∂L/∂p [B, P] of one step from the activated parameters' gradients (gact, laid out as act)."""
+    rows = row0 + tl.arange(0, BLOCK_B)
     H = R + W
     P = H * M + 3 * H + H * K + 2 * W * M
     gkey, gwkey, gbeta, gwbeta, ggate, gwgate, gshift, gwshift, ggamma, gwgamma, gerase, gadd = _act_ptrs(
@@ -329,11 +334,12 @@ def _controller_preact(x_ptr, r_ptr, h_ptr, wih_ptr, bih_ptr, whh_ptr, bhh_ptr, 
     return acc
 
 
-@triton.jit
+@triton.jit(noinline=True)
 def _controller_fwd(x_ptr, r_ptr, h_prev_ptr, c_prev_ptr, h_ptr, c_ptr, gates_ptr, wih_ptr, bih_ptr, whh_ptr,
-                    bhh_ptr, rows, B, X, RM, C, LSTM: tl.constexpr, DTYPE: tl.constexpr, PRECISION: tl.constexpr,
+                    bhh_ptr, row0, B, X, RM, C, LSTM: tl.constexpr, DTYPE: tl.constexpr, PRECISION: tl.constexpr,
                     BLOCK_B: tl.constexpr, BLOCK_J: tl.constexpr, BLOCK_D: tl.constexpr):
     """One controller step over column tiles of C: h (and c, and the LSTM's 4 gate pre-activations) stored."""
+    rows = row0 + tl.arange(0, BLOCK_B)
     for j0 in range(0, C, BLOCK_J):
         cols = j0 + tl.arange(0, BLOCK_J)
         col_ok = cols < C
@@ -363,11 +369,12 @@ def _controller_fwd(x_ptr, r_ptr, h_prev_ptr, c_prev_ptr, h_ptr, c_ptr, gates_pt
             tl.store(h_ptr + offs, _tanh(pre), mask=mask)
 
 
-@triton.jit
-def _controller_bwd(dh_ptr, dc_ptr, h_ptr, c_prev_ptr, c_ptr, gates_ptr, dgates_ptr, rows, B, C, LSTM: tl.constexpr,
-                    DTYPE: tl.constexpr, BLOCK_J: tl.constexpr):
+@triton.jit(noinline=True)
+def _controller_bwd(dh_ptr, dc_ptr, h_ptr, c_prev_ptr, c_ptr, gates_ptr, dgates_ptr, row0, B, C, LSTM: tl.constexpr,
+                    DTYPE: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_J: tl.constexpr):
     """∂L/∂(gate pre-activations) [B, G] from ∂L/∂h (dh_ptr) and the carried ∂L/∂c (dc_ptr, replaced in place by
     ∂L/∂c_{t-1} = ∂L/∂c·σ(f))."""
+    rows = row0 + tl.arange(0, BLOCK_B)
     for j0 in range(0, C, BLOCK_J):
         cols = j0 + tl.arange(0, BLOCK_J)
         mask = (rows < B)[:, None] & (cols < C)[None, :]
@@ -395,46 +402,34 @@ def _controller_bwd(dh_ptr, dc_ptr, h_ptr, c_prev_ptr, c_ptr, gates_ptr, dgates_
 # ---------------------------------------------------------------------------------------------------------
 # The memory interaction of one step (as memory_step.py's kernels, for the program's rows).
 
-@triton.jit
-def _memory_fwd(mem_ptr, act_ptr, rprev_ptr, wprev_ptr, rw_ptr, ww_ptr, reads_ptr, tmp_ptr, rows, B, N, M, R, W, S,
-                WRAP, TINY: tl.constexpr, EPS: tl.constexpr, DTYPE: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_N: tl.constexpr,
-                BLOCK_M: tl.constexpr, BLOCK_R: tl.constexpr):
-    """Every head addresses M_{t-1} (Eq 5-9), the reads (Eq 2), then M_t (Eq 3-4) replaces M_{t-1} in place."""
-    K = 2 * S + 1
-    rkey, wkey, rbeta, wbeta, rgate, wgate, rshift, wshift, rgamma, wgamma, erase, add = _act_ptrs(
-        act_ptr, B, R, W, M, K)
-    for h in range(R):
-        address_head_fwd(mem_ptr, rkey, rbeta, rgate, rshift, rgamma, rprev_ptr, rw_ptr, tmp_ptr, h, R, rows, B, N,
-                         M, S, WRAP, TINY, EPS, DTYPE, BLOCK_B, BLOCK_N, BLOCK_M)
-    for h in range(W):
-        address_head_fwd(mem_ptr, wkey, wbeta, wgate, wshift, wgamma, wprev_ptr, ww_ptr, tmp_ptr, h, W, rows, B, N,
-                         M, S, WRAP, TINY, EPS, DTYPE, BLOCK_B, BLOCK_N, BLOCK_M)
-    tl.debug_barrier()  # the weightings are complete
-    reads = tl.zeros([BLOCK_B, BLOCK_R, BLOCK_M], DTYPE)
-    for start in range(0, N, BLOCK_N):
-        slots = start + tl.arange(0, BLOCK_N).to(tl.int64)
-        offsets, mask = memory_offsets(rows, slots, tl.arange(0, BLOCK_M), B, N, M)
-        mem = tl.load(mem_ptr + offsets, mask=mask, other=0.0).to(DTYPE)
-        reads = read_tile(reads, mem, rw_ptr, rows, slots, R, B, N, DTYPE, BLOCK_R)
-        new = write_tile(mem, ww_ptr, erase, add, rows, slots, W, B, N, M, DTYPE, BLOCK_B, BLOCK_N, BLOCK_M)
-        tl.store(mem_ptr + offsets, new, mask=mask)  # each element is loaded and stored by the same thread
-    store_heads(reads_ptr, reads, rows, B, R, M, BLOCK_R, BLOCK_M)
+@triton.jit(noinline=True)
+def _address_fwd(mem_ptr, key_ptr, beta_ptr, gate_ptr, shift_ptr, gamma_ptr, wprev_ptr, w_ptr, tmp_ptr, h, H, row0,
+                 B, N, M, S, WRAP, TINY: tl.constexpr, EPS: tl.constexpr, DTYPE: tl.constexpr, BLOCK_B: tl.constexpr,
+                 BLOCK_N: tl.constexpr, BLOCK_M: tl.constexpr):
+    """address_head_fwd of head h as a function of its own (why: the comment above _head_params)."""
+    address_head_fwd(mem_ptr, key_ptr, beta_ptr, gate_ptr, shift_ptr, gamma_ptr, wprev_ptr, w_ptr, tmp_ptr, h, H,
+                     row0 + tl.arange(0, BLOCK_B), B, N, M, S, WRAP, TINY, EPS, DTYPE, BLOCK_B, BLOCK_N, BLOCK_M)
 
 
-@triton.jit
-def _memory_bwd(mem_ptr, act_ptr, gact_ptr, rprev_ptr, wprev_ptr, rw_ptr, ww_ptr, greads_ptr, gmem_ptr, grw_ptr,
-                gww_ptr, tmp_ptr, rows, B, N, M, R, W, S, WRAP, TINY: tl.constexpr, EPS: tl.constexpr, DTYPE: tl.constexpr,
-                BLOCK_B: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_W: tl.constexpr,
-                BLOCK_K: tl.constexpr):
-    """Backward of _memory_fwd, in place: gmem holds ∂L/∂M_t and leaves with ∂L/∂M_{t-1}; grw/gww hold ∂L/∂w_t
-    (read/write heads) and leave with ∂L/∂w_{t-1}; the activated parameters' gradients go to gact."""
-    K = 2 * S + 1
-    rkey, wkey, rbeta, wbeta, rgate, wgate, rshift, wshift, rgamma, wgamma, erase, add = _act_ptrs(
-        act_ptr, B, R, W, M, K)
-    grkey, gwkey, grbeta, gwbeta, grgate, gwgate, grshift, gwshift, grgamma, gwgamma, gerase, gadd = _act_ptrs(
-        gact_ptr, B, R, W, M, K)
-    # Read and write backward: ∂L/∂M_{t-1} of both, and the total ∂L/∂w of each head (upstream + read/write)
-    # parked in grw/gww for the addressing backward.
+@triton.jit(noinline=True)
+def _address_bwd(mem_ptr, key_ptr, beta_ptr, gate_ptr, shift_ptr, gamma_ptr, wprev_ptr, w_ptr, gw_ptr, gmem_ptr,
+                 gkey_ptr, gbeta_ptr, ggate_ptr, gshift_ptr, ggamma_ptr, tmp_ptr, h, H, row0, B, N, M, S, WRAP,
+                 TINY: tl.constexpr, EPS: tl.constexpr, DTYPE: tl.constexpr, BLOCK_B: tl.constexpr,
+                 BLOCK_N: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr):
+    """address_head_bwd of head h, accumulating into gmem, with ∂L/∂w_prev replacing gw in place."""
+    address_head_bwd(mem_ptr, key_ptr, beta_ptr, gate_ptr, shift_ptr, gamma_ptr, wprev_ptr, w_ptr, gw_ptr, gmem_ptr,
+                     gkey_ptr, gbeta_ptr, ggate_ptr, gshift_ptr, ggamma_ptr, gw_ptr, tmp_ptr, h, H,
+                     row0 + tl.arange(0, BLOCK_B), True, B, N, M, S, WRAP, TINY, EPS, DTYPE, BLOCK_B, BLOCK_N, BLOCK_M,
+                     BLOCK_K)
+
+
+@triton.jit(noinline=True)
+def _read_write_bwd(mem_ptr, rw_ptr, ww_ptr, erase, add, greads_ptr, gmem_ptr, grw_ptr, gww_ptr, gerase, gadd, row0,
+                    B, N, M, R, W, DTYPE: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_N: tl.constexpr,
+                    BLOCK_M: tl.constexpr, BLOCK_W: tl.constexpr):
+    """Read and write backward: ∂L/∂M_{t-1} of both into gmem (holding ∂L/∂M_t), ∂L/∂e and ∂L/∂a, and the
+    total ∂L/∂w of each head (upstream + read/write) into grw/gww for the addressing backward."""
+    rows = row0 + tl.arange(0, BLOCK_B)
     g_erase = tl.zeros([BLOCK_B, BLOCK_W, BLOCK_M], DTYPE)
     g_add = tl.zeros([BLOCK_B, BLOCK_W, BLOCK_M], DTYPE)
     for start in range(0, N, BLOCK_N):
@@ -450,15 +445,176 @@ def _memory_bwd(mem_ptr, act_ptr, gact_ptr, rprev_ptr, wprev_ptr, rw_ptr, ww_ptr
         tl.store(gmem_ptr + offsets, g_mem_read + g_mem_write, mask=mask)
     store_heads(gerase, g_erase, rows, B, W, M, BLOCK_W, BLOCK_M)
     store_heads(gadd, g_add, rows, B, W, M, BLOCK_W, BLOCK_M)
+
+
+@triton.jit(noinline=True)
+def _memory_fwd(mem_ptr, act_ptr, rprev_ptr, wprev_ptr, rw_ptr, ww_ptr, reads_ptr, tmp_ptr, row0, B, N, M, R, W, S,
+                WRAP, TINY: tl.constexpr, EPS: tl.constexpr, DTYPE: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_N: tl.constexpr,
+                BLOCK_M: tl.constexpr, BLOCK_R: tl.constexpr):
+    """Every head addresses M_{t-1} (Eq 5-9), the reads (Eq 2), then M_t (Eq 3-4) replaces M_{t-1} in place."""
+    rows = row0 + tl.arange(0, BLOCK_B)
+    K = 2 * S + 1
+    rkey, wkey, rbeta, wbeta, rgate, wgate, rshift, wshift, rgamma, wgamma, erase, add = _act_ptrs(
+        act_ptr, B, R, W, M, K)
+    for h in range(R):
+        _address_fwd(mem_ptr, rkey, rbeta, rgate, rshift, rgamma, rprev_ptr, rw_ptr, tmp_ptr, h, R, row0, B, N, M, S,
+                     WRAP, TINY, EPS, DTYPE, BLOCK_B, BLOCK_N, BLOCK_M)
+    for h in range(W):
+        _address_fwd(mem_ptr, wkey, wbeta, wgate, wshift, wgamma, wprev_ptr, ww_ptr, tmp_ptr, h, W, row0, B, N, M, S,
+                     WRAP, TINY, EPS, DTYPE, BLOCK_B, BLOCK_N, BLOCK_M)
+    tl.debug_barrier()  # the weightings are complete
+    reads = tl.zeros([BLOCK_B, BLOCK_R, BLOCK_M], DTYPE)
+    for start in range(0, N, BLOCK_N):
+        slots = start + tl.arange(0, BLOCK_N).to(tl.int64)
+        offsets, mask = memory_offsets(rows, slots, tl.arange(0, BLOCK_M), B, N, M)
+        mem = tl.load(mem_ptr + offsets, mask=mask, other=0.0).to(DTYPE)
+        reads = read_tile(reads, mem, rw_ptr, rows, slots, R, B, N, DTYPE, BLOCK_R)
+        new = write_tile(mem, ww_ptr, erase, add, rows, slots, W, B, N, M, DTYPE, BLOCK_B, BLOCK_N, BLOCK_M)
+        tl.store(mem_ptr + offsets, new, mask=mask)  # each element is loaded and stored by the same thread
+    store_heads(reads_ptr, reads, rows, B, R, M, BLOCK_R, BLOCK_M)
+
+
+@triton.jit(noinline=True)
+def _memory_bwd(mem_ptr, act_ptr, gact_ptr, rprev_ptr, wprev_ptr, rw_ptr, ww_ptr, greads_ptr, gmem_ptr, grw_ptr,
+                gww_ptr, tmp_ptr, row0, B, N, M, R, W, S, WRAP, TINY: tl.constexpr, EPS: tl.constexpr, DTYPE: tl.constexpr,
+                BLOCK_B: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_W: tl.constexpr,
+                BLOCK_K: tl.constexpr):
+    """Backward of _memory_fwd, in place: gmem holds ∂L/∂M_t and leaves with ∂L/∂M_{t-1}; grw/gww hold ∂L/∂w_t
+    (read/write heads) and leave with ∂L/∂w_{t-1}; the activated parameters' gradients go to gact."""
+    K = 2 * S + 1
+    rkey, wkey, rbeta, wbeta, rgate, wgate, rshift, wshift, rgamma, wgamma, erase, add = _act_ptrs(
+        act_ptr, B, R, W, M, K)
+    grkey, gwkey, grbeta, gwbeta, grgate, gwgate, grshift, gwshift, grgamma, gwgamma, gerase, gadd = _act_ptrs(
+        gact_ptr, B, R, W, M, K)
+    _read_write_bwd(mem_ptr, rw_ptr, ww_ptr, erase, add, greads_ptr, gmem_ptr, grw_ptr, gww_ptr, gerase, gadd, row0,
+                    B, N, M, R, W, DTYPE, BLOCK_B, BLOCK_N, BLOCK_M, BLOCK_W)
     # Addressing backward of every head, each adding its part of ∂L/∂M_{t-1}.
     for h in range(R):
-        address_head_bwd(mem_ptr, rkey, rbeta, rgate, rshift, rgamma, rprev_ptr, rw_ptr, grw_ptr, gmem_ptr, grkey,
-                         grbeta, grgate, grshift, grgamma, grw_ptr, tmp_ptr, h, R, rows, True, B, N, M, S, WRAP,
-                         TINY, EPS, DTYPE, BLOCK_B, BLOCK_N, BLOCK_M, BLOCK_K)
+        _address_bwd(mem_ptr, rkey, rbeta, rgate, rshift, rgamma, rprev_ptr, rw_ptr, grw_ptr, gmem_ptr, grkey, grbeta,
+                     grgate, grshift, grgamma, tmp_ptr, h, R, row0, B, N, M, S, WRAP, TINY, EPS, DTYPE, BLOCK_B, BLOCK_N,
+                     BLOCK_M, BLOCK_K)
     for h in range(W):
-        address_head_bwd(mem_ptr, wkey, wbeta, wgate, wshift, wgamma, wprev_ptr, ww_ptr, gww_ptr, gmem_ptr, gwkey,
-                         gwbeta, gwgate, gwshift, gwgamma, gww_ptr, tmp_ptr, h, W, rows, True, B, N, M, S, WRAP,
-                         TINY, EPS, DTYPE, BLOCK_B, BLOCK_N, BLOCK_M, BLOCK_K)
+        _address_bwd(mem_ptr, wkey, wbeta, wgate, wshift, wgamma, wprev_ptr, ww_ptr, gww_ptr, gmem_ptr, gwkey, gwbeta,
+                     gwgate, gwshift, gwgamma, tmp_ptr, h, W, row0, B, N, M, S, WRAP, TINY, EPS, DTYPE, BLOCK_B, BLOCK_N,
+                     BLOCK_M, BLOCK_K)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The phases of a step that the kernels' loops call. Each (but _head_params) is a function of its own
+# (noinline), taking the program's first batch row row0 (such functions take scalars only): compiled inline into
+# the time loop, the addresses of every phase's tiles and shared-memory layout conversions are loop-invariant,
+# so the compiler hoisted them all out of the loop and kept them live across it (hundreds of registers: at the
+# default sizes in float32 the forward spilled 296 bytes per thread and the backward 2,472).
+
+
+@triton.jit
+def _head_params(p_ptr, h_ptr, whd_ptr, bhd_ptr, row0, B, C, P, DTYPE: tl.constexpr, PRECISION: tl.constexpr,
+                 BLOCK_B: tl.constexpr, BLOCK_J: tl.constexpr, BLOCK_D: tl.constexpr):
+    """p = h W_headsᵀ + b_heads [B, P]. Inlined: as a function of its own it left triton 3.6's forward (whose
+    ptxas holds a kernel with calls to 128 registers) with more registers saved around the calls."""
+    rows = row0 + tl.arange(0, BLOCK_B)
+    for j0 in range(0, P, BLOCK_J):
+        cols = j0 + tl.arange(0, BLOCK_J)
+        acc = _dot_acc(_bias_tile(bhd_ptr, cols, cols < P, DTYPE, BLOCK_B, BLOCK_J), h_ptr, C, rows, B, C,
+                       whd_ptr, 1, C, cols, cols < P, DTYPE, PRECISION, BLOCK_B, BLOCK_D)
+        tl.store(p_ptr + rows[:, None] * P + cols[None, :], acc, mask=(rows < B)[:, None] & (cols < P)[None, :])
+
+
+@triton.jit(noinline=True)
+def _logits(y_ptr, h_ptr, r_ptr, wout_ptr, bout_ptr, row0, B, C, RM, Y, DTYPE: tl.constexpr,
+            PRECISION: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_J: tl.constexpr, BLOCK_D: tl.constexpr):
+    """Logits y_t = [h; r_t] W_outᵀ + b_out [B, Y]."""
+    rows = row0 + tl.arange(0, BLOCK_B)
+    for j0 in range(0, Y, BLOCK_J):
+        cols = j0 + tl.arange(0, BLOCK_J)
+        col_ok = cols < Y
+        acc = _bias_tile(bout_ptr, cols, col_ok, DTYPE, BLOCK_B, BLOCK_J)
+        acc = _dot_acc(acc, h_ptr, C, rows, B, C, wout_ptr, 1, C + RM, cols, col_ok, DTYPE, PRECISION, BLOCK_B,
+                       BLOCK_D)
+        acc = _dot_acc(acc, r_ptr, RM, rows, B, RM, wout_ptr + C, 1, C + RM, cols, col_ok, DTYPE, PRECISION,
+                       BLOCK_B, BLOCK_D)
+        tl.store(y_ptr + rows[:, None] * Y + cols[None, :], acc, mask=(rows < B)[:, None] & col_ok[None, :])
+
+
+@triton.jit(noinline=True)
+def _write_step(mem_ptr, ww_ptr, erase_ptr, add_ptr, row0, B, N, M, W, DTYPE: tl.constexpr, BLOCK_B: tl.constexpr,
+                BLOCK_N: tl.constexpr, BLOCK_M: tl.constexpr):
+    """The next memory of a segment (Eq 3-4): mem_ptr[B·N·M + ...] = write(mem_ptr[...])."""
+    rows = row0 + tl.arange(0, BLOCK_B)
+    for start in range(0, N, BLOCK_N):
+        slots = start + tl.arange(0, BLOCK_N).to(tl.int64)
+        offsets, mask = memory_offsets(rows, slots, tl.arange(0, BLOCK_M), B, N, M)
+        mem = tl.load(mem_ptr + offsets, mask=mask, other=0.0).to(DTYPE)
+        new = write_tile(mem, ww_ptr, erase_ptr, add_ptr, rows, slots, W, B, N, M, DTYPE, BLOCK_B, BLOCK_N, BLOCK_M)
+        tl.store(mem_ptr + B * N * M + offsets, new, mask=mask)
+
+
+@triton.jit(noinline=True)
+def _output_bwd(dy_ptr, wout_ptr, dh_carried_ptr, dr_carried_ptr, dh_ptr, dreads_ptr, row0, B, C, RM, Y,
+                LSTM: tl.constexpr, DTYPE: tl.constexpr, PRECISION: tl.constexpr, BLOCK_B: tl.constexpr,
+                BLOCK_J: tl.constexpr, BLOCK_D: tl.constexpr):
+    """∂L/∂h = ∂L/∂y W_out[:, :C] (+ the carried ∂L/∂h for an LSTM) into dh [B, C] and ∂L/∂r_t = ∂L/∂y
+    W_out[:, C:] + the carried ∂L/∂r into dreads [B, R·M]."""
+    rows = row0 + tl.arange(0, BLOCK_B)
+    for j0 in range(0, C, BLOCK_J):
+        cols = j0 + tl.arange(0, BLOCK_J)
+        mask = (rows < B)[:, None] & (cols < C)[None, :]
+        offs = rows[:, None] * C + cols[None, :]
+        acc = tl.zeros([BLOCK_B, BLOCK_J], DTYPE)
+        if LSTM:
+            acc += tl.load(dh_carried_ptr + offs, mask=mask, other=0.0).to(DTYPE)
+        acc = _dot_acc(acc, dy_ptr, Y, rows, B, Y, wout_ptr, C + RM, 1, cols, cols < C, DTYPE, PRECISION,
+                       BLOCK_B, BLOCK_D)
+        tl.store(dh_ptr + offs, acc, mask=mask)
+    for j0 in range(0, RM, BLOCK_J):
+        cols = j0 + tl.arange(0, BLOCK_J)
+        mask = (rows < B)[:, None] & (cols < RM)[None, :]
+        offs = rows[:, None] * RM + cols[None, :]
+        acc = tl.load(dr_carried_ptr + offs, mask=mask, other=0.0).to(DTYPE)
+        acc = _dot_acc(acc, dy_ptr, Y, rows, B, Y, wout_ptr + C, C + RM, 1, cols, cols < RM, DTYPE, PRECISION,
+                       BLOCK_B, BLOCK_D)
+        tl.store(dreads_ptr + offs, acc, mask=mask)
+
+
+@triton.jit(noinline=True)
+def _add_rows_matmul(out_ptr, J, a_ptr, D, w_ptr, w_stride, row0, B, DTYPE: tl.constexpr, PRECISION: tl.constexpr,
+                     BLOCK_B: tl.constexpr, BLOCK_J: tl.constexpr, BLOCK_D: tl.constexpr):
+    """out[rows, :J] += A[rows, :D] V[:D, :J] for row-major out [B, J], A [B, D] and weight V [D, w_stride]."""
+    rows = row0 + tl.arange(0, BLOCK_B)
+    for j0 in range(0, J, BLOCK_J):
+        cols = j0 + tl.arange(0, BLOCK_J)
+        mask = (rows < B)[:, None] & (cols < J)[None, :]
+        offs = rows[:, None] * J + cols[None, :]
+        acc = tl.load(out_ptr + offs, mask=mask, other=0.0).to(DTYPE)
+        acc = _dot_acc(acc, a_ptr, D, rows, B, D, w_ptr, w_stride, 1, cols, cols < J, DTYPE, PRECISION, BLOCK_B,
+                       BLOCK_D)
+        tl.store(out_ptr + offs, acc, mask=mask)
+
+
+@triton.jit(noinline=True)
+def _inputs_bwd(dg_ptr, wih_ptr, whh_ptr, dx_ptr, dr_ptr, dh_ptr, row0, B, X, RM, C, G, LSTM: tl.constexpr,
+                DTYPE: tl.constexpr, PRECISION: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_J: tl.constexpr,
+                BLOCK_D: tl.constexpr):
+    """∂L/∂u = ∂L/∂gates W_ih -> ∂L/∂x_t into dx [B, X] and ∂L/∂r_{t-1} into dr [B, R·M]; for an LSTM
+    ∂L/∂h_{t-1} = ∂L/∂gates W_hh into dh [B, C]."""
+    rows = row0 + tl.arange(0, BLOCK_B)
+    U = X + RM
+    for j0 in range(0, X, BLOCK_J):
+        cols = j0 + tl.arange(0, BLOCK_J)
+        acc = _dot_acc(tl.zeros([BLOCK_B, BLOCK_J], DTYPE), dg_ptr, G, rows, B, G, wih_ptr, U, 1, cols, cols < X,
+                       DTYPE, PRECISION, BLOCK_B, BLOCK_D)
+        tl.store(dx_ptr + rows[:, None] * X + cols[None, :], acc, mask=(rows < B)[:, None] & (cols < X)[None, :])
+    for j0 in range(0, RM, BLOCK_J):
+        cols = j0 + tl.arange(0, BLOCK_J)
+        acc = _dot_acc(tl.zeros([BLOCK_B, BLOCK_J], DTYPE), dg_ptr, G, rows, B, G, wih_ptr + X, U, 1, cols,
+                       cols < RM, DTYPE, PRECISION, BLOCK_B, BLOCK_D)
+        tl.store(dr_ptr + rows[:, None] * RM + cols[None, :], acc, mask=(rows < B)[:, None] & (cols < RM)[None, :])
+    if LSTM:
+        for j0 in range(0, C, BLOCK_J):
+            cols = j0 + tl.arange(0, BLOCK_J)
+            acc = _dot_acc(tl.zeros([BLOCK_B, BLOCK_J], DTYPE), dg_ptr, G, rows, B, G, whh_ptr, C, 1, cols,
+                           cols < C, DTYPE, PRECISION, BLOCK_B, BLOCK_D)
+            tl.store(dh_ptr + rows[:, None] * C + cols[None, :], acc, mask=(rows < B)[:, None] & (cols < C)[None, :])
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -473,7 +629,8 @@ def _sequence_fwd_kernel(x_ptr, wih_ptr, bih_ptr, whh_ptr, bhh_ptr, whd_ptr, bhd
                          BLOCK_B: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_R: tl.constexpr,
                          BLOCK_J: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_K: tl.constexpr,
                          BLOCK_HM: tl.constexpr, BLOCK_WM: tl.constexpr):
-    rows = tl.program_id(0).to(tl.int64) * BLOCK_B + tl.arange(0, BLOCK_B)
+    row0 = tl.program_id(0).to(tl.int64) * BLOCK_B  # the program's first batch row
+    rows = row0 + tl.arange(0, BLOCK_B)
     H = R + W
     K = 2 * S + 1
     RM = R * M
@@ -487,34 +644,21 @@ def _sequence_fwd_kernel(x_ptr, wih_ptr, bih_ptr, whh_ptr, bhh_ptr, whd_ptr, bhd
         r_ptr = reads_ptr + (step + 1) * B * RM
         _controller_fwd(x_ptr + step * B * X, r_ptr - B * RM, h_ptr - B * C, cs_ptr + step * B * C,
                         h_ptr, cs_ptr + (step + 1) * B * C, gates_ptr + step * B * G, wih_ptr, bih_ptr, whh_ptr,
-                        bhh_ptr, rows, B, X, RM, C, LSTM, DTYPE, PRECISION, BLOCK_B, BLOCK_J, BLOCK_D)
+                        bhh_ptr, row0, B, X, RM, C, LSTM, DTYPE, PRECISION, BLOCK_B, BLOCK_J, BLOCK_D)
         tl.debug_barrier()
         # Head parameters p = h W_headsᵀ + b_heads, then their activations.
         p_t = p_ptr + step * B * P
-        for j0 in range(0, P, BLOCK_J):
-            cols = j0 + tl.arange(0, BLOCK_J)
-            acc = _dot_acc(_bias_tile(bhd_ptr, cols, cols < P, DTYPE, BLOCK_B, BLOCK_J), h_ptr, C, rows, B, C,
-                           whd_ptr, 1, C, cols, cols < P, DTYPE, PRECISION, BLOCK_B, BLOCK_D)
-            tl.store(p_t + rows[:, None] * P + cols[None, :], acc, mask=(rows < B)[:, None] & (cols < P)[None, :])
+        _head_params(p_t, h_ptr, whd_ptr, bhd_ptr, row0, B, C, P, DTYPE, PRECISION, BLOCK_B, BLOCK_J, BLOCK_D)
         tl.debug_barrier()
-        _head_activations(p_t, act_ptr, rows, B, R, W, M, K, DTYPE, BLOCK_H, BLOCK_K, BLOCK_HM, BLOCK_WM)
+        _head_activations(p_t, act_ptr, row0, B, R, W, M, K, DTYPE, BLOCK_B, BLOCK_H, BLOCK_K, BLOCK_HM, BLOCK_WM)
         tl.debug_barrier()
         wr_t = wr_ptr + step * B * R * N
         ww_t = ww_ptr + step * B * W * N
-        _memory_fwd(mem_ptr, act_ptr, wr_t, ww_t, wr_t + B * R * N, ww_t + B * W * N, r_ptr, tmp_ptr, rows, B, N, M,
+        _memory_fwd(mem_ptr, act_ptr, wr_t, ww_t, wr_t + B * R * N, ww_t + B * W * N, r_ptr, tmp_ptr, row0, B, N, M,
                     R, W, S, WRAP, TINY, EPS, DTYPE, BLOCK_B, BLOCK_N, BLOCK_M, BLOCK_R)
         tl.debug_barrier()
-        # Logits y_t = [h; r_t] W_outᵀ + b_out.
-        for j0 in range(0, Y, BLOCK_J):
-            cols = j0 + tl.arange(0, BLOCK_J)
-            col_ok = cols < Y
-            acc = _bias_tile(bout_ptr, cols, col_ok, DTYPE, BLOCK_B, BLOCK_J)
-            acc = _dot_acc(acc, h_ptr, C, rows, B, C, wout_ptr, 1, C + RM, cols, col_ok, DTYPE, PRECISION, BLOCK_B,
-                           BLOCK_D)
-            acc = _dot_acc(acc, r_ptr, RM, rows, B, RM, wout_ptr + C, 1, C + RM, cols, col_ok, DTYPE, PRECISION,
-                           BLOCK_B, BLOCK_D)
-            tl.store(logits_ptr + step * B * Y + rows[:, None] * Y + cols[None, :], acc,
-                     mask=(rows < B)[:, None] & col_ok[None, :])
+        _logits(logits_ptr + step * B * Y, h_ptr, r_ptr, wout_ptr, bout_ptr, row0, B, C, RM, Y, DTYPE, PRECISION,
+                BLOCK_B, BLOCK_J, BLOCK_D)
         tl.debug_barrier()
 
 
@@ -528,7 +672,8 @@ def _sequence_bwd_kernel(dlogits_ptr, wih_ptr, whh_ptr, whd_ptr, wout_ptr,
                          BLOCK_B: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_W: tl.constexpr,
                          BLOCK_J: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_K: tl.constexpr,
                          BLOCK_HM: tl.constexpr, BLOCK_WM: tl.constexpr):
-    rows = tl.program_id(0).to(tl.int64) * BLOCK_B + tl.arange(0, BLOCK_B)
+    row0 = tl.program_id(0).to(tl.int64) * BLOCK_B  # the program's first batch row
+    rows = row0 + tl.arange(0, BLOCK_B)
     H = R + W
     K = 2 * S + 1
     RM = R * M
@@ -561,90 +706,43 @@ def _sequence_bwd_kernel(dlogits_ptr, wih_ptr, whh_ptr, whd_ptr, wout_ptr,
         for t in range(t0, t1 - 1):
             step = tl.cast(t, tl.int64)
             tl.debug_barrier()
-            _head_activations(p_ptr + step * B * P, act_ptr, rows, B, R, W, M, K, DTYPE, BLOCK_H, BLOCK_K, BLOCK_HM,
-                              BLOCK_WM)
+            _head_activations(p_ptr + step * B * P, act_ptr, row0, B, R, W, M, K, DTYPE, BLOCK_B, BLOCK_H, BLOCK_K,
+                              BLOCK_HM, BLOCK_WM)
             tl.debug_barrier()
-            src = seg_ptr + (step - t0) * BNM
-            for start in range(0, N, BLOCK_N):
-                slots = start + tl.arange(0, BLOCK_N).to(tl.int64)
-                offsets, mask = memory_offsets(rows, slots, tl.arange(0, BLOCK_M), B, N, M)
-                mem = tl.load(src + offsets, mask=mask, other=0.0).to(DTYPE)
-                new = write_tile(mem, ww_ptr + (step + 1) * B * W * N, erase, add, rows, slots, W, B, N, M, DTYPE,
-                                 BLOCK_B, BLOCK_N, BLOCK_M)
-                tl.store(src + BNM + offsets, new, mask=mask)
+            _write_step(seg_ptr + (step - t0) * BNM, ww_ptr + (step + 1) * B * W * N, erase, add, row0, B, N, M, W,
+                        DTYPE, BLOCK_B, BLOCK_N, BLOCK_M)
         tl.debug_barrier()
         for j in range(t1 - t0):
             t = t1 - 1 - j
             step = tl.cast(t, tl.int64)
             h_ptr = hs_ptr + (step + 1) * B * C
-            dy_ptr = dlogits_ptr + step * B * Y
             # Output layer: ∂L/∂h = ∂L/∂y W_out[:, :C] + carried, ∂L/∂r_t = ∂L/∂y W_out[:, C:] + carried.
-            for j0 in range(0, C, BLOCK_J):
-                cols = j0 + tl.arange(0, BLOCK_J)
-                mask = (rows < B)[:, None] & (cols < C)[None, :]
-                offs = rows[:, None] * C + cols[None, :]
-                acc = tl.zeros([BLOCK_B, BLOCK_J], DTYPE)
-                if LSTM:
-                    acc += tl.load(dh0_ptr + offs, mask=mask, other=0.0).to(DTYPE)
-                acc = _dot_acc(acc, dy_ptr, Y, rows, B, Y, wout_ptr, C + RM, 1, cols, cols < C, DTYPE, PRECISION,
-                               BLOCK_B, BLOCK_D)
-                tl.store(dh_ptr + offs, acc, mask=mask)
-            for j0 in range(0, RM, BLOCK_J):
-                cols = j0 + tl.arange(0, BLOCK_J)
-                mask = (rows < B)[:, None] & (cols < RM)[None, :]
-                offs = rows[:, None] * RM + cols[None, :]
-                acc = tl.load(dr0_ptr + offs, mask=mask, other=0.0).to(DTYPE)
-                acc = _dot_acc(acc, dy_ptr, Y, rows, B, Y, wout_ptr + C, C + RM, 1, cols, cols < RM, DTYPE, PRECISION,
-                               BLOCK_B, BLOCK_D)
-                tl.store(dreads_ptr + offs, acc, mask=mask)
+            _output_bwd(dlogits_ptr + step * B * Y, wout_ptr, dh0_ptr, dr0_ptr, dh_ptr, dreads_ptr, row0, B, C, RM, Y,
+                        LSTM, DTYPE, PRECISION, BLOCK_B, BLOCK_J, BLOCK_D)
             p_t = p_ptr + step * B * P
-            _head_activations(p_t, act_ptr, rows, B, R, W, M, K, DTYPE, BLOCK_H, BLOCK_K, BLOCK_HM, BLOCK_WM)
+            _head_activations(p_t, act_ptr, row0, B, R, W, M, K, DTYPE, BLOCK_B, BLOCK_H, BLOCK_K, BLOCK_HM, BLOCK_WM)
             tl.debug_barrier()
             # Memory interaction backward (Eq 2-9).
             wr_t = wr_ptr + step * B * R * N
             ww_t = ww_ptr + step * B * W * N
             _memory_bwd(seg_ptr + (step - t0) * BNM, act_ptr, gact_ptr, wr_t, ww_t, wr_t + B * R * N, ww_t + B * W * N,
-                        dreads_ptr, dm0_ptr, dwr0_ptr, dww0_ptr, tmp_ptr, rows, B, N, M, R, W, S, WRAP, TINY, EPS, DTYPE,
+                        dreads_ptr, dm0_ptr, dwr0_ptr, dww0_ptr, tmp_ptr, row0, B, N, M, R, W, S, WRAP, TINY, EPS, DTYPE,
                         BLOCK_B, BLOCK_N, BLOCK_M, BLOCK_W, BLOCK_K)
             tl.debug_barrier()
             dp_t = dp_ptr + step * B * P
-            _head_activations_bwd(p_t, act_ptr, gact_ptr, dp_t, rows, B, R, W, M, K, DTYPE, BLOCK_H, BLOCK_K,
-                                  BLOCK_HM, BLOCK_WM)
+            _head_activations_bwd(p_t, act_ptr, gact_ptr, dp_t, row0, B, R, W, M, K, DTYPE, BLOCK_B, BLOCK_H,
+                                  BLOCK_K, BLOCK_HM, BLOCK_WM)
             tl.debug_barrier()
             # ∂L/∂h += ∂L/∂p W_heads
-            for j0 in range(0, C, BLOCK_J):
-                cols = j0 + tl.arange(0, BLOCK_J)
-                mask = (rows < B)[:, None] & (cols < C)[None, :]
-                offs = rows[:, None] * C + cols[None, :]
-                acc = tl.load(dh_ptr + offs, mask=mask, other=0.0).to(DTYPE)
-                acc = _dot_acc(acc, dp_t, P, rows, B, P, whd_ptr, C, 1, cols, cols < C, DTYPE, PRECISION, BLOCK_B,
-                               BLOCK_D)
-                tl.store(dh_ptr + offs, acc, mask=mask)
+            _add_rows_matmul(dh_ptr, C, dp_t, P, whd_ptr, C, row0, B, DTYPE, PRECISION, BLOCK_B, BLOCK_J, BLOCK_D)
             tl.debug_barrier()
             dg_t = dgates_ptr + step * B * G
             _controller_bwd(dh_ptr, dc0_ptr, h_ptr, cs_ptr + step * B * C, cs_ptr + (step + 1) * B * C,
-                            gates_ptr + step * B * G, dg_t, rows, B, C, LSTM, DTYPE, BLOCK_J)
+                            gates_ptr + step * B * G, dg_t, row0, B, C, LSTM, DTYPE, BLOCK_B, BLOCK_J)
             tl.debug_barrier()
             # ∂L/∂u = ∂L/∂gates W_ih -> ∂L/∂x_t and the carried ∂L/∂r_{t-1}; carried ∂L/∂h_{t-1} = ∂L/∂gates W_hh.
-            for j0 in range(0, X, BLOCK_J):
-                cols = j0 + tl.arange(0, BLOCK_J)
-                acc = _dot_acc(tl.zeros([BLOCK_B, BLOCK_J], DTYPE), dg_t, G, rows, B, G, wih_ptr, U, 1, cols, cols < X,
-                               DTYPE, PRECISION, BLOCK_B, BLOCK_D)
-                tl.store(dx_ptr + step * B * X + rows[:, None] * X + cols[None, :], acc,
-                         mask=(rows < B)[:, None] & (cols < X)[None, :])
-            for j0 in range(0, RM, BLOCK_J):
-                cols = j0 + tl.arange(0, BLOCK_J)
-                acc = _dot_acc(tl.zeros([BLOCK_B, BLOCK_J], DTYPE), dg_t, G, rows, B, G, wih_ptr + X, U, 1, cols,
-                               cols < RM, DTYPE, PRECISION, BLOCK_B, BLOCK_D)
-                tl.store(dr0_ptr + rows[:, None] * RM + cols[None, :], acc,
-                         mask=(rows < B)[:, None] & (cols < RM)[None, :])
-            if LSTM:
-                for j0 in range(0, C, BLOCK_J):
-                    cols = j0 + tl.arange(0, BLOCK_J)
-                    acc = _dot_acc(tl.zeros([BLOCK_B, BLOCK_J], DTYPE), dg_t, G, rows, B, G, whh_ptr, C, 1, cols,
-                                   cols < C, DTYPE, PRECISION, BLOCK_B, BLOCK_D)
-                    tl.store(dh0_ptr + rows[:, None] * C + cols[None, :], acc,
-                             mask=(rows < B)[:, None] & (cols < C)[None, :])
+            _inputs_bwd(dg_t, wih_ptr, whh_ptr, dx_ptr + step * B * X, dr0_ptr, dh0_ptr, row0, B, X, RM, C, G, LSTM,
+                        DTYPE, PRECISION, BLOCK_B, BLOCK_J, BLOCK_D)
             tl.debug_barrier()
 
 
@@ -709,7 +807,13 @@ def _expect(name, tensor, shape, like):
 
 
 def _launch_args(B, N, M, R, W, S, dtype, dot_precision, eps, tiny):
-    """Sizes, the compute DTYPE, the dot precision and every tile size (constexprs) of both kernels."""
+    """Sizes, the compute DTYPE, the dot precision and every tile size (constexprs) of both kernels.
+
+    8 warps and no software pipelining (num_stages=1): compiled for sm_90 at the default sizes in float32
+    (benchmarks/compile_report.py, triton 3.9), 4 warps left the backward at 255 registers with 256 bytes of
+    stack even with every phase a function of its own, and pipelining the short dot loops (1-4 trips) kept
+    each loop's prologue buffers and addresses live besides; with both, neither kernel spills (168 and 245
+    registers; under triton 3.6, 128 and 199, and the forward keeps one 4-byte value in local memory)."""
     H, K = R + W, 2 * S + 1
     block_m = pow2(M)
     block_n = min(pow2(N), max(1, _common.TILE_ELEMENTS // (BLOCK_B * block_m)))
@@ -717,7 +821,7 @@ def _launch_args(B, N, M, R, W, S, dtype, dot_precision, eps, tiny):
     return dict(N=N, M=M, R=R, W=W, **shift_args(N, S, tiny, eps), DTYPE=tl.float64 if compute64 else tl.float32,
                 PRECISION="ieee" if compute64 else dot_precision, BLOCK_B=BLOCK_B, BLOCK_N=block_n, BLOCK_M=block_m,
                 BLOCK_J=DOT_TILE, BLOCK_D=DOT_TILE, BLOCK_H=pow2(H), BLOCK_K=pow2(K), BLOCK_HM=pow2(H * M),
-                BLOCK_WM=pow2(W * M), num_warps=4)
+                BLOCK_WM=pow2(W * M), num_warps=8, num_stages=1)
 
 
 def sequence_forward(x, h0, c0, reads0, w_read0, w_write0, memory0, weights, layout, keep_tape=True, *, eps, tiny,
