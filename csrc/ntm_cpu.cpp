@@ -450,7 +450,6 @@ void write_item_backward(const T* __restrict mem_t, const T* __restrict w, const
         de -= w[i] * d_factor;
         da += w[i] * g[i];
       });
-      d_erase[m] = erase_grad(d_erase[m], e);
       continue;
     }
     keep_product(w, erase, W, s, m, -1, keep);
@@ -466,7 +465,6 @@ void write_item_backward(const T* __restrict mem_t, const T* __restrict w, const
         de -= wh[i] * d_factor;
         da += wh[i] * g[i];
       });
-      d_erase[h * M + m] = erase_grad(d_erase[h * M + m], e);
     }
   }
 }

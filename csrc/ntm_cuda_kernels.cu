@@ -326,7 +326,7 @@ __device__ void write_item_backward(const T* mem, const T* w, const T* erase, co
     de = warp_sum(de);
     da = warp_sum(da);
     if (lane == 0) {
-      d_erase[hm] = erase_grad(de, erase[hm]);
+      d_erase[hm] = de;  // e's own value is not in its gradient (the product over the other heads is)
       d_add[hm] = da;
     }
   }

@@ -171,12 +171,4 @@ NTM_HD T cosine_key_grad_term(T dK, T mem_unit, T K, T key_unit) {
 
 // ---- write (Eq 3-4) -------------------------------------------------------------------------------------
 
-// The gradient of an erase value e from the sum of its terms: NaN when e is NaN or ±inf (0·e is NaN then), as
-// the reference's (torch.prod's backward divides by 1 - w·e); the terms themselves take the product over the
-// other heads without that division, so a full erase (w·e = 1) stays exact.
-template <typename T>
-NTM_HD T erase_grad(T sum, T e) {
-  return sum + T(0) * e;
-}
-
 }  // namespace ntm

@@ -56,7 +56,7 @@ Saved for backward (SequenceSaved), in the compute dtype, index 0 of each [T+1, 
 Bytes held per sequence-step and batch row (elements × 4 in float32), LSTM: 6C + P + R·M + (R + W)·N + N·M/k
 (feedforward: C + P + R·M + (R + W)·N + N·M/k). At the default model (C = 100, N = 128, M = 20, 1R + 1W, S = 1,
 P = 92) that is 968 + 2560/k elements: 3,872 + 10,240/k bytes, 14,112 at k = 1 and 6,432 at k = 4. The
-reference's autograd keeps 46,252 bytes per step and row there (float32, T = 6, B = 8; the distinct storages
+reference's autograd keeps 34,281 bytes per step and row there (float32, T = 6, B = 8; the distinct storages
 its saved tensors hold besides the parameters, measured with torch.autograd.graph.saved_tensors_hooks; the
 test test_saved_bytes_per_step checks both sides). The backward holds min(k, T) recomputed memories of one
 segment at a time besides.
