@@ -183,9 +183,9 @@ class InstrumentedStep:
         flat = [t for args in captured for t in args]
         return forward_only(sequence, flat), forward_backward(sequence, flat, self.part_params.get(part, ()))
 
-    def saved_bytes(self) -> dict:
-        """Activation bytes saved for backward over one forward+loss, per part (parameters and storages
-        seen before are not counted again)."""
+    def _held(self, run) -> dict:
+        """Activation bytes saved for backward while `run()` runs, per part (parameters and storages seen
+        before are not counted again)."""
         seen = {p.untyped_storage().data_ptr() for p in self.trainer.model.parameters()}
         held = {}
 
@@ -197,27 +197,22 @@ class InstrumentedStep:
             return t
 
         with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-            self.loss(self.forward())
+            run()
         return held
+
+    def saved_bytes(self) -> dict:
+        """Activation bytes saved for backward over one forward+loss, per part."""
+        return self._held(lambda: self.loss(self.forward()))
 
     def node_saved_bytes(self) -> dict:
         """Activation bytes saved for backward by the sequence node and by the loss over one forward+loss."""
-        seen = {p.untyped_storage().data_ptr() for p in self.trainer.model.parameters()}
-        held = {}
-
-        def pack(t):
-            storage = t.untyped_storage()
-            if storage.data_ptr() not in seen:
-                seen.add(storage.data_ptr())
-                held[self.current] = held.get(self.current, 0) + storage.nbytes()
-            return t
-
-        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        def run():
             with self._part(SEQUENCE):
                 logits = self.trainer.model(self.batch.inputs)
             with self._part("loss"):
                 self.trainer.task.loss(logits, self.batch)
-        return held
+
+        return self._held(run)
 
     def trace(self, path, update, node: bool = False):
         """Write a Chrome trace of one training step (forward parts as ranges, or the sequence node's one

@@ -73,14 +73,19 @@ def move_aside(folder: str) -> str:
     return target
 
 
-def write_atomically(path: str, text: str):
-    """Write `text` to `path` through a temporary file in the same folder: fsync, then rename over `path`."""
+def write_atomically(path: str, content, suffix: str = ""):
+    """Write `path` through a temporary file in the same folder: fsync, then rename over `path`. `content` is
+    the text to write, or a function that writes into the binary file it is given."""
     folder = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=TEMPORARY_PREFIX, dir=folder)
+    fd, tmp = tempfile.mkstemp(prefix=TEMPORARY_PREFIX, suffix=suffix, dir=folder)
+    text = isinstance(content, str)
     try:
         _chmod_like_open(tmp)
-        with os.fdopen(fd, "w", newline="") as f:
-            f.write(text)
+        with os.fdopen(fd, "w", newline="") if text else os.fdopen(fd, "wb") as f:
+            if text:
+                f.write(content)
+            else:
+                content(f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)

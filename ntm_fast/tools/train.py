@@ -45,7 +45,6 @@ import logging
 import math
 import os
 import pickle
-import tempfile
 import time
 import warnings
 import zipfile
@@ -204,20 +203,8 @@ class TrainingDiverged(RuntimeError):
 
 def atomic_save(obj, path: str):
     """torch.save to a temporary file in the same folder, fsync, then rename over `path`."""
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=runfolder.TEMPORARY_PREFIX, suffix=".pt", dir=folder)
-    try:
-        runfolder._chmod_like_open(tmp)
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    runfolder.write_atomically(path, lambda f: torch.save(obj, f), suffix=".pt")
 
 
 # --- checkpoint files ---------------------------------------------------------------------------------------
