@@ -7,11 +7,13 @@ In this order, each part checking the time left and listing what it could not re
   1. the environment;
   2. the whole training step (copy task, L=20: 41 time steps; LSTM 100, N=128, M=20, one read and one write
      head; forward, loss, backward, gradient clipping, RMSprop) at B in {32, 256, 1024, 4096}: `triton` (the
-     whole sequence as one autograd node), `triton-per-step` (the same model with `fuse_sequence = False`:
-     the per-op kernels, one time step at a time), the eager reference, `cuda` (when built), then
+     whole sequence as one autograd node), `triton-tf32` (the same node with NTM_FAST_DOT_PRECISION=tf32),
+     `triton-per-step` (the same model with `fuse_sequence = False`: the per-op kernels, one time step at a
+     time), the eager reference, `cuda` (its extension builds in a thread beside the first cases), then
      torch.compile(reference) with its compile time; sequences/s and ratios;
   3. tests, each pytest run with its own timeout from the budget: the float32 cases that failed on the first
-     GPU run (H200, 2026-11-26), then `pytest -m gpu` (tests/test_compile_sm90.py needs no GPU: left out);
+     GPU run (H200, 2026-11-26), then `pytest -m gpu` (tests/test_compile_sm90.py needs no GPU: left out), then
+     tests/test_triton_sequence.py on CUDA tensors (the compiled sequence kernels);
   4. the per-op tables (memory_step, address over both heads, read, write; forward and forward+backward;
      B in {32, 256, 1024, 4096} x N in {128, 1024}), torch.compile(reference) for memory_step only (each op
      and mode compiles anew); then kernel launches per call and memory_step's bandwidth.
@@ -68,15 +70,48 @@ BUDGET_S = LIMIT_S - 15  # what the parts plan with; the rest writes the files
 import torch  # noqa: E402
 
 import ntm_fast  # noqa: E402
-from ntm_fast.ops.dispatch import available_backends, import_kernels, resolved_ops  # noqa: E402
+from ntm_fast.ops.dispatch import BACKENDS, import_kernels, resolved_ops, unavailable_reason  # noqa: E402
 from ntm_fast.tools import bench  # noqa: E402
 from ntm_fast.tools.bench import COMPILE, MODES, OP_CALLS, OPS, PER_STEP, STEP, Case  # noqa: E402
 
 import_kernels()
 OP_ORDER = ("memory_step", "address", "read", "write")
-CUDA = ["cuda"] if "cuda" in available_backends(ARGS.device) else []
-OP_CONTENDERS = ["reference", "triton", *CUDA]
-STEP_CONTENDERS = ["triton", "triton" + PER_STEP, "reference", *CUDA]  # then COMPILE
+TF32 = "triton-tf32"  # the sequence node with NTM_FAST_DOT_PRECISION=tf32 (its float32 tl.dot on tensor cores)
+CUDA = []  # ["cuda"] once the extension has built (cuda_ready)
+OP_CONTENDERS = ["reference", "triton"]  # + CUDA
+STEP_CONTENDERS = ["triton", TF32, "triton" + PER_STEP, "reference"]  # + CUDA, then COMPILE
+
+
+class CudaBuild(threading.Thread):
+    """Builds the CUDA extension (a minute of nvcc on a fresh machine) while the Triton and reference cases
+    run; the first `cuda` case waits for it."""
+
+    def __init__(self):
+        super().__init__(daemon=True)
+        self.reason = "not built yet"
+
+    def run(self):
+        start = time.monotonic()
+        self.reason = unavailable_reason("cuda", torch.device(ARGS.device).type)
+        self.seconds = time.monotonic() - start
+
+
+CUDA_BUILD = CudaBuild()
+
+
+def cuda_ready() -> bool:
+    """Whether the `cuda` contender can run (waiting for its build while the budget allows); notes the outcome."""
+    if CUDA_BUILD.is_alive():
+        CUDA_BUILD.join(timeout=max(0.0, left_s() - KEEP["step"]))
+        if CUDA_BUILD.is_alive():
+            return False
+    if not CUDA and CUDA_BUILD.reason is None:
+        CUDA.append("cuda")
+        OP_CONTENDERS.append("cuda")
+        RESULTS.environment.append(f"cuda extension built in {CUDA_BUILD.seconds:.0f} s (beside the first cases)")
+    elif not CUDA and not any(line.startswith("cuda extension") for line in RESULTS.environment):
+        RESULTS.environment.append(f"cuda extension: unavailable ({CUDA_BUILD.reason})")
+    return bool(CUDA)
 if ARGS.dry_run:  # inductor's C++ build would take minutes on the CPU: the eager backend exercises the path
     SETTINGS = bench.Settings(width=4, controller_size=8, length=1, device="cpu", warmup=0, reps=1,
                               budget_s=0.05, compile_backend="eager", compile_dynamic=True)
@@ -188,7 +223,9 @@ def environment() -> list:
         lines.append("dry run: Triton interpreter, tiny sizes, torch.compile with the eager backend")
     if torch.cuda.is_available():
         lines.append(f"cuda: {torch.version.cuda}")
-    lines.append(f"backends for {ARGS.device}: {', '.join(available_backends(ARGS.device))}")
+    device_type = torch.device(ARGS.device).type
+    ready = [n for n in BACKENDS if n != "cuda" and unavailable_reason(n, device_type) is None]
+    lines.append(f"backends for {ARGS.device}: {', '.join(ready)} (cuda: see below)")
     return lines
 
 
@@ -197,10 +234,16 @@ def run_case(contender, case, keep):
     """Check and time `contender` on `case` if more than `keep` seconds are left; record the row."""
     if left_s() < keep:
         row = {**dataclasses.asdict(case), "contender": contender, "status": "skipped (time budget)"}
+    elif contender == TF32:  # the same node, its float32 dots in tf32 (read when the node launches)
+        os.environ["NTM_FAST_DOT_PRECISION"] = "tf32"
+        try:
+            row = {**bench.run_contender("triton", [case], S)[0], "contender": TF32}
+        finally:
+            del os.environ["NTM_FAST_DOT_PRECISION"]
     else:
         row = bench.run_contender(contender, [case], S)[0]
-        if ARGS.device == "cuda" and row["status"].startswith("error"):
-            torch.cuda.empty_cache()  # an out-of-memory case must not cost the next ones
+    if ARGS.device == "cuda" and row["status"].startswith("error"):
+        torch.cuda.empty_cache()  # an out-of-memory case must not cost the next ones
     RESULTS.add(row)
     print(f"{row['op']} {row['mode']} B={row['batch']} N={row['slots']} {contender}: "
           + (f"{row['median_ms']:.3f} ms" if row["status"] == "ok" else row["status"]), flush=True)
@@ -211,7 +254,7 @@ def step_part():
     """Eager contenders at every batch size (smallest first), then torch.compile(reference) at each."""
     cases = [Case(STEP, "fwd+bwd", B, STEP_SLOTS) for B in STEP_BATCHES]
     for case in cases:
-        for contender in STEP_CONTENDERS:
+        for contender in STEP_CONTENDERS + (CUDA if cuda_ready() else []):
             run_case(contender, case, KEEP["step"])
     compiled = False
     for case in cases:  # the first case compiles; dynamic shapes serve the others
@@ -273,6 +316,10 @@ def test_part():
     RESULTS.save()
     RESULTS.tests.append(run_pytest("gpu", ["-m", "gpu", "tests", "--ignore=tests/test_compile_sm90.py"],
                                     timeout=min(150, left_s() - KEEP["tests"])))
+    RESULTS.save()
+    # The sequence node's interpreter suite, now on CUDA tensors with the compiled kernels.
+    RESULTS.tests.append(run_pytest("sequence_cuda", ["tests/test_triton_sequence.py", "-m", "not gpu", "--maxfail=3"],
+                                    timeout=min(90, left_s() - KEEP["tests"])))
     RESULTS.save()
 
 
@@ -364,7 +411,7 @@ def ratio(got, slow, fast):
 
 def step_tables(rows):
     """Every step row, then the sequence node's ratios at each batch size."""
-    names = [*STEP_CONTENDERS, COMPILE]
+    names = [*STEP_CONTENDERS, *CUDA, COMPILE]
     lines = ["| B | contender | runs as | ms/step | sequences/s | vs reference | compile s |",
              "|---|---|---|---|---|---|---|"]
     by_batch = {}
@@ -377,14 +424,15 @@ def step_tables(rows):
         lines.append(f"| {r['batch']} | {r['contender']} | {r.get('runs_as', '-')} | {cell(r, '.2f')} | {seq} | "
                      f"{speedup} | {compile_s} |")
     lines += ["", "The sequence node (`triton`) against the others, same run (times faster):", "",
-              "| B | sequences/s | vs triton-per-step | vs reference | vs torch.compile(reference) |"
-              + (" vs cuda |" if CUDA else ""), "|---|---|---|---|---|" + ("---|" if CUDA else "")]
+              "| B | sequences/s | vs triton-tf32 | vs triton-per-step | vs reference | vs torch.compile(reference) |"
+              + (" vs cuda |" if CUDA else ""), "|---|---|---|---|---|" + ("---|" if CUDA else "") + "---|"]
     for B, got in by_batch.items():
         node = got.get("triton")
         seq = per_s(node) if node else "-"
-        others = ["triton" + PER_STEP, "reference", COMPILE, *CUDA]
+        others = [TF32, "triton" + PER_STEP, "reference", COMPILE, *CUDA]
         lines.append(f"| {B} | {seq} | " + " | ".join(ratio(got, o, "triton") for o in others) + " |")
-    lines += ["", "`triton-per-step`: the same model with `fuse_sequence = False` (one time step at a time, the "
+    lines += ["", f"`{TF32}`: the sequence node with its float32 `tl.dot` in tf32 (NTM_FAST_DOT_PRECISION=tf32; "
+              "the default is ieee); `triton-per-step`: the same model with `fuse_sequence = False` (one time step at a time, the "
               "per-op kernels); compile s: the first call's seconds beyond the median (the compilation; dynamic "
               "shapes, so later sizes reuse it)."]
     return lines
@@ -418,10 +466,12 @@ def op_tables(rows):
 def main():
     os.makedirs(ARGS.out, exist_ok=True)
     watchdog()
+    CUDA_BUILD.start()
     RESULTS.environment = environment()
     RESULTS.save()
     print("\n".join(RESULTS.environment), flush=True)
     step_part()
+    cuda_ready()  # the op tables include cuda if it built
     test_part()
     print("\n".join(RESULTS.tests), flush=True)
     op_part()
