@@ -11,6 +11,8 @@ In this order, each part checking the time left and listing what it could not re
      `triton-per-step` (the same model with `fuse_sequence = False`: the per-op kernels, one time step at a
      time), the eager reference, `cuda` (its extension builds in a thread beside the first cases), then
      torch.compile(reference) with its compile time; sequences/s and ratios;
+  2b. the sequence node's tiles at B=1024 (NTM_FAST_SEQUENCE_TILE x NTM_FAST_SEQUENCE_DOT_TILE, beside the
+     default 1024 x 32 of part 2): each a `triton-tile<T>-dot<D>` row of the step table;
   3. tests, each pytest run with its own timeout from the budget: the float32 cases that failed on the first
      GPU run (H200, 2026-11-26), then `pytest -m gpu` (tests/test_compile_sm90.py needs no GPU: left out), then
      tests/test_triton_sequence.py on CUDA tensors (the compiled sequence kernels);
@@ -21,7 +23,7 @@ In this order, each part checking the time left and listing what it could not re
 Every table is rewritten into OUT_DIR after each case, so a run cut short still leaves what it measured:
 results.md (the tables), results.csv (bench.csv's columns), results.json ({meta, results} as `ntm-fast
 bench` writes bench.json; meta holds the git commit: `git rev-parse HEAD`, or $NTM_FAST_COMMIT where the tree
-is no git checkout) and pytest_<name>.txt. A watchdog ends the process at the time limit.
+is no git checkout or its .git is not the tree's) and pytest_<name>.txt. A watchdog ends the process at the time limit.
 
 The workloads, the timing (`triton.testing.do_bench`, median) and the check of every contender against the
 reference before it is timed (a disagreeing one is reported as refused) are `ntm_fast.tools.bench`'s, the
@@ -42,7 +44,7 @@ START = time.monotonic()
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 # Seconds that must be left to start a part or a case. Each part keeps back what the later parts need.
-KEEP = {"step": 190, "compile step": 130, "tests": 40, "ops": 8}
+KEEP = {"step": 190, "sweep": 180, "compile step": 130, "tests": 40, "ops": 8}
 COMPILE_S = 60  # what a first torch.compile of a case may take (dynamic shapes: later sizes reuse it)
 
 
@@ -77,6 +79,13 @@ from ntm_fast.tools.bench import COMPILE, MODES, OP_CALLS, OPS, PER_STEP, STEP, 
 import_kernels()
 OP_ORDER = ("memory_step", "address", "read", "write")
 TF32 = "triton-tf32"  # the sequence node with NTM_FAST_DOT_PRECISION=tf32 (its float32 tl.dot on tensor cores)
+# The sequence node under other settings, read from the environment when it launches (kernels/sequence.py):
+# the tf32 row, then the tile sweep of part 2b (memory tile elements x dot tile; 1024 x 32 is the default).
+VARIANTS = {TF32: {"NTM_FAST_DOT_PRECISION": "tf32"}}
+TILE_SWEEP = [(1024, 64), (4096, 32), (4096, 64), (8192, 32), (2048, 32)]
+for tile, dot in TILE_SWEEP:
+    VARIANTS[f"triton-tile{tile}-dot{dot}"] = {"NTM_FAST_SEQUENCE_TILE": str(tile), "NTM_FAST_SEQUENCE_DOT_TILE": str(dot)}
+SWEEP_BATCH = 1024
 CUDA = []  # ["cuda"] once the extension has built (cuda_ready)
 OP_CONTENDERS = ["reference", "triton"]  # + CUDA
 STEP_CONTENDERS = ["triton", TF32, "triton" + PER_STEP, "reference"]  # + CUDA, then COMPILE
@@ -198,6 +207,10 @@ def watchdog():
 
 
 def git_commit() -> str:
+    """$NTM_FAST_COMMIT if set (a tree copied onto the GPU machine may carry a .git of another commit), else
+    `git rev-parse HEAD` (+ "-dirty")."""
+    if os.environ.get("NTM_FAST_COMMIT"):
+        return os.environ["NTM_FAST_COMMIT"]
     try:
         head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True, timeout=10)
         if head.returncode == 0:
@@ -206,7 +219,7 @@ def git_commit() -> str:
             return head.stdout.strip() + ("-dirty" if dirty else "")
     except (OSError, subprocess.TimeoutExpired):
         pass
-    return os.environ.get("NTM_FAST_COMMIT", "unknown (no git checkout and no $NTM_FAST_COMMIT)")
+    return "unknown (no git checkout and no $NTM_FAST_COMMIT)"
 
 
 def environment() -> list:
@@ -234,12 +247,13 @@ def run_case(contender, case, keep):
     """Check and time `contender` on `case` if more than `keep` seconds are left; record the row."""
     if left_s() < keep:
         row = {**dataclasses.asdict(case), "contender": contender, "status": "skipped (time budget)"}
-    elif contender == TF32:  # the same node, its float32 dots in tf32 (read when the node launches)
-        os.environ["NTM_FAST_DOT_PRECISION"] = "tf32"
+    elif contender in VARIANTS:  # the sequence node with the variant's environment while it runs
+        os.environ.update(VARIANTS[contender])
         try:
-            row = {**bench.run_contender("triton", [case], S)[0], "contender": TF32}
+            row = {**bench.run_contender("triton", [case], S)[0], "contender": contender}
         finally:
-            del os.environ["NTM_FAST_DOT_PRECISION"]
+            for name in VARIANTS[contender]:
+                del os.environ[name]
     else:
         row = bench.run_contender(contender, [case], S)[0]
     if ARGS.device == "cuda" and row["status"].startswith("error"):
@@ -256,10 +270,19 @@ def step_part():
     for case in cases:
         for contender in STEP_CONTENDERS + (CUDA if cuda_ready() else []):
             run_case(contender, case, KEEP["step"])
+    sweep_part()
     compiled = False
     for case in cases:  # the first case compiles; dynamic shapes serve the others
         row = run_case(COMPILE, case, KEEP["compile step"] + (0 if compiled else COMPILE_S))
         compiled = compiled or row["status"] != "skipped (time budget)"
+
+
+def sweep_part():
+    """2b: the sequence node's tiles (kernels/sequence.py, tile_sizes) at one batch size, beside the default."""
+    case = Case(STEP, "fwd+bwd", SWEEP_BATCH if SWEEP_BATCH in STEP_BATCHES else STEP_BATCHES[-1], STEP_SLOTS)
+    for contender in VARIANTS:
+        if contender != TF32:
+            run_case(contender, case, KEEP["sweep"])
 
 
 def op_part():
@@ -411,7 +434,7 @@ def ratio(got, slow, fast):
 
 def step_tables(rows):
     """Every step row, then the sequence node's ratios at each batch size."""
-    names = [*STEP_CONTENDERS, *CUDA, COMPILE]
+    names = [*STEP_CONTENDERS, *CUDA, COMPILE, *(v for v in VARIANTS if v != TF32)]
     lines = ["| B | contender | runs as | ms/step | sequences/s | vs reference | compile s |",
              "|---|---|---|---|---|---|---|"]
     by_batch = {}

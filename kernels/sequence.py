@@ -91,6 +91,23 @@ DOT_TILE = 128 if triton_interpreted() else 32
 DOT_PRECISIONS = ("ieee", "tf32", "tf32x3")
 
 
+def tile_sizes() -> tuple:
+    """(memory tile elements, dot tile) of the sequence kernels: NTM_FAST_SEQUENCE_TILE and
+    NTM_FAST_SEQUENCE_DOT_TILE (powers of two) if set, else the per-op kernels' memory tile and DOT_TILE.
+
+    On a GPU each program walks its memory in tiles of [BLOCK_B, BLOCK_N, BLOCK_M] and its matrix products in
+    [BLOCK_B, DOT_TILE] steps, every trip a dependent round trip to L2; at the default 1024 elements a
+    [16, N=128, 32] memory is 64 trips per pass. These are the knobs the GPU suite sweeps
+    (benchmarks/gpu_suite.py) before a default other than the per-op kernels' is chosen."""
+    sizes = []
+    for name, default in (("NTM_FAST_SEQUENCE_TILE", _common.TILE_ELEMENTS), ("NTM_FAST_SEQUENCE_DOT_TILE", DOT_TILE)):
+        value = os.environ.get(name, str(default))
+        if not value.isdigit() or int(value) < 16 or int(value) & (int(value) - 1):
+            raise ValueError(f"{name} must be a power of two of at least 16, got {value!r}")
+        sizes.append(int(value))
+    return tuple(sizes)
+
+
 def default_dot_precision() -> str:
     """float32 tl.dot precision: NTM_FAST_DOT_PRECISION if set (ieee, tf32 or tf32x3), else ieee, the one whose
     error the equivalence tests bound. float64 always computes in IEEE float64."""
@@ -815,12 +832,13 @@ def _launch_args(B, N, M, R, W, S, dtype, dot_precision, eps, tiny):
     each loop's prologue buffers and addresses live besides; with both, neither kernel spills (168 and 245
     registers; under triton 3.6, 128 and 199, and the forward keeps one 4-byte value in local memory)."""
     H, K = R + W, 2 * S + 1
+    tile, dot_tile = tile_sizes()
     block_m = pow2(M)
-    block_n = min(pow2(N), max(1, _common.TILE_ELEMENTS // (BLOCK_B * block_m)))
+    block_n = min(pow2(N), max(1, tile // (BLOCK_B * block_m)))
     compute64 = dtype == torch.float64
     return dict(N=N, M=M, R=R, W=W, **shift_args(N, S, tiny, eps), DTYPE=tl.float64 if compute64 else tl.float32,
                 PRECISION="ieee" if compute64 else dot_precision, BLOCK_B=BLOCK_B, BLOCK_N=block_n, BLOCK_M=block_m,
-                BLOCK_J=DOT_TILE, BLOCK_D=DOT_TILE, BLOCK_H=pow2(H), BLOCK_K=pow2(K), BLOCK_HM=pow2(H * M),
+                BLOCK_J=dot_tile, BLOCK_D=dot_tile, BLOCK_H=pow2(H), BLOCK_K=pow2(K), BLOCK_HM=pow2(H * M),
                 BLOCK_WM=pow2(W * M), num_warps=8, num_stages=1)
 
 

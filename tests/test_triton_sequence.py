@@ -157,9 +157,10 @@ def test_float32_within_reference_error(seq, case):
 
 def test_tiled_slots(seq, monkeypatch):
     # An 8-slot tile: the addressing's running softmaxes, the shift across tiles and the checkpoint copies
-    # and recomputed writes all walk 5 slot tiles.
-    from ntm_fast.kernels import _common
-    monkeypatch.setattr(_common, "TILE_ELEMENTS", 16 * 8 * 8)
+    # and recomputed writes all walk 5 slot tiles; 16-wide matrix-product tiles walk the controller's columns.
+    monkeypatch.setenv("NTM_FAST_SEQUENCE_TILE", str(16 * 8 * 8))
+    monkeypatch.setenv("NTM_FAST_SEQUENCE_DOT_TILE", "16")
+    assert seq.tile_sizes() == (16 * 8 * 8, 16)
     model = make_model("lstm", 1, 1, 33, 5, 1, "learned", torch.float64)
     x, d_logits = inputs(3, 2, torch.float64)
     expected = flat(reference_run(model, x, d_logits, seed=7))
@@ -256,6 +257,11 @@ def test_bad_arguments_name_the_argument(seq):
         seq.sequence_forward(x, *args, ws, layout, **constants, checkpoint_every=0)
     with pytest.raises(ValueError, match="'dot_precision'"):
         seq.sequence_forward(x, *args, ws, layout, **constants, dot_precision="fast")
+    for name, value in (("NTM_FAST_SEQUENCE_TILE", "1000"), ("NTM_FAST_SEQUENCE_DOT_TILE", "big")):
+        with pytest.MonkeyPatch.context() as env:
+            env.setenv(name, value)
+            with pytest.raises(ValueError, match=f"{name} must be a power of two of at least 16, got '{value}'"):
+                seq.sequence_forward(x, *args, ws, layout, **constants)
 
 
 @pytest.mark.gpu
@@ -317,7 +323,7 @@ def test_gradcheck_of_the_sequence_node(seq):
     start = [torch.randn(2, cell.controller_size, generator=g, dtype=torch.float64) for _ in range(2)]
     start += [torch.randn(2, 2, generator=g, dtype=torch.float64), state.w_read.detach().clone(),
               state.w_write.detach().clone(), torch.randn(2, 5, 2, generator=g, dtype=torch.float64)]
-    leaves = [t.detach().clone().requires_grad_(True) for t in (
+    leaves = [t.detach().to(DEVICE).clone().requires_grad_(True) for t in (
         torch.randn(3, 2, X_SIZE, generator=g, dtype=torch.float64), *start, *fused.weights(cell))]
     kernels = fused.sequence_kernels(cell, leaves[0][0])
 
