@@ -175,12 +175,26 @@ DELETE = object()
     (dict(loss_avg=float("nan")), "entry 'loss_avg' must be None or a finite number"),
     (dict(optimizer={"state": {}}), "entry 'optimizer' must be an optimiser state dict"),
     (dict(model=DELETE), "lacks the entry 'model'"),
+    (dict(best={"step": 3}), "entry 'best' must be None or {'step', 'score', 'errors', 'solved'}"),
 ])
 def test_each_bad_or_missing_entry_is_named(state, tmp_path, change, message):
     path = str(tmp_path / "c.pt")
     write_checkpoint(edited(state, **change), path)  # a valid checksum: what is checked is the content
     with pytest.raises(UsageError, match=message):
         load_checkpoint(path)
+
+
+def test_a_checkpoint_from_before_the_best_model_loads_with_its_defaults(state, tmp_path):
+    # Written by the current format before runs kept a best model: no 'best' entry, no selection settings.
+    later = ("keep_best", "select_sequences", "stop_when_solved")
+    old = {k: v for k, v in state.items() if k != "best"}
+    old["train_config"] = {k: v for k, v in state["train_config"].items() if k not in later}
+    path = str(tmp_path / "c.pt")
+    write_checkpoint(old, path)
+    loaded = load_checkpoint(path)
+    assert loaded["best"] is None
+    defaults = TrainConfig()
+    assert {k: loaded["train_config"][k] for k in later} == {k: getattr(defaults, k) for k in later}
 
 
 def test_a_newer_format_version_is_refused(state, tmp_path):

@@ -20,11 +20,13 @@ def test_train_eval_viz(tmp_path, capsys):
           "--checkpoint-every", "3", "--out", str(out), "--no-progress", "--backend", "reference", *TINY])
     text = capsys.readouterr().out
     assert "training copy on cpu with backend reference" in text and "length  120:" in text
-    for name in ("checkpoint.pt", "metrics.csv", "eval.json", "learning_curve.png", "weightings.png"):
+    for name in ("checkpoint.pt", "best.pt", "metrics.csv", "eval.json", "learning_curve.png", "weightings.png"):
         assert (out / name).exists(), name
-    main(["eval", str(out / "checkpoint.pt"), "--lengths", "2", "5", "--batches", "1", "--batch-size", "2",
+    # The run folder stands for the model the run kept (best.pt).
+    main(["eval", str(out), "--lengths", "2", "5", "--batches", "1", "--batch-size", "2",
           "--json", str(tmp_path / "e.json")])
-    assert "length    5:" in capsys.readouterr().out
+    text = capsys.readouterr().out
+    assert f"checkpoint: {out / 'best.pt'}" in text and "length    5:" in text
     assert set(json.loads((tmp_path / "e.json").read_text())["bit_errors"]) == {"2", "5"}
     main(["viz", str(out / "checkpoint.pt"), "--length", "4", "--out", str(tmp_path / "v.png")])
     assert (tmp_path / "v.png").stat().st_size > 0
@@ -59,7 +61,7 @@ QUICK = ["--batch-size", "2", "--max-length", "2", "--no-progress", "--no-plots"
 
 @pytest.mark.parametrize("argv,message", [
     (["eval", "/nonexistent/checkpoint.pt"], "checkpoint '/nonexistent/checkpoint.pt' does not exist"),
-    (["eval", "{tmp}"], "is a folder, not a file"),
+    (["eval", "{tmp}/new"], "checkpoint: '{tmp}/new' is a folder without best.pt or checkpoint.pt"),
     (["eval", "{tmp}/c.pt", "--batches", "0"], "argument --batches: must be an integer >= 1, got 0"),
     (["eval", "{tmp}/c.pt", "--json", "{tmp}/no/such/x.json"], "--json must name a file in an existing folder"),
     (["eval", "{tmp}/c.pt", "--png", "{tmp}"], "--png must name a file, but"),
@@ -106,6 +108,7 @@ def test_errors_are_one_line_naming_the_flag(argv, message, capsys, tmp_path_fac
         main(["train", "--steps", "2", "--out", str(tmp), *QUICK])
         os.rename(tmp / "checkpoint.pt", tmp / "c.pt")
         (tmp / "bad.pt").write_bytes(b"not a checkpoint")
+        (tmp / "new").mkdir()
         capsys.readouterr()
     argv = [a.replace("{tmp}", str(tmp)) for a in argv]
     if argv[0] == "train" and "--steps" not in argv:

@@ -16,7 +16,8 @@ TINY = dict(controller_size=16, memory_slots=12, memory_width=6)
 
 def config(tmp_path, **over):
     base = dict(steps=30, batch_size=8, max_length=4, eval_every=1000, checkpoint_every=10, out_dir=str(tmp_path),
-                backend="reference", final_eval=False, plots=False, progress=False, model=dict(TINY))
+                backend="reference", final_eval=False, plots=False, progress=False, model=dict(TINY),
+                select_sequences=8)
     base.update(over)
     return TrainConfig(**base)
 
@@ -207,3 +208,58 @@ def test_curriculum_lr_switches_the_learning_rate_at_a_level(tmp_path):
     assert lrs == [1e-3] * 10 + [2e-4] * 5  # level 2 at step 5 (no entry), level 3 at step 10
     with pytest.raises(ValueError, match="'curriculum_lr' must be a mapping of curriculum levels 1..20"):
         Trainer(config(tmp_path, **dict(grow_always, curriculum_lr={99: 1e-4})))
+
+
+# --- the best model and stopping once solved ----------------------------------------------------------------
+def test_the_run_keeps_its_best_model_by_the_selection_score(tmp_path):
+    trainer = Trainer(config(tmp_path, steps=60, eval_every=10, optimizer="adam", lr=3e-3))
+    summary = trainer.fit()
+    selections = [e for e in summary["evaluations"] if "selection" in e]
+    assert [e["step"] for e in selections] == [10, 20, 30, 40, 50, 60]
+    assert all(set(e["selection"]) == {"20", "120"} for e in selections)  # copy's targets: lengths 20 and 120
+
+    def score(errors):  # the worst ratio of errors to target
+        return max(errors["20"] / 0.1, errors["120"] / 1.0)
+
+    best = min(selections, key=lambda e: (score(e["selection"]), e["step"]))
+    assert summary["best"]["step"] == best["step"]
+    assert summary["best"]["errors"] == best["selection"]
+    saved = load_checkpoint(str(tmp_path / "best.pt"))
+    assert saved["step"] == best["step"] and saved["best"]["step"] == best["step"]
+    # best.pt holds that step's model: scoring it again gives the recorded errors.
+    again = Trainer(config(tmp_path / "again", steps=60))
+    again.model.load_state_dict(saved["model"])
+    assert again.select()["errors"] == best["selection"]
+    # The final evaluation is of that model, not of the last step's.
+    assert trainer.best_model() is not trainer.model or best["step"] == 60
+
+
+def test_a_resumed_run_keeps_the_best_of_before(tmp_path):
+    Trainer(config(tmp_path, steps=20, eval_every=10)).fit()
+    before = load_checkpoint(str(tmp_path / "checkpoint.pt"))["best"]
+    resumed = Trainer(config(tmp_path, steps=40, eval_every=10))
+    resumed.resume()
+    assert resumed.best == before
+    summary = resumed.fit()
+    assert summary["best"]["score"] <= before["score"]
+
+
+def test_keep_best_off_writes_no_best_model(tmp_path):
+    summary = Trainer(config(tmp_path, steps=20, eval_every=10, keep_best=False)).fit()
+    assert not (tmp_path / "best.pt").exists() and "best" not in summary
+    assert all("selection" not in e for e in summary["evaluations"])
+
+
+def test_stop_when_solved_ends_the_run_at_the_first_evaluation_meeting_the_targets(tmp_path, monkeypatch):
+    from ntm_fast.tools.tasks.copy import CopyTask
+
+    monkeypatch.setattr(CopyTask, "solved_at", {"20": 1e9, "120": 1e9})  # met by any model
+    summary = Trainer(config(tmp_path, steps=100, eval_every=10, stop_when_solved=True)).fit()
+    assert summary["solved_at_step"] == 10 and summary["steps"] == 10
+    assert load_checkpoint(str(tmp_path / "checkpoint.pt"))["step"] == 10  # the stopped run is resumable
+    assert [s for s, _ in losses(tmp_path)] == list(range(1, 11))
+
+
+def test_stop_when_solved_needs_a_task_with_targets(tmp_path):
+    with pytest.raises(UsageError, match="'stop_when_solved' must be off for task 'associative-recall'"):
+        Trainer(config(tmp_path, task="associative-recall", max_length=None, stop_when_solved=True))

@@ -128,6 +128,15 @@ def add_train_parser(sub):
     p.add_argument("--eval-every", type=_integer(1), help=f"evaluate every N steps (default {d.eval_every})")
     p.add_argument("--checkpoint-every", type=_integer(1), help=f"checkpoint every N steps (default "
                    f"{d.checkpoint_every})")
+    p.add_argument("--keep-best", action=argparse.BooleanOptionalAction,
+                   help="at every evaluation also score the model on sequences of its own at the task's target "
+                   "points (copy: lengths 20 and 120) and keep the best in OUT/best.pt, the model that eval, viz and "
+                   "the final evaluation use (default on)")
+    p.add_argument("--select-sequences", type=_integer(1), help="sequences per point of that score (default "
+                   f"{d.select_sequences})")
+    p.add_argument("--stop-when-solved", action=argparse.BooleanOptionalAction,
+                   help="end the run at the first evaluation whose score meets every target of the task (copy: "
+                   "<= 0.1 bit errors per sequence at length 20 and <= 1 at 120; default off)")
     p.add_argument("--out", help="output folder (default runs/CONFIG or runs/TASK; with --resume CHECKPOINT, the "
                    "checkpoint's folder)")
     p.add_argument("--resume", nargs="?", const=True, default=False, metavar="CHECKPOINT",
@@ -265,7 +274,7 @@ def _train(args, world):
     if "final_eval" in summary:
         for line in describe(trainer.task, summary["final_eval"], summary.get("optimal", {})):
             print(f"  {line}")
-    print(f"files: {config.out_dir}/checkpoint.pt metrics.csv eval.json"
+    print(f"files: {config.out_dir}/checkpoint.pt" + (" best.pt" if config.keep_best else "") + " metrics.csv eval.json"
           + (" learning_curve.png weightings.png" if config.plots else "")
           + (" generalization.png" if config.plots and config.final_eval else ""))
 
@@ -281,7 +290,8 @@ def add_eval_parser(sub):
     p = sub.add_parser("eval", help="evaluate a checkpoint", description="Errors per sequence of a checkpoint "
                        "(bit errors; the cost in bits for ngram, beside the optimal estimator's) at the task's "
                        "generalisation points, or at --lengths.")
-    p.add_argument("checkpoint", help="path to a checkpoint.pt written by `ntm-fast train`")
+    p.add_argument("checkpoint", help="a run folder of `ntm-fast train` (its best.pt, the model the run kept, or "
+                   "else its checkpoint.pt) or a checkpoint file")
     p.add_argument("--lengths", type=_integer(1), nargs="+", default=None,
                    help="sequence lengths (default: the task's generalisation points, e.g. 20 40 80 120 for copy)")
     _add_repeats(p)
@@ -331,6 +341,14 @@ def _load(args):
     from .train import check_device_backend, load_checkpoint, model_from_checkpoint
 
     device = check_device_backend(args.device, args.backend)
+    if os.path.isdir(args.checkpoint):  # a run folder: the model the run kept, else its last
+        found = [os.path.join(args.checkpoint, name) for name in ("best.pt", "checkpoint.pt")
+                 if os.path.isfile(os.path.join(args.checkpoint, name))]
+        if not found:
+            raise UsageError(f"{args.checkpoint!r} is a folder without best.pt or checkpoint.pt (give a run folder of "
+                             "`ntm-fast train` or a checkpoint file)", field="checkpoint")
+        args.checkpoint = found[0]
+        print(f"checkpoint: {args.checkpoint}")
     ckpt = load_checkpoint(args.checkpoint)  # its errors name the checkpoint
     model = model_from_checkpoint(ckpt, device=device, backend=args.backend)
     task = make_task(ckpt["train_config"]["task"])
@@ -388,7 +406,8 @@ def add_viz_parser(sub):
                        "figures: 'weightings' (the paper's Fig. 6 view: inputs, targets, outputs and the "
                        "write/read weightings over time for one sequence) or 'outputs' (the Fig. 4 view: "
                        "targets above outputs for one sequence at each of several lengths).")
-    p.add_argument("checkpoint", help="path to a checkpoint.pt written by `ntm-fast train`")
+    p.add_argument("checkpoint", help="a run folder of `ntm-fast train` (its best.pt, the model the run kept, or "
+                   "else its checkpoint.pt) or a checkpoint file")
     p.add_argument("--figure", choices=("weightings", "outputs"), default="weightings",
                    help="which figure (default weightings)")
     p.add_argument("--length", type=_integer(1), default=None,

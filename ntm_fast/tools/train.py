@@ -29,6 +29,12 @@
   are means over the ranks, and the divergence decision is taken on all-reduced values so that every rank
   rolls back together, to rank 0's checkpoint. Only the writer (rank 0) writes; checkpoints hold every
   rank's torch RNG states (`rank_rng`) and the world size.
+* Best model: at every periodic evaluation the model is also scored on sequences of its own (a generator
+  that neither training nor the periodic evaluation uses; `select_sequences` per point) at the task's
+  `solved_at` points (copy: lengths 20 and 120), and the best so far is saved to `<out_dir>/best.pt` (a full
+  checkpoint). Best: the lowest worst ratio of errors to the point's target (the errors themselves for a task
+  without targets). The final evaluation and figures are of the best model. `stop_when_solved` ends the run
+  at the first evaluation that meets every target.
 * Metrics: one CSV row per step in `<out_dir>/metrics.csv` (the `bit_errors` column holds the task's
   metric: bit errors per sequence, or the cost in bits for the n-gram task); evaluations, the final
   generalisation evaluation over the task's `eval_points` among them, in `<out_dir>/eval.json`.
@@ -61,6 +67,10 @@ from .tasks import make_task
 
 log = logging.getLogger(__name__)
 
+# Seed of the best-model selection's sequences (each point adds its length, as `evaluate` does): far from the
+# training seeds (0, 1, ...) and the periodic evaluation's 12345.
+SELECT_SEED = 54_321_000
+SELECT_BATCH = 128
 METRIC_FIELDS = ("step", "sequences", "length", "loss", "bit_errors", "lr", "seconds")
 
 
@@ -99,6 +109,9 @@ class TrainConfig:
     blowup_patience: int = 50
     lr_decay: float = 0.5
     max_rollbacks: int = 5
+    keep_best: bool = True  # score each periodic evaluation's model at the task's solved_at points, keep the best
+    select_sequences: int = 256  # sequences per selection point
+    stop_when_solved: bool = False  # end the run once the selection meets every target of the task
     final_eval: bool = True
     plots: bool = True
     progress: bool = True
@@ -111,7 +124,7 @@ class TrainConfig:
             raise UsageError(f"'{name}' must be {expected}, got {getattr(self, name)!r}", field=name)
 
         for name in ("steps", "batch_size", "eval_every", "checkpoint_every", "eval_batches", "blowup_patience",
-                     "curriculum_step"):
+                     "curriculum_step", "select_sequences"):
             if not _is_int(getattr(self, name)) or getattr(self, name) < 1:
                 bad(name, "an integer >= 1")
         if not _is_int(self.max_rollbacks) or self.max_rollbacks < 0:
@@ -132,7 +145,7 @@ class TrainConfig:
             bad("lr_decay", "a number in (0, 1)")
         if not (_is_number(self.blowup_factor) and self.blowup_factor > 1):
             bad("blowup_factor", "a number > 1")
-        for name in ("curriculum", "final_eval", "plots", "progress"):
+        for name in ("curriculum", "final_eval", "plots", "progress", "keep_best", "stop_when_solved"):
             if not isinstance(getattr(self, name), bool):
                 bad(name, "True or False")
         if not isinstance(self.model, dict):
@@ -143,6 +156,8 @@ class TrainConfig:
             task = make_task(self.task)
         except ValueError as err:
             raise UsageError(str(err), field="task") from None
+        if self.stop_when_solved and not task.solved_at:
+            bad("stop_when_solved", f"off for task {self.task!r}, which sets no targets (Task.solved_at)")
         lo, hi = task.train_lengths
         if self.max_length is not None and not (_is_int(self.max_length) and lo <= self.max_length <= hi):
             bad("max_length", f"an integer within {lo}..{hi}, the training lengths of task {self.task!r}")
@@ -271,6 +286,10 @@ def load_checkpoint(path: str) -> dict:
         raise UsageError(f"{path!r} is not an ntm_fast checkpoint (no format or model entries)")
     if isinstance(state, dict):
         state = {**state, **{name: value for name, value in LATER_ENTRIES.items() if name not in state}}
+        if isinstance(state.get("train_config"), dict):
+            defaults = dataclasses.asdict(TrainConfig())
+            state["train_config"] = {**state["train_config"], **{
+                name: defaults[name] for name in LATER_TRAIN_FIELDS if name not in state["train_config"]}}
     check_checkpoint(state, path)
     return state
 
@@ -319,9 +338,13 @@ CHECKPOINT_ENTRIES = {
     "rank_rng": (lambda v: v is None or isinstance(v, list) and all(
         isinstance(r, dict) and _is_byte_tensor(r.get("torch_rng")) and CHECKPOINT_ENTRIES["cuda_rng"][0](r.get("cuda_rng"))
         for r in v), "None or a list of {'torch_rng', 'cuda_rng'} per rank"),
+    "best": (lambda v: v is None or isinstance(v, dict) and _is_int(v.get("step")) and _is_number(v.get("score"))
+             and isinstance(v.get("errors"), dict), "None or {'step', 'score', 'errors', 'solved'}"),
 }
 # Entries added since a format was first written, with the value that means what older files meant.
-LATER_ENTRIES = {"curriculum_level": None, "world_size": 1, "rank_rng": None}
+LATER_ENTRIES = {"curriculum_level": None, "world_size": 1, "rank_rng": None, "best": None}
+# TrainConfig fields added since a format was first written: a file without them gets these defaults.
+LATER_TRAIN_FIELDS = ("keep_best", "select_sequences", "stop_when_solved")
 MODEL_FIELDS = tuple(name for name in inspect.signature(NTM.__init__).parameters if name not in ("self", "backend"))
 TRAIN_FIELDS = tuple(f.name for f in dataclasses.fields(TrainConfig))
 
@@ -465,9 +488,12 @@ class Trainer:
         self.blowup_run = 0
         self.resumed_from = None  # the checkpoint `resume` continued from
         self.evaluations = []  # eval.json's "evaluations", those from before a resume included
+        self.best = None  # {"step", "score", "errors", "solved"} of the model in best.pt
+        self.best_weights = None  # that model's state dict (a copy), for the final evaluation and figures
         self.checkpoint_path = os.path.join(config.out_dir, "checkpoint.pt")
         self.metrics_path = os.path.join(config.out_dir, "metrics.csv")
         self.eval_path = os.path.join(config.out_dir, "eval.json")
+        self.best_path = os.path.join(config.out_dir, "best.pt")
 
     # --- state ------------------------------------------------------------------------------------------
     @property
@@ -491,6 +517,7 @@ class Trainer:
             "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
             "world_size": self.world_size,
             "rank_rng": self.rank_rng,
+            "best": self.best,
         }
 
     def load_state_dict(self, ckpt: dict):
@@ -502,6 +529,7 @@ class Trainer:
             self.level = ckpt["curriculum_level"]
         # else the level stays this run's: None without a curriculum, its start for one turned on now
         self.loss_avg, self.blowup_run = ckpt["loss_avg"], ckpt["blowup_run"]
+        self.best, self.best_weights = ckpt["best"], None  # the weights: read from best.pt when needed
         self.data_rng.set_state(ckpt["data_rng"])  # the same on every rank: the global batches' stream
         # This rank's own generators when the checkpoint comes from as many processes; else rank 0's (the
         # top-level entries), which only a model drawing random numbers (memory_init 'random') reads.
@@ -634,7 +662,8 @@ class Trainer:
     def _summary(self, start: float) -> dict:
         cfg = self.config
         return {"steps": self.step, "sequences": self.step * cfg.batch_size, "rollbacks": self.rollbacks,
-                "train_seconds": time.perf_counter() - start, "evaluations": self.evaluations}
+                "train_seconds": time.perf_counter() - start, "evaluations": self.evaluations,
+                **({"best": self.best} if self.best is not None else {})}
 
     # --- one step ---------------------------------------------------------------------------------------
     def train_step(self):
@@ -689,8 +718,10 @@ class Trainer:
         rollbacks, failed_step = self.rollbacks, self.step + 1
         # Rank 0's checkpoint for every rank, sent over the group: no shared folder is needed.
         ckpt = distributed.from_rank0(load_checkpoint(self.checkpoint_path) if self.rank == 0 else None)
+        best = self.best, self.best_weights  # best.pt may be newer than the checkpoint: it stays the best
         self.load_state_dict(ckpt)
         self.rollbacks = rollbacks
+        self.best, self.best_weights = best
         new_lr = self.lr * self.config.lr_decay
         for group in self.optimizer.param_groups:
             group["lr"] = new_lr
@@ -707,6 +738,55 @@ class Trainer:
         """Mean errors per sequence (the task's metric) at `length` on fixed evaluation batches."""
         return evaluate(self.model, self.task, length, batches or self.config.eval_batches,
                         self.config.batch_size, self.device, seed, **sample_kwargs)
+
+    def selection_points(self) -> list[tuple[str, int, dict, float | None]]:
+        """(label, length, other `sample` arguments, target errors or None) of each point the best model is
+        judged at: the task's `solved_at` points, else the periodic evaluation's (its top curriculum level)."""
+        if self.task.solved_at:
+            points = {label: (length, kwargs) for label, length, kwargs in self.task.eval_points()}
+            return [(label, *points[label], limit) for label, limit in self.task.solved_at.items()]
+        length, kwargs = self.eval_point() if self.level is None else self.task.curriculum_eval(
+            self.length_cap(), self.task.curriculum_range()[1])
+        return [(self.task.point_label(length, **kwargs), length, kwargs, None)]
+
+    def select(self) -> dict:
+        """The model's selection score: {"errors": {label: errors per sequence}, "score", "solved"} over
+        `select_sequences` sequences per point from the selection generator (SELECT_SEED)."""
+        # Forward passes only: batches of up to 128 sequences whatever the training batch.
+        size = min(self.config.select_sequences, SELECT_BATCH)
+        batches = -(-self.config.select_sequences // size)
+        errors, ratios = {}, []
+        for label, length, kwargs, limit in self.selection_points():
+            errors[label] = distributed.from_rank0(evaluate(self.model, self.task, length, batches, size, self.device,
+                                                            SELECT_SEED, **kwargs))
+            ratios.append(errors[label] / limit if limit else errors[label])
+        solved = bool(self.task.solved_at) and all(
+            errors[label] <= limit for label, _, _, limit in self.selection_points())
+        score = max(ratios) if self.task.solved_at else sum(ratios)
+        return {"errors": errors, "score": score, "solved": solved}
+
+    def _keep_if_best(self, selection: dict) -> bool:
+        """Save the model to best.pt if its selection score beats the best so far; whether it did."""
+        if self.best is not None and not selection["score"] < self.best["score"]:
+            return False
+        self.best = {"step": self.step, **selection}
+        self.best_weights = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
+        self.save_checkpoint(self.best_path)
+        return True
+
+    def best_model(self) -> NTM:
+        """The model the run leaves for use: best.pt's (kept in memory, or read back after a resume) where the
+        run keeps a best model, else the current one."""
+        if self.best is None or not self.config.keep_best:
+            return self.model
+        weights = self.best_weights
+        if weights is None:
+            if not os.path.exists(self.best_path):
+                return self.model
+            weights = load_checkpoint(self.best_path)["model"]
+        model = NTM(**self.model.config(), backend=self.model.backend).to(self.device)
+        model.load_state_dict(weights)
+        return model
 
     def length_cap(self) -> int:
         """The longest training length: the task's, or `max_length` where that is shorter."""
@@ -754,9 +834,9 @@ class Trainer:
     def _fit(self) -> dict:
         cfg = self.config
         bar = tqdm(total=cfg.steps, initial=self.step, disable=not cfg.progress or self.rank != 0, unit="step", dynamic_ncols=True)
-        rows, start = [], time.perf_counter()
+        rows, start, solved_at = [], time.perf_counter(), None
         say = bar.write if self.rank == 0 else (lambda text: None)
-        while self.step < cfg.steps:
+        while self.step < cfg.steps and solved_at is None:
             result = self.train_step()
             why = "non-finite loss or gradient" if result is None else (
                 "sustained loss blow-up" if self._blew_up(result[0]) else None)
@@ -780,13 +860,22 @@ class Trainer:
                 label = self.task.point_label(length, **kwargs)
                 self.evaluations.append({"step": self.step, "length": length, **kwargs, "bit_errors": eval_errors})
                 say(f"step {self.step}: eval {self.task.metric} at length {label}: {eval_errors:.3f}")
+                if cfg.keep_best or cfg.stop_when_solved:
+                    selection = self.select()
+                    self.evaluations[-1]["selection"] = selection["errors"]
+                    kept = cfg.keep_best and self._keep_if_best(selection)
+                    say(f"  selection ({cfg.select_sequences} sequences per length): " + ", ".join(
+                        f"{k}: {v:.3f}" for k, v in selection["errors"].items())
+                        + (f" -> best so far, saved {self.best_path}" if kept else ""))
+                    if cfg.stop_when_solved and selection["solved"]:
+                        solved_at = self.step
                 passed, grown = self.level, self._grow_curriculum(eval_errors)
                 if grown:
                     self.evaluations[-1]["curriculum"] = self.level
                     # Kept so that a later break-down can be undone: `--resume OUT/level-N.pt`.
                     self.save_checkpoint(os.path.join(cfg.out_dir, f"level-{passed}.pt"))
                     say(f"{grown} (saved {cfg.out_dir}/level-{passed}.pt)")
-            if self.step % cfg.checkpoint_every == 0 or self.step == cfg.steps:
+            if self.step % cfg.checkpoint_every == 0 or self.step == cfg.steps or solved_at is not None:
                 # Rows and evaluations first, then the checkpoint: after a kill, a resume drops whatever
                 # lies past the checkpoint's step.
                 self._write_metrics(rows)
@@ -795,9 +884,16 @@ class Trainer:
                 self.save_checkpoint()
         bar.close()
         self._write_metrics(rows)
+        if solved_at is not None:
+            say(f"solved at step {solved_at}: every target of the task met (stop_when_solved)")
         summary = self._summary(start)
+        if solved_at is not None:
+            summary["solved_at_step"] = solved_at
+        model = self.best_model()
+        if model is not self.model:
+            log.info("the run's model: %s (step %d)", self.best_path, self.best["step"])
         if cfg.final_eval and self.rank == 0:
-            errors, optimal = generalization(self.model, self.task, cfg.eval_batches, cfg.batch_size, self.device)
+            errors, optimal = generalization(model, self.task, cfg.eval_batches, cfg.batch_size, self.device)
             summary.update(metric=self.task.metric, final_eval=errors, **({"optimal": optimal} if optimal else {}))
             for line in describe(self.task, errors, optimal):
                 log.info("final evaluation: %s", line)
@@ -807,7 +903,7 @@ class Trainer:
 
             plots.learning_curve(self.metrics_path, os.path.join(cfg.out_dir, "learning_curve.png"),
                                  metric=self.task.metric)
-            plots.weightings(self.model, self.task, os.path.join(cfg.out_dir, "weightings.png"),
+            plots.weightings(model, self.task, os.path.join(cfg.out_dir, "weightings.png"),
                              length=self.length_cap(), device=self.device)
             if "final_eval" in summary:
                 plots.generalization(self.task, summary["final_eval"], os.path.join(cfg.out_dir, "generalization.png"),

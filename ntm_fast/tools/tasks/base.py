@@ -40,6 +40,11 @@ class Task:
     train_lengths = (1, 20)
     eval_curves: dict = {"length": ((20,), {})}
     metric = "bit errors per sequence"  # what `errors` counts, for logs and plots
+    # When a model counts as solved: {label of one of `eval_points`: most errors per sequence allowed}. The
+    # trainer judges its best model at these points (all of them, on sequences of its own), and
+    # `stop_when_solved` ends a run once every one is met. Empty: the best model is the one with the fewest
+    # errors at the periodic evaluation's point, and no run counts as solved.
+    solved_at: dict = {}
     # Per-task model and optimiser defaults: 'model' -> NTM keyword arguments, 'lr' -> {optimizer: rate}.
     # The trainer's own defaults fill the rest.
     defaults: dict = {}

@@ -27,6 +27,7 @@ class RepeatCopyTask(Task):
     max_repeats = 10  # training counts are 1..max_repeats
     eval_curves = {"length": ((5, 10, 15, 20), {"repeats": 10}),
                    "repeats": ((5, 10, 15, 20), {"length": 10})}
+    solved_at = {"10 repeats=10": 0.1}  # the longest training sequence repeated the most training times
     defaults = {"model": PAPER_LSTM_NTM, "lr": {"rmsprop": 1e-4}}  # paper Table 2
 
     def __init__(self, width: int = 8):
