@@ -4,7 +4,7 @@ copy sequences drawn from a generator that training never uses, and print a mark
     python benchmarks/copy_seeds.py --seeds 0 1 2 3 4 --out runs/copy-seeds -- --optimizer adam --threads 1
 
 Everything after `--` goes to `python -m ntm_fast train` unchanged (with `--seed N --out OUT/seed-N
---no-plots --no-progress` added). The score of a model is its bit errors per sequence at each of `--lengths`
+--no-plots --no-progress` added); the model scored is the one the run kept (OUT/seed-N/best.pt). The score of a model is its bit errors per sequence at each of `--lengths`
 over `--sequences` sequences per length; the target is the issue's: <= 0.1 at length 20 and <= 1 at 120.
 
 With `--segment K` a run is trained K steps at a time (`--resume`, which reproduces an uninterrupted run
@@ -78,8 +78,11 @@ def run_seed(args, flags, seed) -> dict:
     out = os.path.join(args.out, f"seed-{seed}")
     if args.segment is None:
         seconds = train(flags, seed, out)
-        ckpt = os.path.join(out, "checkpoint.pt")
-        return dict(seconds=seconds, steps=load_checkpoint(ckpt)["step"], trained=None, model=ckpt)
+        # The model the run kept (best.pt, unless --no-keep-best), and how far the run went.
+        ckpt = os.path.join(out, "best.pt")
+        ckpt = ckpt if os.path.exists(ckpt) else os.path.join(out, "checkpoint.pt")
+        return dict(seconds=seconds, steps=load_checkpoint(ckpt)["step"],
+                    trained=load_checkpoint(os.path.join(out, "checkpoint.pt"))["step"], model=ckpt)
     shutil.rmtree(out, ignore_errors=True)
     best, best_key, seconds, step, history, learned = None, None, 0.0, 0, [], None
     while step < args.steps:
