@@ -20,7 +20,6 @@ pipeline; memory_step.py runs them for its read and write heads.
 """
 from __future__ import annotations
 
-import torch
 import triton
 import triton.language as tl
 

@@ -15,7 +15,6 @@ Returns reads [B, R, M], w_read [B, R, N], w_write [B, W, N], new memory [B, N, 
 """
 from __future__ import annotations
 
-import torch
 import triton
 import triton.language as tl
 

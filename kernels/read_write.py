@@ -10,7 +10,6 @@ with memory_step.py.
 """
 from __future__ import annotations
 
-import torch
 import triton
 import triton.language as tl
 

@@ -694,7 +694,6 @@ def _sequence_bwd_kernel(dlogits_ptr, wih_ptr, whh_ptr, whd_ptr, wout_ptr,
     H = R + W
     K = 2 * S + 1
     RM = R * M
-    U = X + RM
     P = H * M + 3 * H + H * K + 2 * W * M
     G = 4 * C if LSTM else C
     BNM = B * N * M

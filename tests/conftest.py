@@ -35,3 +35,21 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "gpu" in item.keywords:
             item.add_marker(skip)
+
+
+@pytest.fixture
+def launches(monkeypatch):
+    """Names of the Triton kernels (any of ntm_fast's: one JITFunction class runs them all) launched while the
+    test runs."""
+    import importlib
+
+    counter = []
+    kernel_type = type(importlib.import_module("ntm_fast.kernels.memory_step")._memory_step_fwd_kernel)
+    run = kernel_type.run
+
+    def counting_run(self, *args, **kwargs):
+        counter.append(self.fn.__name__)
+        return run(self, *args, **kwargs)
+
+    monkeypatch.setattr(kernel_type, "run", counting_run)
+    return counter

@@ -62,21 +62,6 @@ def test_saves_only_inputs_and_weightings(op, make):
     assert triton_bytes <= reference_bytes
 
 
-@pytest.fixture
-def launches(monkeypatch):
-    """Counts Triton kernel launches (of any ntm_fast kernel) while the test runs."""
-    counter = []
-    kernel_type = type(importlib.import_module("ntm_fast.kernels.memory_step")._memory_step_fwd_kernel)
-    run = kernel_type.run
-
-    def counting_run(self, *args, **kwargs):
-        counter.append(self.fn.__name__)
-        return run(self, *args, **kwargs)
-
-    monkeypatch.setattr(kernel_type, "run", counting_run)
-    return counter
-
-
 @pytest.mark.parametrize("op, make", [
     ("address", lambda: cases.address_inputs(2, 7, 3, 2, 1, device=DEVICE)),
     ("read", lambda: cases.read_inputs(2, 7, 3, 2, device=DEVICE)),

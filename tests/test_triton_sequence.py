@@ -169,21 +169,6 @@ def test_tiled_slots(seq, monkeypatch):
         torch.testing.assert_close(got[name], value, rtol=1e-9, atol=1e-9, msg=lambda m: f"{name}: {m}")
 
 
-@pytest.fixture
-def launches(monkeypatch):
-    """Names of the Triton kernels launched while the test runs."""
-    counter = []
-    kernel_type = type(importlib.import_module("ntm_fast.kernels.sequence")._sequence_fwd_kernel)
-    run = kernel_type.run
-
-    def counting_run(self, *args, **kwargs):
-        counter.append(self.fn.__name__)
-        return run(self, *args, **kwargs)
-
-    monkeypatch.setattr(kernel_type, "run", counting_run)
-    return counter
-
-
 class AtenOps(TorchDispatchMode):
     """Counts the ATen ops run inside it."""
 
