@@ -263,3 +263,26 @@ def test_stop_when_solved_ends_the_run_at_the_first_evaluation_meeting_the_targe
 def test_stop_when_solved_needs_a_task_with_targets(tmp_path):
     with pytest.raises(UsageError, match="'stop_when_solved' must be off for task 'associative-recall'"):
         Trainer(config(tmp_path, task="associative-recall", max_length=None, stop_when_solved=True))
+
+
+def test_a_collapse_that_began_before_a_checkpoint_rolls_back_past_it(tmp_path, caplog):
+    # The loss jumps at step 18 and stays up: detected at step 22 (patience 5), after the checkpoint due at 20,
+    # which waited for the loss to come back; the rollback lands at step 10, before the collapse.
+    trainer = Trainer(config(tmp_path, steps=40, checkpoint_every=10, blowup_patience=5))
+    real_step, collapsed = trainer.train_step, {"on": True}
+
+    def step():
+        loss, errors, length = real_step()
+        if collapsed["on"] and trainer.step + 1 >= 18:
+            return loss * 100, errors, length
+        return loss, errors, length
+
+    def rollback(why, real_rollback=trainer.rollback):
+        collapsed["on"] = False
+        real_rollback(why)
+
+    trainer.train_step, trainer.rollback = step, rollback
+    with caplog.at_level(logging.WARNING, logger="ntm_fast.tools.train"):
+        trainer.fit()
+    assert "divergence at step 22 (sustained loss blow-up): rolled back to step 10" in caplog.text
+    assert trainer.step == 40 and load_checkpoint(str(tmp_path / "checkpoint.pt"))["step"] == 40

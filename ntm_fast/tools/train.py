@@ -17,7 +17,9 @@
   when rows are dropped, and the evaluations before a resume are kept.
 * Divergence recovery: a non-finite loss or gradient, or a loss above `blowup_factor` × its running
   average for `blowup_patience` steps in a row, rolls back to the last checkpoint, multiplies the learning
-  rate by `lr_decay` and says so in the log. After `max_rollbacks` rollbacks training stops with an error.
+  rate by `lr_decay` and says so in the log. A checkpoint falling due while the loss is above that bound
+  waits until it is back below: a collapse that began before a checkpoint would otherwise be saved in it,
+  and every rollback would land in the collapse. After `max_rollbacks` rollbacks training stops with an error.
 * Curriculum (optional): a level that starts at `curriculum_start` and grows by `curriculum_step` whenever
   the periodic evaluation at the current level reaches `curriculum_threshold` errors per sequence or fewer.
   The level caps the training length (the repeat count for repeat copy: `Task.training_batch`) and is part
@@ -834,7 +836,7 @@ class Trainer:
     def _fit(self) -> dict:
         cfg = self.config
         bar = tqdm(total=cfg.steps, initial=self.step, disable=not cfg.progress or self.rank != 0, unit="step", dynamic_ncols=True)
-        rows, start, solved_at = [], time.perf_counter(), None
+        rows, start, solved_at, checkpoint_due = [], time.perf_counter(), None, False
         say = bar.write if self.rank == 0 else (lambda text: None)
         while self.step < cfg.steps and solved_at is None:
             result = self.train_step()
@@ -842,7 +844,7 @@ class Trainer:
                 "sustained loss blow-up" if self._blew_up(result[0]) else None)
             if why is not None:
                 self._write_metrics(rows)
-                rows = []
+                rows, checkpoint_due = [], False
                 self.rollback(why)
                 bar.n = self.step
                 bar.refresh()
@@ -875,7 +877,11 @@ class Trainer:
                     # Kept so that a later break-down can be undone: `--resume OUT/level-N.pt`.
                     self.save_checkpoint(os.path.join(cfg.out_dir, f"level-{passed}.pt"))
                     say(f"{grown} (saved {cfg.out_dir}/level-{passed}.pt)")
-            if self.step % cfg.checkpoint_every == 0 or self.step == cfg.steps or solved_at is not None:
+            checkpoint_due = checkpoint_due or self.step % cfg.checkpoint_every == 0
+            # A checkpoint is the rollback target: none while the loss runs above its blow-up bound (a collapse
+            # under way would be saved, and every rollback would land in it); it follows once the loss is back.
+            if checkpoint_due and self.blowup_run <= 0 or self.step == cfg.steps or solved_at is not None:
+                checkpoint_due = False
                 # Rows and evaluations first, then the checkpoint: after a kill, a resume drops whatever
                 # lies past the checkpoint's step.
                 self._write_metrics(rows)
