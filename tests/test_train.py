@@ -286,3 +286,24 @@ def test_a_collapse_that_began_before_a_checkpoint_rolls_back_past_it(tmp_path, 
         trainer.fit()
     assert "divergence at step 22 (sustained loss blow-up): rolled back to step 10" in caplog.text
     assert trainer.step == 40 and load_checkpoint(str(tmp_path / "checkpoint.pt"))["step"] == 40
+
+
+def test_diverging_again_from_the_same_checkpoint_goes_back_to_the_one_before(tmp_path, caplog):
+    trainer = Trainer(config(tmp_path, steps=40, checkpoint_every=10))
+    fails = {"left": 2}  # step 25 diverges twice: once from the step-20 checkpoint, once more after rolling back
+
+    def nan_at_step_25(grad):
+        if trainer.step + 1 == 25 and fails["left"]:
+            fails["left"] -= 1
+            return grad * float("nan")
+        return grad
+
+    trainer.model.cell.output.bias.register_hook(nan_at_step_25)
+    with caplog.at_level(logging.WARNING, logger="ntm_fast.tools.train"):
+        trainer.fit()
+    rollbacks = [line for line in caplog.text.splitlines() if "rolled back" in line]
+    assert len(rollbacks) == 2
+    assert "divergence at step 25 (non-finite loss or gradient): rolled back to step 20" in rollbacks[0]
+    assert "divergence at step 25 (non-finite loss or gradient): rolled back to step 10" in rollbacks[1]
+    assert trainer.step == 40 and trainer.rollbacks == 2
+    assert load_checkpoint(str(tmp_path / "checkpoint-prev.pt"))["step"] == 30

@@ -19,6 +19,7 @@ import glob
 import json
 import logging
 import os
+import shutil
 import socket
 import tempfile
 
@@ -32,7 +33,7 @@ log = logging.getLogger("ntm_fast.tools.train")
 LOCK_NAME = "run.lock"
 TEMPORARY_PREFIX = ".tmp-"
 # What `ntm-fast train` writes into its folder; `level-N.pt` are the curriculum's checkpoints.
-RUN_FILES = ("checkpoint.pt", "metrics.csv", "eval.json", "learning_curve.png", "weightings.png",
+RUN_FILES = ("checkpoint.pt", "checkpoint-prev.pt", "best.pt", "metrics.csv", "eval.json", "learning_curve.png", "weightings.png",
              "generalization.png")
 RUN_PATTERNS = ("level-*.pt",)
 
@@ -91,6 +92,23 @@ def write_atomically(path: str, content, suffix: str = ""):
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+
+
+def link_atomically(source: str, target: str):
+    """Give `source`'s file the second name `target` (a hard link, made under a temporary name and renamed
+    over `target`); where the file system has no hard links, a copy."""
+    folder = os.path.dirname(os.path.abspath(target))
+    tmp = os.path.join(folder, f"{TEMPORARY_PREFIX}{os.path.basename(target)}.{os.getpid()}")
+    try:
+        try:
+            os.link(source, tmp)
+        except OSError:
+            shutil.copyfile(source, tmp)
+        os.replace(tmp, target)
+    except BaseException:
+        if os.path.lexists(tmp):
             os.remove(tmp)
         raise
 

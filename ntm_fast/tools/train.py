@@ -19,7 +19,9 @@
   average for `blowup_patience` steps in a row, rolls back to the last checkpoint, multiplies the learning
   rate by `lr_decay` and says so in the log. A checkpoint falling due while the loss is above that bound
   waits until it is back below: a collapse that began before a checkpoint would otherwise be saved in it,
-  and every rollback would land in the collapse. After `max_rollbacks` rollbacks training stops with an error.
+  and every rollback would land in the collapse. The checkpoint a new one replaces stays as
+  `checkpoint-prev.pt`: a run that diverges again from the checkpoint it just rolled back to goes back to
+  that one instead. After `max_rollbacks` rollbacks training stops with an error.
 * Curriculum (optional): a level that starts at `curriculum_start` and grows by `curriculum_step` whenever
   the periodic evaluation at the current level reaches `curriculum_threshold` errors per sequence or fewer.
   The level caps the training length (the repeat count for repeat copy: `Task.training_batch`) and is part
@@ -496,6 +498,8 @@ class Trainer:
         self.metrics_path = os.path.join(config.out_dir, "metrics.csv")
         self.eval_path = os.path.join(config.out_dir, "eval.json")
         self.best_path = os.path.join(config.out_dir, "best.pt")
+        self.previous_checkpoint_path = os.path.join(config.out_dir, "checkpoint-prev.pt")
+        self.last_rollback_to = None  # the step the last rollback went back to
 
     # --- state ------------------------------------------------------------------------------------------
     @property
@@ -541,14 +545,20 @@ class Trainer:
             for index, rng_state in enumerate(own["cuda_rng"][:torch.cuda.device_count()]):
                 torch.cuda.set_rng_state(rng_state, index)
 
-    def save_checkpoint(self, path: str | None = None):
+    def save_checkpoint(self, path: str | None = None, keep_previous: bool = True):
         """Write the run's state to `path` (default OUT/checkpoint.pt) if this process is the writer. With
-        several processes every rank calls it: it gathers their RNG states first."""
+        several processes every rank calls it: it gathers their RNG states first. `keep_previous`: the
+        checkpoint.pt it replaces becomes checkpoint-prev.pt (not when it is the same step's state)."""
         if self.world_size > 1:
             self.rank_rng = distributed.gather({"torch_rng": torch.get_rng_state(), "cuda_rng": torch.cuda.get_rng_state_all()
                                                 if torch.cuda.is_available() else None})
         if self.is_writer:
-            write_checkpoint(self.state_dict(), path or self.checkpoint_path)
+            path = path or self.checkpoint_path
+            if keep_previous and path == self.checkpoint_path and os.path.exists(path):
+                # The checkpoint it replaces stays as checkpoint-prev.pt (a second name for the same file, made
+                # atomically before the new one is renamed over it): the older rollback target.
+                runfolder.link_atomically(path, self.previous_checkpoint_path)
+            write_checkpoint(self.state_dict(), path)
 
     def resume(self, path: str | None = None, lr: float | None = None):
         """Continue from `path` (default OUT/checkpoint.pt): OUT/level-N.pt undoes everything after
@@ -718,8 +728,17 @@ class Trainer:
         if self.rollbacks > self.config.max_rollbacks:
             raise TrainingDiverged(f"training diverged {self.rollbacks} times (last: {why}); giving up")
         rollbacks, failed_step = self.rollbacks, self.step + 1
-        # Rank 0's checkpoint for every rank, sent over the group: no shared folder is needed.
-        ckpt = distributed.from_rank0(load_checkpoint(self.checkpoint_path) if self.rank == 0 else None)
+        # Rank 0's checkpoint for every rank, sent over the group: no shared folder is needed. Where the last
+        # rollback already went back to the same checkpoint and training diverged again from it, that
+        # checkpoint holds the trouble (a collapse can begin before the detector is sure of it): the one before.
+        ckpt = None
+        if self.rank == 0:
+            ckpt = load_checkpoint(self.checkpoint_path)
+            if ckpt["step"] == self.last_rollback_to and os.path.exists(self.previous_checkpoint_path):
+                older = load_checkpoint(self.previous_checkpoint_path)
+                ckpt = older if older["step"] < ckpt["step"] else ckpt
+        ckpt = distributed.from_rank0(ckpt)
+        self.last_rollback_to = ckpt["step"]
         best = self.best, self.best_weights  # best.pt may be newer than the checkpoint: it stays the best
         self.load_state_dict(ckpt)
         self.rollbacks = rollbacks
@@ -729,8 +748,9 @@ class Trainer:
             group["lr"] = new_lr
         self._truncate_metrics(self.step)
         self.evaluations = [e for e in self.evaluations if e["step"] <= self.step]
-        # Save at once so that the lowered learning rate and the rollback count survive a crash.
-        self.save_checkpoint()
+        # Save at once so that the lowered learning rate and the rollback count survive a crash (the same
+        # step's state: checkpoint-prev.pt stays the older one).
+        self.save_checkpoint(keep_previous=False)
         log.warning("divergence at step %d (%s): rolled back to step %d, learning rate lowered to %.3g",
                     failed_step, why, ckpt["step"], new_lr)
 
