@@ -114,7 +114,7 @@ class TrainConfig:
     lr_decay: float = 0.5
     max_rollbacks: int = 5
     keep_best: bool = True  # score each periodic evaluation's model at the task's solved_at points, keep the best
-    select_sequences: int = 256  # sequences per selection point
+    select_sequences: int = 512  # sequences per selection point (256 picked models that 500 others judged worse)
     stop_when_solved: bool = False  # end the run once the selection meets every target of the task
     final_eval: bool = True
     plots: bool = True
