@@ -307,3 +307,14 @@ def test_diverging_again_from_the_same_checkpoint_goes_back_to_the_one_before(tm
     assert "divergence at step 25 (non-finite loss or gradient): rolled back to step 10" in rollbacks[1]
     assert trainer.step == 40 and trainer.rollbacks == 2
     assert load_checkpoint(str(tmp_path / "checkpoint-prev.pt"))["step"] == 30
+
+
+def test_a_short_run_of_the_defaults_lowers_the_loss(tmp_path):
+    # The README's first command as it starts (the paper's model and RMSprop, backend auto), 300 steps.
+    trainer = Trainer(TrainConfig(steps=300, out_dir=str(tmp_path), eval_every=300, checkpoint_every=300,
+                                  progress=False, plots=False, final_eval=False))
+    summary = trainer.fit()
+    values = [float(v) for _, v in losses(tmp_path)]
+    first, last = sum(values[:20]) / 20, sum(values[-20:]) / 20
+    assert last < 0.97 * first, (first, last)
+    assert summary["best"]["step"] == 300 and (tmp_path / "best.pt").exists()
