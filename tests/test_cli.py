@@ -99,7 +99,8 @@ QUICK = ["--batch-size", "2", "--max-length", "2", "--no-progress", "--no-plots"
     (["train", "--resume", "{tmp}/c.pt", "--steps", "1"], "--steps is 1, but the checkpoint is at step 2 already"),
     (["train", "--resume", "{tmp}/c.pt", "--out", "{tmp}", "--overwrite"], "--overwrite cannot apply with --resume "
                                                                             "of a checkpoint in --out"),
-    (["train", "--out", "{tmp}"], "--out '{tmp}' holds another run (eval.json, metrics.csv): continue it with "
+    (["train", "--out", "{tmp}"], "--out '{tmp}' holds another run (best.pt, checkpoint-prev.pt, eval.json, "
+                                  "metrics.csv): continue it with "
                                   "--resume, move it aside with --overwrite, or choose another folder"),
 ])
 def test_errors_are_one_line_naming_the_flag(argv, message, capsys, tmp_path_factory):

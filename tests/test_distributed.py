@@ -93,7 +93,7 @@ def test_two_processes_train_with_one_writer(two):
     assert [row.split(",")[0] for row in _rows(out)] == ["1", "2", "3", "4"]
     ckpt = _weights(out)
     assert ckpt["step"] == 4 and ckpt["world_size"] == 2 and len(ckpt["rank_rng"]) == 2
-    assert sorted(os.listdir(out)) == ["checkpoint.pt", "eval.json", "metrics.csv"]
+    assert sorted(os.listdir(out)) == ["best.pt", "checkpoint-prev.pt", "checkpoint.pt", "eval.json", "metrics.csv"]
 
 
 def test_one_process_gives_the_same_parameters(two, tmp_path):
