@@ -493,7 +493,6 @@ class Trainer:
         self.resumed_from = None  # the checkpoint `resume` continued from
         self.evaluations = []  # eval.json's "evaluations", those from before a resume included
         self.best = None  # {"step", "score", "errors", "solved"} of the model in best.pt
-        self.best_weights = None  # that model's state dict (a copy), for the final evaluation and figures
         self.checkpoint_path = os.path.join(config.out_dir, "checkpoint.pt")
         self.metrics_path = os.path.join(config.out_dir, "metrics.csv")
         self.eval_path = os.path.join(config.out_dir, "eval.json")
@@ -535,7 +534,7 @@ class Trainer:
             self.level = ckpt["curriculum_level"]
         # else the level stays this run's: None without a curriculum, its start for one turned on now
         self.loss_avg, self.blowup_run = ckpt["loss_avg"], ckpt["blowup_run"]
-        self.best, self.best_weights = ckpt["best"], None  # the weights: read from best.pt when needed
+        self.best = ckpt["best"]
         self.data_rng.set_state(ckpt["data_rng"])  # the same on every rank: the global batches' stream
         # This rank's own generators when the checkpoint comes from as many processes; else rank 0's (the
         # top-level entries), which only a model drawing random numbers (memory_init 'random') reads.
@@ -739,10 +738,9 @@ class Trainer:
                 ckpt = older if older["step"] < ckpt["step"] else ckpt
         ckpt = distributed.from_rank0(ckpt)
         self.last_rollback_to = ckpt["step"]
-        best = self.best, self.best_weights  # best.pt may be newer than the checkpoint: it stays the best
+        best = self.best  # best.pt may be newer than the checkpoint: it stays the best
         self.load_state_dict(ckpt)
-        self.rollbacks = rollbacks
-        self.best, self.best_weights = best
+        self.rollbacks, self.best = rollbacks, best
         new_lr = self.lr * self.config.lr_decay
         for group in self.optimizer.param_groups:
             group["lr"] = new_lr
@@ -777,13 +775,12 @@ class Trainer:
         # Forward passes only: batches of up to 128 sequences whatever the training batch.
         size = min(self.config.select_sequences, SELECT_BATCH)
         batches = -(-self.config.select_sequences // size)
-        errors, ratios = {}, []
+        errors, ratios, solved = {}, [], bool(self.task.solved_at)
         for label, length, kwargs, limit in self.selection_points():
             errors[label] = distributed.from_rank0(evaluate(self.model, self.task, length, batches, size, self.device,
                                                             SELECT_SEED, **kwargs))
             ratios.append(errors[label] / limit if limit else errors[label])
-        solved = bool(self.task.solved_at) and all(
-            errors[label] <= limit for label, _, _, limit in self.selection_points())
+            solved = solved and errors[label] <= limit
         score = max(ratios) if self.task.solved_at else sum(ratios)
         return {"errors": errors, "score": score, "solved": solved}
 
@@ -792,23 +789,15 @@ class Trainer:
         if self.best is not None and not selection["score"] < self.best["score"]:
             return False
         self.best = {"step": self.step, **selection}
-        self.best_weights = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
         self.save_checkpoint(self.best_path)
         return True
 
     def best_model(self) -> NTM:
-        """The model the run leaves for use: best.pt's (kept in memory, or read back after a resume) where the
-        run keeps a best model, else the current one."""
-        if self.best is None or not self.config.keep_best:
+        """The model the run leaves for use: best.pt's where the run keeps a best model (and this process can
+        read it), else the current one."""
+        if self.best is None or not self.config.keep_best or not os.path.exists(self.best_path):
             return self.model
-        weights = self.best_weights
-        if weights is None:
-            if not os.path.exists(self.best_path):
-                return self.model
-            weights = load_checkpoint(self.best_path)["model"]
-        model = NTM(**self.model.config(), backend=self.model.backend).to(self.device)
-        model.load_state_dict(weights)
-        return model
+        return model_from_checkpoint(load_checkpoint(self.best_path), self.device, self.model.backend)
 
     def length_cap(self) -> int:
         """The longest training length: the task's, or `max_length` where that is shorter."""
