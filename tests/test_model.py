@@ -1,4 +1,6 @@
 """The NTM module: shapes, controllers, memory inits, learned initial state, traces, dtypes."""
+import math
+
 import pytest
 import torch
 
@@ -55,3 +57,14 @@ def test_reads_happen_before_the_write():
     _, new_state = model.cell(torch.randn(2, 3), state)
     torch.testing.assert_close(new_state.reads, torch.full_like(new_state.reads, 1e-6))
     assert not torch.allclose(new_state.memory, state.memory)
+
+
+@pytest.mark.parametrize("shift_range", [1, 2])
+def test_heads_start_out_mostly_staying_in_place(shift_range):
+    # Shift 0 starts with logit bias +2 over the others in every head: e^2 / (e^2 + 2S) of the mass on average.
+    model = NTM(9, 8, read_heads=2, write_heads=1, shift_range=shift_range)
+    read, write = model.cell.layout.activate(model.cell.heads.bias.detach().unsqueeze(0))
+    shifts = torch.cat([read.shift, write.shift], dim=1)[0]  # [H, 2S+1]
+    stay = math.exp(2) / (math.exp(2) + 2 * shift_range)
+    assert shifts.argmax(-1).eq(shift_range).all()
+    assert torch.allclose(shifts[:, shift_range], torch.full((3,), stay), atol=0.06)

@@ -25,6 +25,19 @@ def test_copy_layout():
     assert b.mask[:, 0].tolist() == [False] * 5 + [True] * 4
 
 
+def test_copy_training_sequences_hold_zero_vectors_and_evaluation_sequences_do_not():
+    task = CopyTask()
+    batch, length = task.training_batch(4000, rng(), max_length=5)
+    L = length
+    vectors = batch.inputs[:L, :, :8]
+    zero = vectors.eq(0).all(-1)  # [L, B]
+    # 0.1 of the vectors set to zero, besides the 1/256 of fair bits that are zero anyway.
+    assert abs(zero.float().mean().item() - (0.1 + 0.9 / 256)) < 0.01
+    assert torch.equal(batch.targets[L + 1:], vectors) and batch.inputs[L, :, 8].eq(1).all()
+    held_out = task.sample(4000, 5, rng()).inputs[:5, :, :8].eq(0).all(-1).float().mean().item()
+    assert held_out < 0.01
+
+
 def test_repeat_copy_repeats_the_sequence_then_emits_the_end_marker():
     b = RepeatCopyTask(width=2).sample(3, 2, rng(), repeats=3)
     L, n, X = 2, 3, 2

@@ -17,7 +17,7 @@ TINY = dict(controller_size=16, memory_slots=12, memory_width=6)
 def config(tmp_path, **over):
     base = dict(steps=30, batch_size=8, max_length=4, eval_every=1000, checkpoint_every=10, out_dir=str(tmp_path),
                 backend="reference", final_eval=False, plots=False, progress=False, model=dict(TINY),
-                select_sequences=8)
+                select_sequences=8, confirm_sequences=8)
     base.update(over)
     return TrainConfig(**base)
 
@@ -258,6 +258,103 @@ def test_stop_when_solved_ends_the_run_at_the_first_evaluation_meeting_the_targe
     assert summary["solved_at_step"] == 10 and summary["steps"] == 10
     assert load_checkpoint(str(tmp_path / "checkpoint.pt"))["step"] == 10  # the stopped run is resumable
     assert [s for s, _ in losses(tmp_path)] == list(range(1, 11))
+
+
+def test_a_selection_meeting_the_targets_counts_only_once_other_sequences_confirm_it(tmp_path, monkeypatch):
+    from ntm_fast.tools.tasks.copy import CopyTask
+
+    monkeypatch.setattr(CopyTask, "solved_at", {"20": 1e9, "120": 1e9})  # met by any model
+    real, confirmations = train_mod.evaluate, []
+
+    def evaluate(*args, **kwargs):  # the confirmation's sets fail at the first two evaluations (two points each)
+        seed = args[6] if len(args) > 6 else kwargs.get("seed")
+        if seed == train_mod.CONFIRM_SEED:
+            confirmations.append(args[2])
+            if len(confirmations) <= 4:
+                return 2e9
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(train_mod, "evaluate", evaluate)
+    summary = Trainer(config(tmp_path, steps=100, eval_every=10, stop_when_solved=True, confirm_sequences=16)).fit()
+    assert summary["solved_at_step"] == 30 and summary["steps"] == 30
+    confirmed = [(e["step"], e["confirmed"]["20"]) for e in summary["evaluations"] if "confirmed" in e]
+    assert [step for step, _ in confirmed] == [10, 20, 30] and confirmed[0][1] == 2e9 and confirmed[2][1] < 1e9
+    assert confirmations == [20, 120] * 3
+    assert summary["best"]["solved"]
+
+
+def stuck_selection(trainer):
+    """A selection score that never improves (as a model stuck far from its targets)."""
+    return {"errors": {"20": 50.0, "120": 400.0}, "score": 500.0, "solved": False}
+
+
+def test_an_attempt_whose_score_stalls_starts_again_from_a_fresh_model(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(Trainer, "select", stuck_selection)
+    trainer = Trainer(config(tmp_path, steps=70, eval_every=10, restart_patience=20))
+    starts, real_restart = [], trainer.restart
+
+    def restart():
+        trainer.optimizer.param_groups[0]["lr"] = 1.0  # as if rollbacks had lowered it: the new attempt resets it
+        real_restart()
+        starts.append(({k: v.clone() for k, v in trainer.model.state_dict().items()}, trainer.lr))
+
+    trainer.restart = restart
+    summary = trainer.fit()
+    # Each attempt's best score comes at its first evaluation; 20 steps later it has not improved.
+    assert [e["step"] for e in summary["evaluations"] if "restart" in e] == [30, 60]
+    assert ("attempt 1 (from step 0) has not improved on its best score 500 (step 10) in 20 steps: attempt 2 starts "
+            "from a fresh model (seed 1000)") in capsys.readouterr().out
+    assert summary["attempt"] == 3 and summary["attempt_started_at"] == 60 and summary["steps"] == 70
+    # Attempt n starts from the model a run with seed + 1000 (n - 1) starts from, at the starting rate.
+    for number, (state, lr) in enumerate(starts, start=2):
+        fresh = Trainer(config(tmp_path / f"fresh-{number}", seed=1000 * (number - 1)))
+        assert all(torch.equal(state[k], v) for k, v in fresh.model.state_dict().items())
+        assert lr == fresh.lr
+    # The best model is kept over the attempts (the first, never beaten); the checkpoint knows its attempt.
+    assert summary["best"]["step"] == 10
+    assert load_checkpoint(str(tmp_path / "checkpoint.pt"))["attempt"] == {
+        "number": 3, "started": 60, "best_score": 500.0, "best_step": 70}
+
+
+def test_an_attempt_that_keeps_improving_is_not_restarted(tmp_path, monkeypatch):
+    scores = iter(range(100, 0, -1))
+    monkeypatch.setattr(Trainer, "select", lambda self: {**stuck_selection(self), "score": float(next(scores))})
+    summary = Trainer(config(tmp_path, steps=60, eval_every=10, restart_patience=20)).fit()
+    assert summary["attempt"] == 1 and not any("restart" in e for e in summary["evaluations"])
+
+
+def test_a_run_resumed_after_a_restart_reproduces_the_uninterrupted_run(tmp_path, monkeypatch):
+    monkeypatch.setattr(Trainer, "select", stuck_selection)
+    Trainer(config(tmp_path / "straight", steps=40, eval_every=10, restart_patience=20)).fit()
+    killed = Trainer(config(tmp_path / "killed", steps=40, eval_every=10, restart_patience=20))
+    calls = {"n": 0}
+
+    def kill_at_step_35(grad):
+        calls["n"] += 1
+        if calls["n"] == 35:
+            raise KeyboardInterrupt  # after the restart at step 30 and its checkpoint
+        return grad
+
+    killed.model.cell.output.bias.register_hook(kill_at_step_35)
+    with pytest.raises(KeyboardInterrupt):
+        killed.fit()
+    resumed = Trainer(config(tmp_path / "killed", steps=40, eval_every=10, restart_patience=20))
+    resumed.resume()
+    assert resumed.step == 30 and resumed.attempt["number"] == 2
+    resumed.fit()
+    assert losses(tmp_path / "killed") == losses(tmp_path / "straight")
+    assert (load_checkpoint(str(tmp_path / "killed" / "checkpoint.pt"))["attempt"]
+            == load_checkpoint(str(tmp_path / "straight" / "checkpoint.pt"))["attempt"])
+
+
+@pytest.mark.parametrize("over, message", [
+    (dict(task="associative-recall", max_length=None), "'restart_patience' must be None for task 'associative-recall'"),
+    (dict(keep_best=False), "'restart_patience' must be None without keep_best"),
+    (dict(restart_patience=0), "'restart_patience' must be None or an integer >= 1"),
+])
+def test_restart_patience_refuses_what_it_cannot_apply_to(tmp_path, over, message):
+    with pytest.raises(UsageError, match=message):
+        Trainer(config(tmp_path, **{"restart_patience": 10, **over}))
 
 
 def test_stop_when_solved_needs_a_task_with_targets(tmp_path):

@@ -61,6 +61,11 @@ class HeadLayout:
     def width(self) -> int:
         return sum(self.sizes)
 
+    def zero_shift_columns(self) -> list:
+        """Columns of the head-parameter vector holding each head's logit of shift 0 (no move)."""
+        start, K = sum(self.sizes[:3]), self.shifts
+        return [start + h * K + self.shift_range for h in range(self.read_heads + self.write_heads)]
+
     def activate(self, p: torch.Tensor):
         """Raw head parameters p [B, width] -> activated (ReadHeads, WriteHeads) (Section 3.3): key and add
         linear, β = softplus, g = sigmoid, s = softmax over the K shifts, γ = 1 + softplus, erase = sigmoid."""

@@ -100,7 +100,8 @@ def add_train_parser(sub):
     p.add_argument("--config", choices=sorted(ZOO), help="start from this model-zoo entry (ntm_fast/tools/zoo.py says "
                    "what each one reaches)")
     p.add_argument("--task", choices=sorted(TASKS), help=f"task to learn (default {d.task})")
-    p.add_argument("--steps", type=_integer(1), help=f"optimiser steps (batches) to train for, in all (default {d.steps})")
+    p.add_argument("--steps", type=_integer(1), help=f"optimiser steps (batches) to train for, in all (default "
+                   f"{_task_defaults(TASKS, 'steps', d.steps)})")
     p.add_argument("--batch-size", type=_integer(1), help=f"sequences per batch (default {d.batch_size}); under "
                    "torchrun the global batch, divided among the processes")
     p.add_argument("--optimizer", choices=("rmsprop", "adam"),
@@ -136,7 +137,15 @@ def add_train_parser(sub):
                    f"{d.select_sequences})")
     p.add_argument("--stop-when-solved", action=argparse.BooleanOptionalAction,
                    help="end the run at the first evaluation whose score meets every target of the task (copy: "
-                   "<= 0.1 bit errors per sequence at length 20 and <= 1 at 120; default off)")
+                   "<= 0.1 bit errors per sequence at length 20 and <= 1 at 120; default "
+                   f"{_task_defaults(TASKS, 'stop_when_solved', False)})")
+    p.add_argument("--confirm-sequences", type=_integer(1), help="a score that meets every target counts (for "
+                   "--stop-when-solved and --restart-patience) only if this many other sequences per point meet them "
+                   f"too (default {d.confirm_sequences})")
+    p.add_argument("--restart-patience", type=_integer(1), metavar="STEPS", help="start again from a freshly "
+                   "initialised model (seed + 1000 per attempt) when an unsolved attempt's score has not improved "
+                   "for STEPS steps; the best model is kept over all attempts (default "
+                   f"{_task_defaults(TASKS, 'restart_patience', None)})")
     p.add_argument("--out", help="output folder (default runs/CONFIG or runs/TASK; with --resume CHECKPOINT, the "
                    "checkpoint's folder)")
     p.add_argument("--resume", nargs="?", const=True, default=False, metavar="CHECKPOINT",
@@ -156,6 +165,16 @@ def add_train_parser(sub):
     add_device_backend(p)
     add_model_options(p, checked=True)
     p.set_defaults(func=cmd_train)
+
+
+def _task_defaults(tasks, name, default) -> str:
+    """'DEFAULT' or 'DEFAULT; TASK: VALUE, ...' for a TrainConfig field that some tasks' defaults set."""
+    def show(value):
+        return "on" if value is True else "off" if value is False else "never" if value is None else str(value)
+
+    special = [f"{task_name}: {show(task.defaults['train'][name])}" for task_name, task in tasks.items()
+               if name in task.defaults.get("train", {})]
+    return "; ".join([show(default), *special])
 
 
 def _level_lr(text: str) -> tuple:
@@ -179,6 +198,7 @@ def _train_config(args):
     the checkpoint's run settings (with --resume), then the --config entry's, then the flags'."""
     import dataclasses
 
+    from .tasks import TASKS
     from .train import TrainConfig, load_checkpoint
     from .zoo import zoo_config
 
@@ -212,7 +232,9 @@ def _train_config(args):
             raise UsageError("'overwrite' cannot apply with --resume of a checkpoint in --out: it would move aside "
                              "the run being continued", field="overwrite")
     model = {**recorded.pop("model", {}), **zoo.pop("model", {}), **model_given}
-    config = TrainConfig(**{**recorded, **zoo, **given}, model=model, out_dir=out_dir,
+    task_name = given.get("task") or zoo.get("task") or recorded.get("task") or TrainConfig.task
+    task_train = TASKS[task_name].defaults.get("train", {}) if task_name in TASKS else {}
+    config = TrainConfig(**{**task_train, **recorded, **zoo, **given}, model=model, out_dir=out_dir,
                          final_eval=not args.no_final_eval, plots=not args.no_plots, progress=not args.no_progress)
     # Options given that would have no effect are refused rather than ignored.
     if "momentum" in given and config.optimizer != "rmsprop":

@@ -74,6 +74,7 @@ log = logging.getLogger(__name__)
 # Seed of the best-model selection's sequences (each point adds its length, as `evaluate` does): far from the
 # training seeds (0, 1, ...) and the periodic evaluation's 12345.
 SELECT_SEED = 54_321_000
+CONFIRM_SEED = 65_432_000  # the confirmation's sequences (stop_when_solved, restart_patience): another stream
 SELECT_BATCH = 128
 METRIC_FIELDS = ("step", "sequences", "length", "loss", "bit_errors", "lr", "seconds")
 
@@ -116,6 +117,8 @@ class TrainConfig:
     keep_best: bool = True  # score each periodic evaluation's model at the task's solved_at points, keep the best
     select_sequences: int = 512  # sequences per selection point (256 picked models that 500 others judged worse)
     stop_when_solved: bool = False  # end the run once the selection meets every target of the task
+    confirm_sequences: int = 2048  # a selection that meets every target is solved only if this many more do too
+    restart_patience: int | None = None  # an attempt whose score has not improved in this many steps starts over
     final_eval: bool = True
     plots: bool = True
     progress: bool = True
@@ -128,7 +131,7 @@ class TrainConfig:
             raise UsageError(f"'{name}' must be {expected}, got {getattr(self, name)!r}", field=name)
 
         for name in ("steps", "batch_size", "eval_every", "checkpoint_every", "eval_batches", "blowup_patience",
-                     "curriculum_step", "select_sequences"):
+                     "curriculum_step", "select_sequences", "confirm_sequences"):
             if not _is_int(getattr(self, name)) or getattr(self, name) < 1:
                 bad(name, "an integer >= 1")
         if not _is_int(self.max_rollbacks) or self.max_rollbacks < 0:
@@ -162,6 +165,13 @@ class TrainConfig:
             raise UsageError(str(err), field="task") from None
         if self.stop_when_solved and not task.solved_at:
             bad("stop_when_solved", f"off for task {self.task!r}, which sets no targets (Task.solved_at)")
+        if self.restart_patience is not None:
+            if not _is_int(self.restart_patience) or self.restart_patience < 1:
+                bad("restart_patience", "None or an integer >= 1")
+            if not task.solved_at:
+                bad("restart_patience", f"None for task {self.task!r}, which sets no targets (Task.solved_at)")
+            if not self.keep_best:
+                bad("restart_patience", "None without keep_best (a restart would lose the attempt's best model)")
         lo, hi = task.train_lengths
         if self.max_length is not None and not (_is_int(self.max_length) and lo <= self.max_length <= hi):
             bad("max_length", f"an integer within {lo}..{hi}, the training lengths of task {self.task!r}")
@@ -344,11 +354,16 @@ CHECKPOINT_ENTRIES = {
         for r in v), "None or a list of {'torch_rng', 'cuda_rng'} per rank"),
     "best": (lambda v: v is None or isinstance(v, dict) and _is_int(v.get("step")) and _is_number(v.get("score"))
              and isinstance(v.get("errors"), dict), "None or {'step', 'score', 'errors', 'solved'}"),
+    "attempt": (lambda v: isinstance(v, dict) and _is_int(v.get("number")) and v["number"] >= 1
+                and _is_int(v.get("started")) and _is_int(v.get("best_step"))
+                and (v.get("best_score") is None or _is_number(v["best_score"])),
+                "{'number' >= 1, 'started', 'best_score', 'best_step'}"),
 }
 # Entries added since a format was first written, with the value that means what older files meant.
-LATER_ENTRIES = {"curriculum_level": None, "world_size": 1, "rank_rng": None, "best": None}
+LATER_ENTRIES = {"curriculum_level": None, "world_size": 1, "rank_rng": None, "best": None, "attempt": {"number": 1, "started": 0, "best_score": None,
+                                                                                        "best_step": 0}}
 # TrainConfig fields added since a format was first written: a file without them gets these defaults.
-LATER_TRAIN_FIELDS = ("keep_best", "select_sequences", "stop_when_solved")
+LATER_TRAIN_FIELDS = ("keep_best", "select_sequences", "stop_when_solved", "confirm_sequences", "restart_patience")
 MODEL_FIELDS = tuple(name for name in inspect.signature(NTM.__init__).parameters if name not in ("self", "backend"))
 TRAIN_FIELDS = tuple(f.name for f in dataclasses.fields(TrainConfig))
 
@@ -458,14 +473,7 @@ class Trainer:
         self.overwrite, self.is_writer = overwrite, is_writer
         self.task = make_task(config.task)
         self.device = torch.device(config.device)
-        torch.manual_seed(config.seed)
-        model_kwargs = {**self.task.defaults.get("model", {}), **config.model}
-        try:
-            self.model = NTM(self.task.input_size, self.task.output_size, backend=config.backend,
-                             **model_kwargs).to(self.device)
-        except (ValueError, TypeError) as err:  # the NTM names the bad argument: it is a model option
-            name = next((k for k in model_kwargs if f"'{k}'" in str(err)), None)
-            raise UsageError(str(err), field=name) from None
+        self.model = self._new_model(config.seed)
         self.world_size = dist.get_world_size() if distributed.active() else 1
         self.rank = dist.get_rank() if distributed.active() else 0
         if config.batch_size % self.world_size:
@@ -476,18 +484,15 @@ class Trainer:
             self.net = torch.nn.parallel.DistributedDataParallel(
                 self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
         self.rank_rng = None  # every rank's RNG states, gathered by `save_checkpoint` (several processes only)
-        lr = config.lr or self.task.defaults.get("lr", {}).get(config.optimizer, DEFAULT_LR[config.optimizer])
-        if config.optimizer == "rmsprop":
-            # alpha 0.95 as in the NTM paper's RMSprop (Graves 2013 variant).
-            self.optimizer = torch.optim.RMSprop(self.model.parameters(), lr=lr, momentum=config.momentum,
-                                                 alpha=0.95, eps=1e-8)
-        else:
-            self.optimizer = torch.optim.Adam(self.model.parameters(), lr=lr)
+        self.optimizer = self._new_optimizer()
         self.data_rng = torch.Generator().manual_seed(config.seed)
         # The curriculum's current level (None without a curriculum).
         self.level = (config.curriculum_start or self.task.curriculum_range()[0]) if config.curriculum else None
         self.step = 0
         self.rollbacks = 0
+        # The attempt under way (restart_patience starts new ones): its number, first step, and its best
+        # selection score with the step of it.
+        self.attempt = {"number": 1, "started": 0, "best_score": None, "best_step": 0}
         self.loss_avg = None  # running average of the loss (divergence detector)
         self.blowup_run = 0
         self.resumed_from = None  # the checkpoint `resume` continued from
@@ -499,6 +504,43 @@ class Trainer:
         self.best_path = os.path.join(config.out_dir, "best.pt")
         self.previous_checkpoint_path = os.path.join(config.out_dir, "checkpoint-prev.pt")
         self.last_rollback_to = None  # the step the last rollback went back to
+
+    def _new_model(self, seed: int) -> NTM:
+        """A freshly initialised model (the task's model defaults, then `config.model`), from `seed`."""
+        torch.manual_seed(seed)
+        model_kwargs = {**self.task.defaults.get("model", {}), **self.config.model}
+        try:
+            return NTM(self.task.input_size, self.task.output_size, backend=self.config.backend,
+                       **model_kwargs).to(self.device)
+        except (ValueError, TypeError) as err:  # the NTM names the bad argument: it is a model option
+            name = next((k for k in model_kwargs if f"'{k}'" in str(err)), None)
+            raise UsageError(str(err), field=name) from None
+
+    def _new_optimizer(self) -> torch.optim.Optimizer:
+        cfg = self.config
+        lr = cfg.lr or self.task.defaults.get("lr", {}).get(cfg.optimizer, DEFAULT_LR[cfg.optimizer])
+        if cfg.optimizer == "rmsprop":
+            # alpha 0.95 as in the NTM paper's RMSprop (Graves 2013 variant).
+            return torch.optim.RMSprop(self.model.parameters(), lr=lr, momentum=cfg.momentum, alpha=0.95, eps=1e-8)
+        return torch.optim.Adam(self.model.parameters(), lr=lr)
+
+    def restart(self):
+        """Start a new attempt: the model initialised afresh (seed `seed + 1000 * (attempt - 1)`), a new
+        optimiser at the starting learning rate, the divergence detector, rollback count and curriculum level
+        reset. The step
+        count, the data stream and the best model (best.pt) carry on. Collective under torchrun (every rank
+        draws the same initialisation)."""
+        number = self.attempt["number"] + 1
+        self.model.load_state_dict(self._new_model(self.config.seed + 1000 * (number - 1)).state_dict())
+        self.optimizer = self._new_optimizer()
+        self.attempt = {"number": number, "started": self.step, "best_score": None, "best_step": self.step}
+        self.rollbacks, self.loss_avg, self.blowup_run = 0, None, 0
+        self.last_rollback_to = None
+        if self.config.curriculum:
+            self.level = self.config.curriculum_start or self.task.curriculum_range()[0]
+        # The new attempt's first state is the rollback target at once (a rollback never goes back to
+        # checkpoint-prev.pt of another attempt).
+        self.save_checkpoint()
 
     # --- state ------------------------------------------------------------------------------------------
     @property
@@ -523,6 +565,7 @@ class Trainer:
             "world_size": self.world_size,
             "rank_rng": self.rank_rng,
             "best": self.best,
+            "attempt": dict(self.attempt),
         }
 
     def load_state_dict(self, ckpt: dict):
@@ -534,7 +577,7 @@ class Trainer:
             self.level = ckpt["curriculum_level"]
         # else the level stays this run's: None without a curriculum, its start for one turned on now
         self.loss_avg, self.blowup_run = ckpt["loss_avg"], ckpt["blowup_run"]
-        self.best = ckpt["best"]
+        self.best, self.attempt = ckpt["best"], dict(ckpt["attempt"])
         self.data_rng.set_state(ckpt["data_rng"])  # the same on every rank: the global batches' stream
         # This rank's own generators when the checkpoint comes from as many processes; else rank 0's (the
         # top-level entries), which only a model drawing random numbers (memory_init 'random') reads.
@@ -673,6 +716,8 @@ class Trainer:
     def _summary(self, start: float) -> dict:
         cfg = self.config
         return {"steps": self.step, "sequences": self.step * cfg.batch_size, "rollbacks": self.rollbacks,
+                **({"attempt": self.attempt["number"], "attempt_started_at": self.attempt["started"]}
+                   if cfg.restart_patience else {}),
                 "train_seconds": time.perf_counter() - start, "evaluations": self.evaluations,
                 **({"best": self.best} if self.best is not None else {})}
 
@@ -735,7 +780,7 @@ class Trainer:
             ckpt = load_checkpoint(self.checkpoint_path)
             if ckpt["step"] == self.last_rollback_to and os.path.exists(self.previous_checkpoint_path):
                 older = load_checkpoint(self.previous_checkpoint_path)
-                ckpt = older if older["step"] < ckpt["step"] else ckpt
+                ckpt = older if older["step"] < ckpt["step"] and older["attempt"]["number"] == ckpt["attempt"]["number"] else ckpt
         ckpt = distributed.from_rank0(ckpt)
         self.last_rollback_to = ckpt["step"]
         best = self.best  # best.pt may be newer than the checkpoint: it stays the best
@@ -782,11 +827,35 @@ class Trainer:
             ratios.append(errors[label] / limit if limit else errors[label])
             solved = solved and errors[label] <= limit
         score = max(ratios) if self.task.solved_at else sum(ratios)
-        return {"errors": errors, "score": score, "solved": solved}
+        selection = {"errors": errors, "score": score, "solved": solved}
+        if solved and (self.config.stop_when_solved or self.config.restart_patience):
+            # Errors at long lengths come in rare whole sequences (read back a slot off: hundreds of bits), so
+            # one set of a few hundred sequences can miss them: a run stops (or keeps its attempt) on a
+            # model that a larger set of other sequences confirms.
+            size = min(self.config.confirm_sequences, SELECT_BATCH)
+            batches = -(-self.config.confirm_sequences // size)
+            selection["confirmed"] = {}
+            for label, length, kwargs, limit in self.selection_points():
+                selection["confirmed"][label] = distributed.from_rank0(evaluate(
+                    self.model, self.task, length, batches, size, self.device, CONFIRM_SEED, **kwargs))
+                selection["solved"] = selection["solved"] and selection["confirmed"][label] <= limit
+        return selection
+
+    def _attempt_stalled(self, selection: dict) -> bool:
+        """Record the selection in the attempt's best; whether the attempt has stalled: no better score for
+        `restart_patience` steps, the run unsolved and steps left."""
+        if self.attempt["best_score"] is None or selection["score"] < self.attempt["best_score"]:
+            self.attempt.update(best_score=selection["score"], best_step=self.step)
+        return (self.step - self.attempt["best_step"] >= self.config.restart_patience
+                and not (self.best or {}).get("solved") and self.step < self.config.steps)
 
     def _keep_if_best(self, selection: dict) -> bool:
-        """Save the model to best.pt if its selection score beats the best so far; whether it did."""
-        if self.best is not None and not selection["score"] < self.best["score"]:
+        """Save the model to best.pt if it beats the best so far (a solved model, its targets confirmed, beats
+        any unsolved one; then the lower score wins); whether it did."""
+        def rank(entry):
+            return not entry.get("solved", False), entry["score"]
+
+        if self.best is not None and not rank(selection) < rank(self.best):
             return False
         self.best = {"step": self.step, **selection}
         self.save_checkpoint(self.best_path)
@@ -878,8 +947,24 @@ class Trainer:
                     say(f"  selection ({cfg.select_sequences} sequences per length): " + ", ".join(
                         f"{k}: {v:.3f}" for k, v in selection["errors"].items())
                         + (f" -> best so far, saved {self.best_path}" if kept else ""))
+                    if "confirmed" in selection:
+                        self.evaluations[-1]["confirmed"] = selection["confirmed"]
+                        say(f"  confirmation ({cfg.confirm_sequences} other sequences per length): " + ", ".join(
+                            f"{k}: {v:.3f}" for k, v in selection["confirmed"].items())
+                            + (" -> solved" if selection["solved"] else " -> not solved"))
                     if cfg.stop_when_solved and selection["solved"]:
                         solved_at = self.step
+                    elif cfg.restart_patience and self._attempt_stalled(selection):
+                        self._write_metrics(rows)
+                        rows, checkpoint_due = [], False
+                        self.evaluations[-1]["restart"] = self.attempt["number"] + 1
+                        stalled = self.attempt
+                        self.restart()
+                        say(f"attempt {stalled['number']} (from step {stalled['started']}) has not improved on its best "
+                            f"score {stalled['best_score']:.3g} (step {stalled['best_step']}) in {cfg.restart_patience} "
+                            f"steps: attempt {self.attempt['number']} starts from a fresh model (seed "
+                            f"{cfg.seed + 1000 * (self.attempt['number'] - 1)})")
+                        continue
                 passed, grown = self.level, self._grow_curriculum(eval_errors)
                 if grown:
                     self.evaluations[-1]["curriculum"] = self.level

@@ -45,7 +45,8 @@ class Task:
     # `stop_when_solved` ends a run once every one is met. Empty: the best model is the one with the fewest
     # errors at the periodic evaluation's point, and no run counts as solved.
     solved_at: dict = {}
-    # Per-task model and optimiser defaults: 'model' -> NTM keyword arguments, 'lr' -> {optimizer: rate}.
+    # Per-task defaults: 'model' -> NTM keyword arguments, 'lr' -> {optimizer: rate}, 'train' -> TrainConfig
+    # fields that `ntm-fast train` starts from for this task (under a --config entry and the flags given).
     # The trainer's own defaults fill the rest.
     defaults: dict = {}
 
