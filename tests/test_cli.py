@@ -199,7 +199,7 @@ def test_repeats_on_another_task_is_a_one_line_error(tmp_path, capsys):
     (["--steps", "50", "--no-stop-when-solved", "--restart-patience", "300"],
      dict(steps=50, stop_when_solved=False, restart_patience=300)),
     (["--task", "associative-recall"], dict(steps=3_000, stop_when_solved=False, restart_patience=None)),
-    (["--config", "copy"], dict(steps=2_000, stop_when_solved=True, restart_patience=2_000)),  # the entry's steps
+    (["--config", "associative-recall"], dict(steps=6_000, stop_when_solved=False)),  # the entry's steps
 ])
 def test_copy_trains_until_solved_by_default_and_the_flags_or_another_task_change_that(argv, expected, tmp_path):
     from ntm_fast.tools.cli import _train_config, build_parser

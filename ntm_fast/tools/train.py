@@ -996,7 +996,7 @@ class Trainer:
             errors, optimal = generalization(model, self.task, cfg.eval_batches, cfg.batch_size, self.device)
             summary.update(metric=self.task.metric, final_eval=errors, **({"optimal": optimal} if optimal else {}))
             for line in describe(self.task, errors, optimal):
-                log.info("final evaluation: %s", line)
+                log.debug("final evaluation: %s", line)  # the CLI prints them after its summary
         self._write_eval(summary)
         if cfg.plots and self.is_writer:
             from . import plots
