@@ -152,7 +152,10 @@ def test_trace_and_sequence_agree():
     model = _model("lstm", torch.float32, "cpp")
     x = torch.randn(4, 3, 7, generator=torch.Generator().manual_seed(6))
     logits, trace = model(x, return_trace=True)
-    torch.testing.assert_close(model(x), logits, rtol=1e-6, atol=1e-7)
+    # The two paths sum in different orders: equal up to float32 rounding, a few ulps at the logits' scale
+    # (each is within 2e-7 of the float64 model here).
+    ulps = 8 * torch.finfo(torch.float32).eps * logits.abs().max().item()
+    torch.testing.assert_close(model(x), logits, rtol=0, atol=ulps)
     assert trace["read_weights"].shape == (4, 3, 2, 11)
 
 
