@@ -73,9 +73,10 @@ class NTMCell(nn.Module):
         self.heads = nn.Linear(C, self.layout.width)
         # Every head starts out mostly staying where it is: its shift distribution (Eq. 8) puts e²/(e² + 2S) on
         # shift 0 (0.79 with S = 1; logit bias +2 against 0 for the other shifts) instead of 1/(2S + 1), which
-        # blurs the weighting at every step. With the uniform start, copy models often learnt to let the read head diffuse over the
-        # input and find the first slot again at the delimiter, which fails beyond the training lengths; with
-        # this start 5 of 5 seeds generalised to length 120 (docs/tasks.md, "Copy over five seeds").
+        # blurs the weighting at every step. With the uniform start, copy models often learnt to let the read
+        # head diffuse over the input and find the first slot again at the delimiter, which fails beyond the
+        # training lengths; with this start 5 of 5 seeds generalised to length 120 (docs/tasks.md, "Copy over
+        # five seeds").
         with torch.no_grad():
             self.heads.bias[self.layout.zero_shift_columns()] += ZERO_SHIFT_BIAS
         self.output = nn.Linear(C + R * M, output_size)

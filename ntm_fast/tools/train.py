@@ -38,7 +38,12 @@
   `solved_at` points (copy: lengths 20 and 120), and the best so far is saved to `<out_dir>/best.pt` (a full
   checkpoint). Best: the lowest worst ratio of errors to the point's target (the errors themselves for a task
   without targets). The final evaluation and figures are of the best model. `stop_when_solved` ends the run
-  at the first evaluation that meets every target.
+  at the first evaluation that meets every target, on the selection's sequences and on `confirm_sequences`
+  more per point (whole-sequence failures are rare enough to slip through one small set); a model so
+  confirmed ranks first as the best.
+* Restarts (`restart_patience`): an unsolved attempt whose selection score has not improved for that many
+  steps starts again from a fresh model (seed + 1000 per attempt) and optimiser; the step count, data stream
+  and best model carry on, and the attempt is part of the checkpoint.
 * Metrics: one CSV row per step in `<out_dir>/metrics.csv` (the `bit_errors` column holds the task's
   metric: bit errors per sequence, or the cost in bits for the n-gram task); evaluations, the final
   generalisation evaluation over the task's `eval_points` among them, in `<out_dir>/eval.json`.
@@ -360,8 +365,8 @@ CHECKPOINT_ENTRIES = {
                 "{'number' >= 1, 'started', 'best_score', 'best_step'}"),
 }
 # Entries added since a format was first written, with the value that means what older files meant.
-LATER_ENTRIES = {"curriculum_level": None, "world_size": 1, "rank_rng": None, "best": None, "attempt": {"number": 1, "started": 0, "best_score": None,
-                                                                                        "best_step": 0}}
+LATER_ENTRIES = {"curriculum_level": None, "world_size": 1, "rank_rng": None, "best": None,
+                 "attempt": {"number": 1, "started": 0, "best_score": None, "best_step": 0}}
 # TrainConfig fields added since a format was first written: a file without them gets these defaults.
 LATER_TRAIN_FIELDS = ("keep_best", "select_sequences", "stop_when_solved", "confirm_sequences", "restart_patience")
 MODEL_FIELDS = tuple(name for name in inspect.signature(NTM.__init__).parameters if name not in ("self", "backend"))
@@ -527,9 +532,8 @@ class Trainer:
     def restart(self):
         """Start a new attempt: the model initialised afresh (seed `seed + 1000 * (attempt - 1)`), a new
         optimiser at the starting learning rate, the divergence detector, rollback count and curriculum level
-        reset. The step
-        count, the data stream and the best model (best.pt) carry on. Collective under torchrun (every rank
-        draws the same initialisation)."""
+        reset. The step count, the data stream and the best model (best.pt) carry on. Collective under
+        torchrun (every rank draws the same initialisation)."""
         number = self.attempt["number"] + 1
         self.model.load_state_dict(self._new_model(self.config.seed + 1000 * (number - 1)).state_dict())
         self.optimizer = self._new_optimizer()
@@ -780,7 +784,8 @@ class Trainer:
             ckpt = load_checkpoint(self.checkpoint_path)
             if ckpt["step"] == self.last_rollback_to and os.path.exists(self.previous_checkpoint_path):
                 older = load_checkpoint(self.previous_checkpoint_path)
-                ckpt = older if older["step"] < ckpt["step"] and older["attempt"]["number"] == ckpt["attempt"]["number"] else ckpt
+                same_attempt = older["attempt"]["number"] == ckpt["attempt"]["number"]
+                ckpt = older if older["step"] < ckpt["step"] and same_attempt else ckpt
         ckpt = distributed.from_rank0(ckpt)
         self.last_rollback_to = ckpt["step"]
         best = self.best  # best.pt may be newer than the checkpoint: it stays the best
