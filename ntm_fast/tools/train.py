@@ -819,31 +819,34 @@ class Trainer:
             self.length_cap(), self.task.curriculum_range()[1])
         return [(self.task.point_label(length, **kwargs), length, kwargs, None)]
 
+    def _errors_at_points(self, sequences: int, seed: int) -> dict:
+        """{label: errors per sequence} at every selection point, over `sequences` sequences per point from
+        the generator `seed` (forward passes only: batches of up to 128 sequences whatever the training batch)."""
+        size = min(sequences, SELECT_BATCH)
+        batches = -(-sequences // size)
+        return {label: distributed.from_rank0(evaluate(self.model, self.task, length, batches, size, self.device,
+                                                       seed, **kwargs))
+                for label, length, kwargs, _ in self.selection_points()}
+
     def select(self) -> dict:
         """The model's selection score: {"errors": {label: errors per sequence}, "score", "solved"} over
-        `select_sequences` sequences per point from the selection generator (SELECT_SEED)."""
-        # Forward passes only: batches of up to 128 sequences whatever the training batch.
-        size = min(self.config.select_sequences, SELECT_BATCH)
-        batches = -(-self.config.select_sequences // size)
-        errors, ratios, solved = {}, [], bool(self.task.solved_at)
-        for label, length, kwargs, limit in self.selection_points():
-            errors[label] = distributed.from_rank0(evaluate(self.model, self.task, length, batches, size, self.device,
-                                                            SELECT_SEED, **kwargs))
-            ratios.append(errors[label] / limit if limit else errors[label])
-            solved = solved and errors[label] <= limit
+        `select_sequences` sequences per point from the selection generator (SELECT_SEED); with
+        "confirmed" where a run that stops or restarts on being solved checked the targets again."""
+        limits = {label: limit for label, _, _, limit in self.selection_points()}
+        errors = self._errors_at_points(self.config.select_sequences, SELECT_SEED)
+        ratios = [errors[label] / limit if limit else errors[label] for label, limit in limits.items()]
         score = max(ratios) if self.task.solved_at else sum(ratios)
-        selection = {"errors": errors, "score": score, "solved": solved}
-        if solved and (self.config.stop_when_solved or self.config.restart_patience):
+
+        def meets(errors_by_label):
+            return bool(self.task.solved_at) and all(errors_by_label[k] <= limit for k, limit in limits.items())
+
+        selection = {"errors": errors, "score": score, "solved": meets(errors)}
+        if selection["solved"] and (self.config.stop_when_solved or self.config.restart_patience):
             # Errors at long lengths come in rare whole sequences (read back a slot off: hundreds of bits), so
             # one set of a few hundred sequences can miss them: a run stops (or keeps its attempt) on a
             # model that a larger set of other sequences confirms.
-            size = min(self.config.confirm_sequences, SELECT_BATCH)
-            batches = -(-self.config.confirm_sequences // size)
-            selection["confirmed"] = {}
-            for label, length, kwargs, limit in self.selection_points():
-                selection["confirmed"][label] = distributed.from_rank0(evaluate(
-                    self.model, self.task, length, batches, size, self.device, CONFIRM_SEED, **kwargs))
-                selection["solved"] = selection["solved"] and selection["confirmed"][label] <= limit
+            selection["confirmed"] = self._errors_at_points(self.config.confirm_sequences, CONFIRM_SEED)
+            selection["solved"] = meets(selection["confirmed"])
         return selection
 
     def _attempt_stalled(self, selection: dict) -> bool:
