@@ -115,13 +115,13 @@ def address_launches(sizes: Sizes, dtype) -> list[Launch]:
     memory = t(B, N, M)
     inputs = [memory, t(B, H, M), t(B, H), t(B, H), t(B, H, K), t(B, H), t(B, H, N)]
     grid, args = common.launch(memory)
-    args.update(common.shift_args(N, S, **_constants(dtype)))
+    args.update(common.shift_args(N, S, **_constants(dtype)), BLOCK_S=args["BLOCK_N"])
     scratch = common.scratch(2, B, N, memory)
     w = t(B, H, N)
     grads = [t(*x.shape) for x in inputs]
     return [
         Launch(address._address_fwd_kernel, grid, [*inputs, w, scratch, H], args),
-        Launch(address._address_bwd_kernel, grid, [*inputs, w, t(B, H, N), *grads, scratch, H],
+        Launch(address._address_bwd_kernel, grid, [*inputs, w, t(B, H, N), *grads, t(B, H, N), scratch, H],
                dict(args, BLOCK_K=common.pow2(K))),
     ]
 
@@ -152,8 +152,8 @@ def memory_step_launches(sizes: Sizes, dtype) -> list[Launch]:
     write_heads = [t(B, W, M), t(B, W), t(B, W), t(B, W, K), t(B, W), t(B, W, M), t(B, W, M)]
     inputs = [memory, *read_heads, *write_heads, t(B, R, N), t(B, W, N)]
     grid, args = common.launch(memory)
-    args.update(common.shift_args(N, S, **_constants(dtype)))
-    scratch = common.scratch(2, B, N, memory)
+    args.update(common.shift_args(N, S, **_constants(dtype)), BLOCK_S=args["BLOCK_N"])
+    scratch = common.scratch(2 + R + W, B, N, memory)
     w_read, w_write = t(B, R, N), t(B, W, N)
     upstream = [t(B, R, M), t(B, R, N), t(B, W, N), t(B, N, M)]
     grads = [t(*x.shape) for x in inputs]

@@ -69,30 +69,38 @@ def _content_logits(mem_ptr, key, key_norm, beta, rows, slots, B, N, M, EPS: tl.
 
 
 @triton.jit
-def _gated_weights(mem_ptr, wprev_ptr, wg_ptr, key, key_norm, beta, gate, hrows, rows, B, N, M,
+def _gated_weights(mem_ptr, wprev_ptr, wg_ptr, wc_ptr, key, key_norm, beta, gate, hrows, rows, B, N, M,
                    EPS: tl.constexpr, DTYPE: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_N: tl.constexpr,
-                   BLOCK_M: tl.constexpr):
-    """Eq 5-7 for one head: leaves w_g in the [B, N] scratch wg_ptr and returns the running max and sum of
-    the β·K softmax (from which w_c = exp(β·K - max) / sum is recomputed)."""
+                   BLOCK_M: tl.constexpr, BLOCK_S: tl.constexpr, KEEP_CONTENT: tl.constexpr,
+                   SAVED_CONTENT: tl.constexpr):
+    """Eq 5-7 for one head: leaves w_g in the [B, N] scratch wg_ptr. w_c (in a [B, H, N] tensor wc_ptr) is
+    computed from the memory and stored there with KEEP_CONTENT, or, with SAVED_CONTENT, read from there
+    instead (no pass over the memory). The memory is walked in BLOCK_N-slot tiles, the [B, N] vectors in
+    BLOCK_S-slot ones."""
     run_max = tl.full([BLOCK_B], float("-inf"), DTYPE)
     run_sum = tl.zeros([BLOCK_B], DTYPE)
-    for start in range(0, N, BLOCK_N):
-        slots, offs, _, mask = _slot_tile(start, rows, hrows, B, N, BLOCK_N)
-        logits, _, _, _, _, _ = _content_logits(mem_ptr, key, key_norm, beta, rows, slots, B, N, M, EPS, DTYPE,
-                                                BLOCK_M)
-        new_max = tl.maximum(run_max, tl.max(logits, axis=1))
-        run_sum = run_sum * tl.exp(run_max - new_max) + tl.sum(tl.exp(logits - new_max[:, None]), axis=1)
-        run_max = new_max
-        tl.store(wg_ptr + offs, logits, mask=mask)  # parked until the softmax sum is known
-    tl.debug_barrier()
-    for start in range(0, N, BLOCK_N):
-        slots, offs, head_offs, mask = _slot_tile(start, rows, hrows, B, N, BLOCK_N)
-        logits = tl.load(wg_ptr + offs, mask=mask, other=float("-inf"))
-        w_content = div(tl.exp(logits - run_max[:, None]), run_sum[:, None], DTYPE)
+    if not SAVED_CONTENT:
+        for start in range(0, N, BLOCK_N):
+            slots, offs, _, mask = _slot_tile(start, rows, hrows, B, N, BLOCK_N)
+            logits, _, _, _, _, _ = _content_logits(mem_ptr, key, key_norm, beta, rows, slots, B, N, M, EPS, DTYPE,
+                                                    BLOCK_M)
+            new_max = tl.maximum(run_max, tl.max(logits, axis=1))
+            run_sum = run_sum * tl.exp(run_max - new_max) + tl.sum(tl.exp(logits - new_max[:, None]), axis=1)
+            run_max = new_max
+            tl.store(wg_ptr + offs, logits, mask=mask)  # parked until the softmax sum is known
+        tl.debug_barrier()
+    for start in range(0, N, BLOCK_S):
+        slots, offs, head_offs, mask = _slot_tile(start, rows, hrows, B, N, BLOCK_S)
+        if SAVED_CONTENT:
+            w_content = tl.load(wc_ptr + head_offs, mask=mask, other=0.0).to(DTYPE)
+        else:
+            logits = tl.load(wg_ptr + offs, mask=mask, other=float("-inf"))
+            w_content = div(tl.exp(logits - run_max[:, None]), run_sum[:, None], DTYPE)
+            if KEEP_CONTENT:
+                tl.store(wc_ptr + head_offs, w_content, mask=mask)
         w_prev = tl.load(wprev_ptr + head_offs, mask=mask, other=0.0).to(DTYPE)
         tl.store(wg_ptr + offs, gate[:, None] * w_content + (1 - gate[:, None]) * w_prev, mask=mask)
     tl.debug_barrier()
-    return run_max, run_sum
 
 
 @triton.jit
@@ -122,10 +130,12 @@ def _clamp_tiny(w_shifted, TINY: tl.constexpr):
 
 
 @triton.jit
-def address_head_fwd(mem_ptr, key_ptr, beta_ptr, gate_ptr, shift_ptr, gamma_ptr, wprev_ptr, w_ptr, tmp_ptr,
+def address_head_fwd(mem_ptr, key_ptr, beta_ptr, gate_ptr, shift_ptr, gamma_ptr, wprev_ptr, w_ptr, wc_ptr, tmp_ptr,
                      h, H, rows, B, N, M, S, WRAP, TINY: tl.constexpr, EPS: tl.constexpr, DTYPE: tl.constexpr,
-                     BLOCK_B: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_M: tl.constexpr):
-    """The whole addressing of head h (of H) for the given batch rows; w stored into w_ptr [B, H, N].
+                     BLOCK_B: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_S: tl.constexpr,
+                     KEEP_CONTENT: tl.constexpr):
+    """The whole addressing of head h (of H) for the given batch rows; w stored into w_ptr [B, H, N] (and the
+    content weighting w_c into wc_ptr [B, H, N] with KEEP_CONTENT, for a backward that reads it back).
 
     tmp_ptr: [2, B, N] scratch (w_g, then the sharpening logits)."""
     tl.debug_barrier()  # the previous head may still read the scratch
@@ -134,36 +144,40 @@ def address_head_fwd(mem_ptr, key_ptr, beta_ptr, gate_ptr, shift_ptr, gamma_ptr,
     z_ptr = tmp_ptr + B * N
     key, key_norm, beta, gate, gamma = _head_params(key_ptr, beta_ptr, gate_ptr, gamma_ptr, h, H, rows, B, M,
                                                     EPS, DTYPE, BLOCK_M)
-    _gated_weights(mem_ptr, wprev_ptr, wg_ptr, key, key_norm, beta, gate, hrows, rows, B, N, M, EPS, DTYPE,
-                   BLOCK_B, BLOCK_N, BLOCK_M)
+    _gated_weights(mem_ptr, wprev_ptr, wg_ptr, wc_ptr, key, key_norm, beta, gate, hrows, rows, B, N, M, EPS, DTYPE,
+                   BLOCK_B, BLOCK_N, BLOCK_M, BLOCK_S, KEEP_CONTENT, False)
     # Eq 8-9: z = γ·log max(w_s, tiny), softmax over slots with running statistics.
     run_max = tl.full([BLOCK_B], float("-inf"), DTYPE)
     run_sum = tl.zeros([BLOCK_B], DTYPE)
-    for start in range(0, N, BLOCK_N):
-        slots, offs, _, mask = _slot_tile(start, rows, hrows, B, N, BLOCK_N)
-        w_shifted = _shifted(wg_ptr, shift_ptr, hrows, rows, slots, B, N, S, WRAP, False, DTYPE, BLOCK_B, BLOCK_N)
+    for start in range(0, N, BLOCK_S):
+        slots, offs, _, mask = _slot_tile(start, rows, hrows, B, N, BLOCK_S)
+        w_shifted = _shifted(wg_ptr, shift_ptr, hrows, rows, slots, B, N, S, WRAP, False, DTYPE, BLOCK_B, BLOCK_S)
         z = tl.where((slots < N)[None, :], gamma[:, None] * tl.log(_clamp_tiny(w_shifted, TINY)), float("-inf"))
         new_max = tl.maximum(run_max, tl.max(z, axis=1))
         run_sum = run_sum * tl.exp(run_max - new_max) + tl.sum(tl.exp(z - new_max[:, None]), axis=1)
         run_max = new_max
         tl.store(z_ptr + offs, z, mask=mask)
     tl.debug_barrier()
-    for start in range(0, N, BLOCK_N):
-        slots, offs, head_offs, mask = _slot_tile(start, rows, hrows, B, N, BLOCK_N)
+    for start in range(0, N, BLOCK_S):
+        slots, offs, head_offs, mask = _slot_tile(start, rows, hrows, B, N, BLOCK_S)
         z = tl.load(z_ptr + offs, mask=mask, other=float("-inf"))
         tl.store(w_ptr + head_offs, div(tl.exp(z - run_max[:, None]), run_sum[:, None], DTYPE), mask=mask)
 
 
 @triton.jit
-def address_head_bwd(mem_ptr, key_ptr, beta_ptr, gate_ptr, shift_ptr, gamma_ptr, wprev_ptr, w_ptr, gw_ptr,
+def address_head_bwd(mem_ptr, key_ptr, beta_ptr, gate_ptr, shift_ptr, gamma_ptr, wprev_ptr, w_ptr, wc_ptr, gw_ptr,
                      gmem_ptr, gkey_ptr, gbeta_ptr, ggate_ptr, gshift_ptr, ggamma_ptr, gwprev_ptr, tmp_ptr,
                      h, H, rows, accumulate, B, N, M, S, WRAP, TINY: tl.constexpr, EPS: tl.constexpr, DTYPE: tl.constexpr,
-                     BLOCK_B: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr):
+                     BLOCK_B: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_S: tl.constexpr,
+                     BLOCK_K: tl.constexpr, SAVED_CONTENT: tl.constexpr):
     """Gradients of head h's addressing given gw = ∂L/∂w (gw_ptr, [B, H, N]).
 
     Writes ∂L/∂key, β, g, shift, γ, w_prev of the head and adds ∂L/∂memory into gmem_ptr (or stores it,
     if not `accumulate`). gw_ptr may be gwprev_ptr itself: gw is read in full before ∂L/∂w_prev is written.
-    tmp_ptr: [2, B, N] scratch (w_g then ∂L/∂w_g; ∂L/∂w_s)."""
+    wc_ptr [B, H, N]: the content weightings w_c, recomputed from the memory into it, or with SAVED_CONTENT
+    read from it (as the forward kept them). tmp_ptr: [2, B, N] scratch (w_g then ∂L/∂w_g; ∂L/∂w_s). The
+    memory is walked in BLOCK_N-slot tiles, twice (Eq 6's logits, then its backward) or with SAVED_CONTENT
+    once; the passes over [B, N] vectors take BLOCK_S slots at a time."""
     tl.debug_barrier()
     hrows = rows * H + h
     row_ok = rows < B
@@ -172,21 +186,21 @@ def address_head_bwd(mem_ptr, key_ptr, beta_ptr, gate_ptr, shift_ptr, gamma_ptr,
     gws_ptr = tmp_ptr + B * N
     key, key_norm, beta, gate, gamma = _head_params(key_ptr, beta_ptr, gate_ptr, gamma_ptr, h, H, rows, B, M,
                                                     EPS, DTYPE, BLOCK_M)
-    c_max, c_sum = _gated_weights(mem_ptr, wprev_ptr, wg_ptr, key, key_norm, beta, gate, hrows, rows, B, N, M,
-                                  EPS, DTYPE, BLOCK_B, BLOCK_N, BLOCK_M)
+    _gated_weights(mem_ptr, wprev_ptr, wg_ptr, wc_ptr, key, key_norm, beta, gate, hrows, rows, B, N, M, EPS, DTYPE,
+                   BLOCK_B, BLOCK_N, BLOCK_M, BLOCK_S, True, SAVED_CONTENT)
 
     # Eq 9 backward. With z = γ·log max(w_s, tiny): ∂L/∂z = w·(gw - Σ w·gw); ∂L/∂γ = Σ ∂L/∂z·log max(w_s, tiny);
     # ∂L/∂w_s = γ·∂L/∂z / w_s where w_s ≥ tiny (the clamp passes no gradient below it).
     w_dot_gw = tl.zeros([BLOCK_B], DTYPE)
-    for start in range(0, N, BLOCK_N):
-        slots, offs, head_offs, mask = _slot_tile(start, rows, hrows, B, N, BLOCK_N)
+    for start in range(0, N, BLOCK_S):
+        slots, offs, head_offs, mask = _slot_tile(start, rows, hrows, B, N, BLOCK_S)
         w = tl.load(w_ptr + head_offs, mask=mask, other=0.0).to(DTYPE)
         w_dot_gw += tl.sum(w * tl.load(gw_ptr + head_offs, mask=mask, other=0.0).to(DTYPE), axis=1)
     g_gamma = tl.zeros([BLOCK_B], DTYPE)
     g_shift = tl.zeros([BLOCK_B, BLOCK_K], DTYPE)
-    for start in range(0, N, BLOCK_N):
-        slots, offs, head_offs, mask = _slot_tile(start, rows, hrows, B, N, BLOCK_N)
-        w_shifted = _shifted(wg_ptr, shift_ptr, hrows, rows, slots, B, N, S, WRAP, False, DTYPE, BLOCK_B, BLOCK_N)
+    for start in range(0, N, BLOCK_S):
+        slots, offs, head_offs, mask = _slot_tile(start, rows, hrows, B, N, BLOCK_S)
+        w_shifted = _shifted(wg_ptr, shift_ptr, hrows, rows, slots, B, N, S, WRAP, False, DTYPE, BLOCK_B, BLOCK_S)
         clamped = _clamp_tiny(w_shifted, TINY)
         w = tl.load(w_ptr + head_offs, mask=mask, other=0.0).to(DTYPE)
         g_z = w * (tl.load(gw_ptr + head_offs, mask=mask, other=0.0).to(DTYPE) - w_dot_gw[:, None])
@@ -204,12 +218,10 @@ def address_head_bwd(mem_ptr, key_ptr, beta_ptr, gate_ptr, shift_ptr, gamma_ptr,
     # ∂L/∂w_prev = (1-g)·∂L/∂w_g; ∂L/∂w_c = g·∂L/∂w_g, whose softmax backward needs Σ w_c·∂L/∂w_g first.
     g_gate = tl.zeros([BLOCK_B], DTYPE)
     wc_dot_gwg = tl.zeros([BLOCK_B], DTYPE)
-    for start in range(0, N, BLOCK_N):
-        slots, offs, head_offs, mask = _slot_tile(start, rows, hrows, B, N, BLOCK_N)
-        g_wg = _shifted(gws_ptr, shift_ptr, hrows, rows, slots, B, N, S, WRAP, True, DTYPE, BLOCK_B, BLOCK_N)
-        logits, _, _, _, _, _ = _content_logits(mem_ptr, key, key_norm, beta, rows, slots, B, N, M, EPS, DTYPE,
-                                                BLOCK_M)
-        w_content = div(tl.exp(logits - c_max[:, None]), c_sum[:, None], DTYPE)
+    for start in range(0, N, BLOCK_S):
+        slots, offs, head_offs, mask = _slot_tile(start, rows, hrows, B, N, BLOCK_S)
+        g_wg = _shifted(gws_ptr, shift_ptr, hrows, rows, slots, B, N, S, WRAP, True, DTYPE, BLOCK_B, BLOCK_S)
+        w_content = tl.load(wc_ptr + head_offs, mask=mask, other=0.0).to(DTYPE)
         w_prev = tl.load(wprev_ptr + head_offs, mask=mask, other=0.0).to(DTYPE)
         g_gate += tl.sum(g_wg * (w_content - w_prev), axis=1)
         wc_dot_gwg += tl.sum(w_content * g_wg, axis=1)
@@ -226,9 +238,9 @@ def address_head_bwd(mem_ptr, key_ptr, beta_ptr, gate_ptr, shift_ptr, gamma_ptr,
     key_unit = div(key, key_norm[:, None], DTYPE)
     for start in range(0, N, BLOCK_N):
         slots, offs, head_offs, mask = _slot_tile(start, rows, hrows, B, N, BLOCK_N)
-        logits, sim, mem_norm, mem, mem_offs, mem_mask = _content_logits(mem_ptr, key, key_norm, beta, rows, slots,
-                                                                          B, N, M, EPS, DTYPE, BLOCK_M)
-        w_content = div(tl.exp(logits - c_max[:, None]), c_sum[:, None], DTYPE)
+        _, sim, mem_norm, mem, mem_offs, mem_mask = _content_logits(mem_ptr, key, key_norm, beta, rows, slots, B, N,
+                                                                     M, EPS, DTYPE, BLOCK_M)
+        w_content = tl.load(wc_ptr + head_offs, mask=mask, other=0.0).to(DTYPE)
         g_wg = tl.load(wg_ptr + offs, mask=mask, other=0.0)
         g_logits = w_content * gate[:, None] * (g_wg - wc_dot_gwg[:, None])
         g_beta += tl.sum(g_logits * sim, axis=1)
@@ -250,23 +262,25 @@ def address_head_bwd(mem_ptr, key_ptr, beta_ptr, gate_ptr, shift_ptr, gamma_ptr,
 @triton.jit
 def _address_fwd_kernel(mem_ptr, key_ptr, beta_ptr, gate_ptr, shift_ptr, gamma_ptr, wprev_ptr, w_ptr, tmp_ptr,
                         H, B, N, M, S, WRAP, TINY: tl.constexpr, EPS: tl.constexpr, DTYPE: tl.constexpr,
-                        BLOCK_B: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_M: tl.constexpr):
+                        BLOCK_B: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_S: tl.constexpr):
     rows = tl.program_id(0).to(tl.int64) * BLOCK_B + tl.arange(0, BLOCK_B)
     for h in range(H):
-        address_head_fwd(mem_ptr, key_ptr, beta_ptr, gate_ptr, shift_ptr, gamma_ptr, wprev_ptr, w_ptr, tmp_ptr,
-                         h, H, rows, B, N, M, S, WRAP, TINY, EPS, DTYPE, BLOCK_B, BLOCK_N, BLOCK_M)
+        address_head_fwd(mem_ptr, key_ptr, beta_ptr, gate_ptr, shift_ptr, gamma_ptr, wprev_ptr, w_ptr, w_ptr,
+                         tmp_ptr, h, H, rows, B, N, M, S, WRAP, TINY, EPS, DTYPE, BLOCK_B, BLOCK_N, BLOCK_M, BLOCK_S,
+                         False)
 
 
 @triton.jit
 def _address_bwd_kernel(mem_ptr, key_ptr, beta_ptr, gate_ptr, shift_ptr, gamma_ptr, wprev_ptr, w_ptr, gw_ptr,
-                        gmem_ptr, gkey_ptr, gbeta_ptr, ggate_ptr, gshift_ptr, ggamma_ptr, gwprev_ptr, tmp_ptr,
+                        gmem_ptr, gkey_ptr, gbeta_ptr, ggate_ptr, gshift_ptr, ggamma_ptr, gwprev_ptr, wc_ptr, tmp_ptr,
                         H, B, N, M, S, WRAP, TINY: tl.constexpr, EPS: tl.constexpr, DTYPE: tl.constexpr, BLOCK_B: tl.constexpr,
-                        BLOCK_N: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr):
+                        BLOCK_N: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_S: tl.constexpr, BLOCK_K: tl.constexpr):
     rows = tl.program_id(0).to(tl.int64) * BLOCK_B + tl.arange(0, BLOCK_B)
     for h in range(H):  # heads in turn: each adds its ∂L/∂memory to the same tile, without atomics
-        address_head_bwd(mem_ptr, key_ptr, beta_ptr, gate_ptr, shift_ptr, gamma_ptr, wprev_ptr, w_ptr, gw_ptr,
+        address_head_bwd(mem_ptr, key_ptr, beta_ptr, gate_ptr, shift_ptr, gamma_ptr, wprev_ptr, w_ptr, wc_ptr, gw_ptr,
                          gmem_ptr, gkey_ptr, gbeta_ptr, ggate_ptr, gshift_ptr, ggamma_ptr, gwprev_ptr, tmp_ptr,
-                         h, H, rows, h > 0, B, N, M, S, WRAP, TINY, EPS, DTYPE, BLOCK_B, BLOCK_N, BLOCK_M, BLOCK_K)
+                         h, H, rows, h > 0, B, N, M, S, WRAP, TINY, EPS, DTYPE, BLOCK_B, BLOCK_N, BLOCK_M, BLOCK_S,
+                         BLOCK_K, False)
 
 
 def address_forward(memory, heads, w_prev, *, eps, tiny):
@@ -277,7 +291,7 @@ def address_forward(memory, heads, w_prev, *, eps, tiny):
     w = empty_output((B, H, N), memory)
     grid, args = launch(memory)
     _address_fwd_kernel[grid](memory, key, beta, gate, shift, gamma, w_prev, w, scratch(2, B, N, memory), H,
-                              **args, **shift_args(N, (K - 1) // 2, tiny, eps))
+                              **args, **shift_args(N, (K - 1) // 2, tiny, eps), BLOCK_S=args["BLOCK_N"])
     return w
 
 
@@ -287,6 +301,9 @@ def address_backward(memory, heads, w_prev, w, grad_w, *, eps, tiny):
     (B, N, _), H, K = memory.shape, inputs[1].shape[1], inputs[4].shape[-1]
     d_memory, d_key, d_beta, d_gate, d_shift, d_gamma, d_w_prev = grads = [empty_output(t.shape, t) for t in inputs]
     grid, args = launch(inputs[0])
-    _address_bwd_kernel[grid](*inputs, w.contiguous(), grad_w.contiguous(), *grads, scratch(2, B, N, memory), H,
-                              **args, **shift_args(N, (K - 1) // 2, tiny, eps), BLOCK_K=pow2(K))
+    w_content = scratch(H, B, N, memory)  # w_c, recomputed by the kernel ([B, H, N] workspace)
+    _address_bwd_kernel[grid](*inputs, w.contiguous(), grad_w.contiguous(), *grads, w_content,
+                              scratch(2, B, N, memory), H,
+                              **args, **shift_args(N, (K - 1) // 2, tiny, eps), BLOCK_S=args["BLOCK_N"],
+                              BLOCK_K=pow2(K))
     return d_memory, ReadHeads(d_key, d_beta, d_gate, d_shift, d_gamma), d_w_prev

@@ -31,14 +31,16 @@ def _memory_step_fwd_kernel(mem_ptr, rkey_ptr, rbeta_ptr, rgate_ptr, rshift_ptr,
                             wkey_ptr, wbeta_ptr, wgate_ptr, wshift_ptr, wgamma_ptr, erase_ptr, add_ptr,
                             rprev_ptr, wprev_ptr, reads_ptr, rw_ptr, ww_ptr, new_ptr, tmp_ptr,
                             R, W, B, N, M, S, WRAP, TINY: tl.constexpr, EPS: tl.constexpr, DTYPE: tl.constexpr, BLOCK_B: tl.constexpr,
-                            BLOCK_N: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_R: tl.constexpr):
+                            BLOCK_N: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_S: tl.constexpr, BLOCK_R: tl.constexpr):
     rows = tl.program_id(0).to(tl.int64) * BLOCK_B + tl.arange(0, BLOCK_B)
     for h in range(R):
-        address_head_fwd(mem_ptr, rkey_ptr, rbeta_ptr, rgate_ptr, rshift_ptr, rgamma_ptr, rprev_ptr, rw_ptr, tmp_ptr,
-                         h, R, rows, B, N, M, S, WRAP, TINY, EPS, DTYPE, BLOCK_B, BLOCK_N, BLOCK_M)
+        address_head_fwd(mem_ptr, rkey_ptr, rbeta_ptr, rgate_ptr, rshift_ptr, rgamma_ptr, rprev_ptr, rw_ptr, rw_ptr,
+                         tmp_ptr, h, R, rows, B, N, M, S, WRAP, TINY, EPS, DTYPE, BLOCK_B, BLOCK_N, BLOCK_M, BLOCK_S,
+                         False)
     for h in range(W):
-        address_head_fwd(mem_ptr, wkey_ptr, wbeta_ptr, wgate_ptr, wshift_ptr, wgamma_ptr, wprev_ptr, ww_ptr, tmp_ptr,
-                         h, W, rows, B, N, M, S, WRAP, TINY, EPS, DTYPE, BLOCK_B, BLOCK_N, BLOCK_M)
+        address_head_fwd(mem_ptr, wkey_ptr, wbeta_ptr, wgate_ptr, wshift_ptr, wgamma_ptr, wprev_ptr, ww_ptr, ww_ptr,
+                         tmp_ptr, h, W, rows, B, N, M, S, WRAP, TINY, EPS, DTYPE, BLOCK_B, BLOCK_N, BLOCK_M, BLOCK_S,
+                         False)
     tl.debug_barrier()  # the weightings are complete
     reads = tl.zeros([BLOCK_B, BLOCK_R, BLOCK_M], DTYPE)
     for start in range(0, N, BLOCK_N):
@@ -60,7 +62,7 @@ def _memory_step_bwd_kernel(mem_ptr, rkey_ptr, rbeta_ptr, rgate_ptr, rshift_ptr,
                             gwkey_ptr, gwbeta_ptr, gwgate_ptr, gwshift_ptr, gwgamma_ptr, gerase_ptr, gadd_ptr,
                             grprev_ptr, gwprev_ptr, tmp_ptr,
                             R, W, B, N, M, S, WRAP, TINY: tl.constexpr, EPS: tl.constexpr, DTYPE: tl.constexpr, BLOCK_B: tl.constexpr,
-                            BLOCK_N: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_W: tl.constexpr,
+                            BLOCK_N: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_S: tl.constexpr, BLOCK_W: tl.constexpr,
                             BLOCK_K: tl.constexpr):
     rows = tl.program_id(0).to(tl.int64) * BLOCK_B + tl.arange(0, BLOCK_B)
     # Read and write backward. The total ∂L/∂w of each head is parked in its ∂L/∂w_prev buffer, which
@@ -80,17 +82,20 @@ def _memory_step_bwd_kernel(mem_ptr, rkey_ptr, rbeta_ptr, rgate_ptr, rshift_ptr,
         tl.store(gmem_ptr + offsets, g_mem_read + g_mem_write, mask=mask)
     store_heads(gerase_ptr, g_erase, rows, B, W, M, BLOCK_W, BLOCK_M)
     store_heads(gadd_ptr, g_add, rows, B, W, M, BLOCK_W, BLOCK_M)
-    # Addressing backward of every head, each adding to ∂L/∂M_{t-1}.
+    # Addressing backward of every head, each adding to ∂L/∂M_{t-1}. tmp_ptr: [2, B, N] for the addressing,
+    # then the recomputed content weightings of the read heads [B, R, N] and of the write heads [B, W, N].
+    wc_read = tmp_ptr + 2 * B * N
+    wc_write = wc_read + B * R * N
     for h in range(R):
-        address_head_bwd(mem_ptr, rkey_ptr, rbeta_ptr, rgate_ptr, rshift_ptr, rgamma_ptr, rprev_ptr, rw_ptr,
+        address_head_bwd(mem_ptr, rkey_ptr, rbeta_ptr, rgate_ptr, rshift_ptr, rgamma_ptr, rprev_ptr, rw_ptr, wc_read,
                          grprev_ptr, gmem_ptr, grkey_ptr, grbeta_ptr, grgate_ptr, grshift_ptr, grgamma_ptr,
                          grprev_ptr, tmp_ptr, h, R, rows, True, B, N, M, S, WRAP, TINY, EPS, DTYPE, BLOCK_B, BLOCK_N,
-                         BLOCK_M, BLOCK_K)
+                         BLOCK_M, BLOCK_S, BLOCK_K, False)
     for h in range(W):
-        address_head_bwd(mem_ptr, wkey_ptr, wbeta_ptr, wgate_ptr, wshift_ptr, wgamma_ptr, wprev_ptr, ww_ptr,
+        address_head_bwd(mem_ptr, wkey_ptr, wbeta_ptr, wgate_ptr, wshift_ptr, wgamma_ptr, wprev_ptr, ww_ptr, wc_write,
                          gwprev_ptr, gmem_ptr, gwkey_ptr, gwbeta_ptr, gwgate_ptr, gwshift_ptr, gwgamma_ptr,
                          gwprev_ptr, tmp_ptr, h, W, rows, True, B, N, M, S, WRAP, TINY, EPS, DTYPE, BLOCK_B, BLOCK_N,
-                         BLOCK_M, BLOCK_K)
+                         BLOCK_M, BLOCK_S, BLOCK_K, False)
 
 
 def memory_step_forward(memory, read_heads, write_heads, w_read_prev, w_write_prev, *, eps, tiny):
@@ -103,7 +108,8 @@ def memory_step_forward(memory, read_heads, write_heads, w_read_prev, w_write_pr
     new_memory = empty_output((B, N, M), memory)
     grid, args = launch(memory)
     _memory_step_fwd_kernel[grid](*inputs, reads, w_read, w_write, new_memory, scratch(2, B, N, memory), R, W,
-                                  **args, **shift_args(N, (K - 1) // 2, tiny, eps), BLOCK_R=pow2(R))
+                                  **args, **shift_args(N, (K - 1) // 2, tiny, eps), BLOCK_S=args["BLOCK_N"],
+                                  BLOCK_R=pow2(R))
     return reads, w_read, w_write, new_memory
 
 
@@ -116,6 +122,6 @@ def memory_step_backward(memory, read_heads, write_heads, w_read_prev, w_write_p
     upstream = contiguous(grad_reads, grad_w_read, grad_w_write, grad_memory)
     grid, args = launch(memory)
     _memory_step_bwd_kernel[grid](*inputs, *contiguous(w_read, w_write), *upstream, *grads,
-                                  scratch(2, B, N, memory), R, W, **args, **shift_args(N, (K - 1) // 2, tiny, eps),
-                                  BLOCK_W=pow2(W), BLOCK_K=pow2(K))
+                                  scratch(2 + R + W, B, N, memory), R, W, **args, **shift_args(N, (K - 1) // 2, tiny, eps),
+                                  BLOCK_S=args["BLOCK_N"], BLOCK_W=pow2(W), BLOCK_K=pow2(K))
     return d_memory, ReadHeads(*d_heads[:5]), WriteHeads(*d_heads[5:12]), d_heads[12], d_heads[13]

@@ -85,27 +85,55 @@ from .address import address_head_bwd, address_head_fwd
 from .read_write import read_bwd_tile, read_tile, write_bwd_tile, write_tile
 
 BLOCK_B = 16  # batch rows per program: tl.dot needs at least 16
-# Tiles of the matrix products ([BLOCK_B, DOT_TILE] × [DOT_TILE, DOT_TILE]): small on a GPU (registers), large
-# under the interpreter (whose cost is per operation, not per element).
-DOT_TILE = 128 if triton_interpreted() else 32
 DOT_PRECISIONS = ("ieee", "tf32", "tf32x3")
 
 
-def tile_sizes() -> tuple:
-    """(memory tile elements, dot tile) of the sequence kernels: NTM_FAST_SEQUENCE_TILE and
-    NTM_FAST_SEQUENCE_DOT_TILE (powers of two) if set, else the per-op kernels' memory tile and DOT_TILE.
+class KernelTiles(NamedTuple):
+    """The tiles and warps of one sequence kernel on a GPU. Each program walks its memory in [BLOCK_B, BLOCK_N,
+    BLOCK_M] tiles of `memory` elements, the addressing's [B, N] vectors (w_c, w_g, w_s and their gradients) in
+    [BLOCK_B, BLOCK_S] tiles of `slot` elements and its matrix products `cols` output columns at a time, each
+    a loop of [BLOCK_B, depth] × [depth, cols] steps, with `warps` warps. Every tile is a dependent round trip to L2 (the time steps' chain is the limit, not
+    arithmetic): at the default model a pass over a [16, 128, 32] memory is 64 trips at 1024 elements, one over
+    a [16, 128] vector 2 at 1024. Larger tiles take more registers, and a kernel that spills is slower still
+    (benchmarks/compile_report.py reads registers and spills for sm_90 without a GPU)."""
+    memory: int
+    slot: int
+    cols: int
+    depth: int
+    warps: int
 
-    On a GPU each program walks its memory in tiles of [BLOCK_B, BLOCK_N, BLOCK_M] and its matrix products in
-    [BLOCK_B, DOT_TILE] steps, every trip a dependent round trip to L2; at the default 1024 elements a
-    [16, N=128, 32] memory is 64 trips per pass. These are the knobs the GPU suite sweeps
-    (benchmarks/gpu_suite.py) before a default other than the per-op kernels' is chosen."""
-    sizes = []
-    for name, default in (("NTM_FAST_SEQUENCE_TILE", _common.TILE_ELEMENTS), ("NTM_FAST_SEQUENCE_DOT_TILE", DOT_TILE)):
-        value = os.environ.get(name, str(default))
-        if not value.isdigit() or int(value) < 16 or int(value) & (int(value) - 1):
-            raise ValueError(f"{name} must be a power of two of at least 16, got {value!r}")
-        sizes.append(int(value))
-    return tuple(sizes)
+
+# Defaults, compiled for sm_90 (float32, default model, triton 3.9): the forward has registers to spare and
+# takes twice the memory tile and dot tile of the backward, which at those spilled (see the module doc).
+# Under the interpreter (cost per operation, not per element) every tile is large.
+if triton_interpreted():
+    FORWARD_TILES = BACKWARD_TILES = KernelTiles(memory=2**16, slot=2**16, cols=128, depth=128, warps=8)
+else:
+    FORWARD_TILES = KernelTiles(memory=2048, slot=1024, cols=128, depth=32, warps=8)
+    BACKWARD_TILES = KernelTiles(memory=1024, slot=1024, cols=32, depth=64, warps=8)
+TILE_ENV = {"forward": "NTM_FAST_SEQUENCE_FORWARD", "backward": "NTM_FAST_SEQUENCE_BACKWARD"}
+
+
+def kernel_tiles(kernel: str) -> KernelTiles:
+    """The tiles of the "forward" or "backward" kernel: FORWARD_TILES / BACKWARD_TILES, with the fields that
+    NTM_FAST_SEQUENCE_FORWARD / NTM_FAST_SEQUENCE_BACKWARD set, e.g. "memory=4096,cols=64,warps=16" (tiles:
+    powers of two of at least 16; warps 4, 8 or 16). For tuning; benchmarks/sequence_sweep.py times them."""
+    name = TILE_ENV[kernel]
+    tiles = (FORWARD_TILES if kernel == "forward" else BACKWARD_TILES)._asdict()
+    text = os.environ.get(name, "").strip()
+    for item in filter(None, (part.strip() for part in text.split(","))):
+        key, _, value = item.partition("=")
+        key, value = key.strip(), value.strip()
+        if key not in tiles:
+            raise ValueError(f"{name}: unknown field {key!r} in {text!r}; expected fields "
+                             f"{', '.join(tiles)} (e.g. 'memory=2048,depth=64')")
+        number = int(value) if value.isdigit() else None
+        if key == "warps" and number not in (4, 8, 16):
+            raise ValueError(f"{name}: warps must be 4, 8 or 16, got {value!r}")
+        if key != "warps" and (number is None or number < 16 or number & (number - 1)):
+            raise ValueError(f"{name}: {key} must be a power of two of at least 16, got {value!r}")
+        tiles[key] = number
+    return KernelTiles(**tiles)
 
 
 def default_dot_precision() -> str:
@@ -163,6 +191,42 @@ def _dot_acc(acc, a_ptr, a_stride, rows, B, D, w_ptr, w_stride_d, w_stride_j, co
         ds = d0 + tl.arange(0, BLOCK_D)
         a = tl.load(a_ptr + rows[:, None] * a_stride + ds[None, :], mask=row_ok[:, None] & (ds < D)[None, :],
                     other=0.0).to(DTYPE)
+        v = tl.load(w_ptr + ds[:, None] * w_stride_d + cols[None, :] * w_stride_j,
+                    mask=(ds < D)[:, None] & col_ok[None, :], other=0.0).to(DTYPE)
+        acc = tl.dot(a, v, acc, input_precision=PRECISION, out_dtype=DTYPE)
+    return acc
+
+
+@triton.jit
+def _load_pair(a_ptr, DA, b_ptr, DB, rows, B, cols, DTYPE: tl.constexpr):
+    """The [BLOCK_B, len(cols)] block of [A | A'] (row-major A [B, DA] and A' [B, DB] side by side, zero padded):
+    [x_t; r_{t-1}] or [h; r_t] as one operand, so that a product over both walks DA + DB columns once rather
+    than each padded to a tile of its own."""
+    row_ok = (rows < B)[:, None]
+    in_a = (cols < DA)[None, :]
+    from_a = tl.load(a_ptr + rows[:, None] * DA + cols[None, :], mask=row_ok & in_a, other=0.0)
+    from_b = tl.load(b_ptr + rows[:, None] * DB + (cols - DA)[None, :],
+                     mask=row_ok & ~in_a & (cols < DA + DB)[None, :], other=0.0)
+    return tl.where(in_a, from_a, from_b).to(DTYPE)
+
+
+@triton.jit
+def _store_pair(a_ptr, DA, b_ptr, DB, value, rows, B, cols):
+    """Store value [BLOCK_B, len(cols)] into the side-by-side [A | A'] (as _load_pair reads it)."""
+    row_ok = (rows < B)[:, None]
+    in_a = (cols < DA)[None, :]
+    tl.store(a_ptr + rows[:, None] * DA + cols[None, :], value, mask=row_ok & in_a)
+    tl.store(b_ptr + rows[:, None] * DB + (cols - DA)[None, :], value, mask=row_ok & ~in_a & (cols < DA + DB)[None, :])
+
+
+@triton.jit
+def _dot_acc_pair(acc, a_ptr, DA, b_ptr, DB, rows, B, w_ptr, w_stride_d, w_stride_j, cols, col_ok,
+                  DTYPE: tl.constexpr, PRECISION: tl.constexpr, BLOCK_D: tl.constexpr):
+    """acc + [A | A'][rows, :DA+DB] @ V[:DA+DB, cols] (A, A' as _load_pair takes them, V as _dot_acc's)."""
+    D = DA + DB
+    for d0 in range(0, D, BLOCK_D):
+        ds = d0 + tl.arange(0, BLOCK_D)
+        a = _load_pair(a_ptr, DA, b_ptr, DB, rows, B, ds, DTYPE)
         v = tl.load(w_ptr + ds[:, None] * w_stride_d + cols[None, :] * w_stride_j,
                     mask=(ds < D)[:, None] & col_ok[None, :], other=0.0).to(DTYPE)
         acc = tl.dot(a, v, acc, input_precision=PRECISION, out_dtype=DTYPE)
@@ -343,8 +407,7 @@ def _controller_preact(x_ptr, r_ptr, h_ptr, wih_ptr, bih_ptr, whh_ptr, bhh_ptr, 
     """Pre-activations of weight rows wcols: [x; r] W_ih[wcols]ᵀ + b_ih (+ h W_hh[wcols]ᵀ + b_hh for an LSTM)."""
     U = X + RM
     acc = _bias_tile(bih_ptr, wcols, col_ok, DTYPE, BLOCK_B, BLOCK_J)
-    acc = _dot_acc(acc, x_ptr, X, rows, B, X, wih_ptr, 1, U, wcols, col_ok, DTYPE, PRECISION, BLOCK_B, BLOCK_D)
-    acc = _dot_acc(acc, r_ptr, RM, rows, B, RM, wih_ptr + X, 1, U, wcols, col_ok, DTYPE, PRECISION, BLOCK_B, BLOCK_D)
+    acc = _dot_acc_pair(acc, x_ptr, X, r_ptr, RM, rows, B, wih_ptr, 1, U, wcols, col_ok, DTYPE, PRECISION, BLOCK_D)
     if LSTM:
         acc += _bias_tile(bhh_ptr, wcols, col_ok, DTYPE, BLOCK_B, BLOCK_J)
         acc = _dot_acc(acc, h_ptr, C, rows, B, C, whh_ptr, 1, C, wcols, col_ok, DTYPE, PRECISION, BLOCK_B, BLOCK_D)
@@ -420,24 +483,27 @@ def _controller_bwd(dh_ptr, dc_ptr, h_ptr, c_prev_ptr, c_ptr, gates_ptr, dgates_
 # The memory interaction of one step (as memory_step.py's kernels, for the program's rows).
 
 @triton.jit(noinline=True)
-def _address_fwd(mem_ptr, key_ptr, beta_ptr, gate_ptr, shift_ptr, gamma_ptr, wprev_ptr, w_ptr, tmp_ptr, h, H, row0,
+def _address_fwd(mem_ptr, key_ptr, beta_ptr, gate_ptr, shift_ptr, gamma_ptr, wprev_ptr, w_ptr, wc_ptr, tmp_ptr, h, H, row0,
                  B, N, M, S, WRAP, TINY: tl.constexpr, EPS: tl.constexpr, DTYPE: tl.constexpr, BLOCK_B: tl.constexpr,
-                 BLOCK_N: tl.constexpr, BLOCK_M: tl.constexpr):
+                 BLOCK_N: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_S: tl.constexpr):
     """address_head_fwd of head h as a function of its own (why: the comment above _head_params)."""
-    address_head_fwd(mem_ptr, key_ptr, beta_ptr, gate_ptr, shift_ptr, gamma_ptr, wprev_ptr, w_ptr, tmp_ptr, h, H,
-                     row0 + tl.arange(0, BLOCK_B), B, N, M, S, WRAP, TINY, EPS, DTYPE, BLOCK_B, BLOCK_N, BLOCK_M)
+    address_head_fwd(mem_ptr, key_ptr, beta_ptr, gate_ptr, shift_ptr, gamma_ptr, wprev_ptr, w_ptr, wc_ptr, tmp_ptr,
+                     h, H, row0 + tl.arange(0, BLOCK_B), B, N, M, S, WRAP, TINY, EPS, DTYPE, BLOCK_B, BLOCK_N, BLOCK_M,
+                     BLOCK_S, True)
 
 
 @triton.jit(noinline=True)
-def _address_bwd(mem_ptr, key_ptr, beta_ptr, gate_ptr, shift_ptr, gamma_ptr, wprev_ptr, w_ptr, gw_ptr, gmem_ptr,
+def _address_bwd(mem_ptr, key_ptr, beta_ptr, gate_ptr, shift_ptr, gamma_ptr, wprev_ptr, w_ptr, wc_ptr, gw_ptr, gmem_ptr,
                  gkey_ptr, gbeta_ptr, ggate_ptr, gshift_ptr, ggamma_ptr, tmp_ptr, h, H, row0, B, N, M, S, WRAP,
                  TINY: tl.constexpr, EPS: tl.constexpr, DTYPE: tl.constexpr, BLOCK_B: tl.constexpr,
-                 BLOCK_N: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr):
-    """address_head_bwd of head h, accumulating into gmem, with ∂L/∂w_prev replacing gw in place."""
-    address_head_bwd(mem_ptr, key_ptr, beta_ptr, gate_ptr, shift_ptr, gamma_ptr, wprev_ptr, w_ptr, gw_ptr, gmem_ptr,
+                 BLOCK_N: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_S: tl.constexpr, BLOCK_K: tl.constexpr):
+    """address_head_bwd of head h, accumulating into gmem, with ∂L/∂w_prev replacing gw in place; its content
+    weighting read from wc_ptr, as the forward saved it."""
+    address_head_bwd(mem_ptr, key_ptr, beta_ptr, gate_ptr, shift_ptr, gamma_ptr, wprev_ptr, w_ptr, wc_ptr, gw_ptr,
+                     gmem_ptr,
                      gkey_ptr, gbeta_ptr, ggate_ptr, gshift_ptr, ggamma_ptr, gw_ptr, tmp_ptr, h, H,
                      row0 + tl.arange(0, BLOCK_B), True, B, N, M, S, WRAP, TINY, EPS, DTYPE, BLOCK_B, BLOCK_N, BLOCK_M,
-                     BLOCK_K)
+                     BLOCK_S, BLOCK_K, True)
 
 
 @triton.jit(noinline=True)
@@ -465,20 +531,24 @@ def _read_write_bwd(mem_ptr, rw_ptr, ww_ptr, erase, add, greads_ptr, gmem_ptr, g
 
 
 @triton.jit(noinline=True)
-def _memory_fwd(mem_ptr, act_ptr, rprev_ptr, wprev_ptr, rw_ptr, ww_ptr, reads_ptr, tmp_ptr, row0, B, N, M, R, W, S,
+def _memory_fwd(mem_ptr, act_ptr, rprev_ptr, wprev_ptr, rw_ptr, ww_ptr, rwc_ptr, wwc_ptr, reads_ptr, tmp_ptr, row0, B,
+                N, M, R, W, S,
                 WRAP, TINY: tl.constexpr, EPS: tl.constexpr, DTYPE: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_N: tl.constexpr,
-                BLOCK_M: tl.constexpr, BLOCK_R: tl.constexpr):
-    """Every head addresses M_{t-1} (Eq 5-9), the reads (Eq 2), then M_t (Eq 3-4) replaces M_{t-1} in place."""
+                BLOCK_M: tl.constexpr, BLOCK_S: tl.constexpr, BLOCK_R: tl.constexpr):
+    """Every head addresses M_{t-1} (Eq 5-9; its content weighting kept in rwc/wwc), the reads (Eq 2), then M_t
+    (Eq 3-4) replaces M_{t-1} in place."""
     rows = row0 + tl.arange(0, BLOCK_B)
     K = 2 * S + 1
     rkey, wkey, rbeta, wbeta, rgate, wgate, rshift, wshift, rgamma, wgamma, erase, add = _act_ptrs(
         act_ptr, B, R, W, M, K)
     for h in range(R):
-        _address_fwd(mem_ptr, rkey, rbeta, rgate, rshift, rgamma, rprev_ptr, rw_ptr, tmp_ptr, h, R, row0, B, N, M, S,
-                     WRAP, TINY, EPS, DTYPE, BLOCK_B, BLOCK_N, BLOCK_M)
+        _address_fwd(mem_ptr, rkey, rbeta, rgate, rshift, rgamma, rprev_ptr, rw_ptr, rwc_ptr, tmp_ptr, h, R, row0, B, N,
+                     M, S,
+                     WRAP, TINY, EPS, DTYPE, BLOCK_B, BLOCK_N, BLOCK_M, BLOCK_S)
     for h in range(W):
-        _address_fwd(mem_ptr, wkey, wbeta, wgate, wshift, wgamma, wprev_ptr, ww_ptr, tmp_ptr, h, W, row0, B, N, M, S,
-                     WRAP, TINY, EPS, DTYPE, BLOCK_B, BLOCK_N, BLOCK_M)
+        _address_fwd(mem_ptr, wkey, wbeta, wgate, wshift, wgamma, wprev_ptr, ww_ptr, wwc_ptr, tmp_ptr, h, W, row0, B, N,
+                     M, S,
+                     WRAP, TINY, EPS, DTYPE, BLOCK_B, BLOCK_N, BLOCK_M, BLOCK_S)
     tl.debug_barrier()  # the weightings are complete
     reads = tl.zeros([BLOCK_B, BLOCK_R, BLOCK_M], DTYPE)
     for start in range(0, N, BLOCK_N):
@@ -492,10 +562,11 @@ def _memory_fwd(mem_ptr, act_ptr, rprev_ptr, wprev_ptr, rw_ptr, ww_ptr, reads_pt
 
 
 @triton.jit(noinline=True)
-def _memory_bwd(mem_ptr, act_ptr, gact_ptr, rprev_ptr, wprev_ptr, rw_ptr, ww_ptr, greads_ptr, gmem_ptr, grw_ptr,
+def _memory_bwd(mem_ptr, act_ptr, gact_ptr, rprev_ptr, wprev_ptr, rw_ptr, ww_ptr, rwc_ptr, wwc_ptr, greads_ptr, gmem_ptr,
+                grw_ptr,
                 gww_ptr, tmp_ptr, row0, B, N, M, R, W, S, WRAP, TINY: tl.constexpr, EPS: tl.constexpr, DTYPE: tl.constexpr,
-                BLOCK_B: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_W: tl.constexpr,
-                BLOCK_K: tl.constexpr):
+                BLOCK_B: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_S: tl.constexpr,
+                BLOCK_W: tl.constexpr, BLOCK_K: tl.constexpr):
     """Backward of _memory_fwd, in place: gmem holds ∂L/∂M_t and leaves with ∂L/∂M_{t-1}; grw/gww hold ∂L/∂w_t
     (read/write heads) and leave with ∂L/∂w_{t-1}; the activated parameters' gradients go to gact."""
     K = 2 * S + 1
@@ -507,13 +578,13 @@ def _memory_bwd(mem_ptr, act_ptr, gact_ptr, rprev_ptr, wprev_ptr, rw_ptr, ww_ptr
                     B, N, M, R, W, DTYPE, BLOCK_B, BLOCK_N, BLOCK_M, BLOCK_W)
     # Addressing backward of every head, each adding its part of ∂L/∂M_{t-1}.
     for h in range(R):
-        _address_bwd(mem_ptr, rkey, rbeta, rgate, rshift, rgamma, rprev_ptr, rw_ptr, grw_ptr, gmem_ptr, grkey, grbeta,
+        _address_bwd(mem_ptr, rkey, rbeta, rgate, rshift, rgamma, rprev_ptr, rw_ptr, rwc_ptr, grw_ptr, gmem_ptr, grkey, grbeta,
                      grgate, grshift, grgamma, tmp_ptr, h, R, row0, B, N, M, S, WRAP, TINY, EPS, DTYPE, BLOCK_B, BLOCK_N,
-                     BLOCK_M, BLOCK_K)
+                     BLOCK_M, BLOCK_S, BLOCK_K)
     for h in range(W):
-        _address_bwd(mem_ptr, wkey, wbeta, wgate, wshift, wgamma, wprev_ptr, ww_ptr, gww_ptr, gmem_ptr, gwkey, gwbeta,
+        _address_bwd(mem_ptr, wkey, wbeta, wgate, wshift, wgamma, wprev_ptr, ww_ptr, wwc_ptr, gww_ptr, gmem_ptr, gwkey, gwbeta,
                      gwgate, gwshift, gwgamma, tmp_ptr, h, W, row0, B, N, M, S, WRAP, TINY, EPS, DTYPE, BLOCK_B, BLOCK_N,
-                     BLOCK_M, BLOCK_K)
+                     BLOCK_M, BLOCK_S, BLOCK_K)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -546,10 +617,8 @@ def _logits(y_ptr, h_ptr, r_ptr, wout_ptr, bout_ptr, row0, B, C, RM, Y, DTYPE: t
         cols = j0 + tl.arange(0, BLOCK_J)
         col_ok = cols < Y
         acc = _bias_tile(bout_ptr, cols, col_ok, DTYPE, BLOCK_B, BLOCK_J)
-        acc = _dot_acc(acc, h_ptr, C, rows, B, C, wout_ptr, 1, C + RM, cols, col_ok, DTYPE, PRECISION, BLOCK_B,
-                       BLOCK_D)
-        acc = _dot_acc(acc, r_ptr, RM, rows, B, RM, wout_ptr + C, 1, C + RM, cols, col_ok, DTYPE, PRECISION,
-                       BLOCK_B, BLOCK_D)
+        acc = _dot_acc_pair(acc, h_ptr, C, r_ptr, RM, rows, B, wout_ptr, 1, C + RM, cols, col_ok, DTYPE, PRECISION,
+                            BLOCK_D)
         tl.store(y_ptr + rows[:, None] * Y + cols[None, :], acc, mask=(rows < B)[:, None] & col_ok[None, :])
 
 
@@ -573,24 +642,14 @@ def _output_bwd(dy_ptr, wout_ptr, dh_carried_ptr, dr_carried_ptr, dh_ptr, dreads
     """∂L/∂h = ∂L/∂y W_out[:, :C] (+ the carried ∂L/∂h for an LSTM) into dh [B, C] and ∂L/∂r_t = ∂L/∂y
     W_out[:, C:] + the carried ∂L/∂r into dreads [B, R·M]."""
     rows = row0 + tl.arange(0, BLOCK_B)
-    for j0 in range(0, C, BLOCK_J):
+    for j0 in range(0, C + RM, BLOCK_J):  # the columns of [h; r_t]
         cols = j0 + tl.arange(0, BLOCK_J)
-        mask = (rows < B)[:, None] & (cols < C)[None, :]
-        offs = rows[:, None] * C + cols[None, :]
-        acc = tl.zeros([BLOCK_B, BLOCK_J], DTYPE)
-        if LSTM:
-            acc += tl.load(dh_carried_ptr + offs, mask=mask, other=0.0).to(DTYPE)
-        acc = _dot_acc(acc, dy_ptr, Y, rows, B, Y, wout_ptr, C + RM, 1, cols, cols < C, DTYPE, PRECISION,
+        acc = _load_pair(dh_carried_ptr, C, dr_carried_ptr, RM, rows, B, cols, DTYPE)
+        if not LSTM:  # a feedforward controller carries no ∂L/∂h (dh_carried_ptr is a stand-in)
+            acc = tl.where((cols < C)[None, :], 0.0, acc)
+        acc = _dot_acc(acc, dy_ptr, Y, rows, B, Y, wout_ptr, C + RM, 1, cols, cols < C + RM, DTYPE, PRECISION,
                        BLOCK_B, BLOCK_D)
-        tl.store(dh_ptr + offs, acc, mask=mask)
-    for j0 in range(0, RM, BLOCK_J):
-        cols = j0 + tl.arange(0, BLOCK_J)
-        mask = (rows < B)[:, None] & (cols < RM)[None, :]
-        offs = rows[:, None] * RM + cols[None, :]
-        acc = tl.load(dr_carried_ptr + offs, mask=mask, other=0.0).to(DTYPE)
-        acc = _dot_acc(acc, dy_ptr, Y, rows, B, Y, wout_ptr + C, C + RM, 1, cols, cols < RM, DTYPE, PRECISION,
-                       BLOCK_B, BLOCK_D)
-        tl.store(dreads_ptr + offs, acc, mask=mask)
+        _store_pair(dh_ptr, C, dreads_ptr, RM, acc, rows, B, cols)
 
 
 @triton.jit(noinline=True)
@@ -616,16 +675,11 @@ def _inputs_bwd(dg_ptr, wih_ptr, whh_ptr, dx_ptr, dr_ptr, dh_ptr, row0, B, X, RM
     ∂L/∂h_{t-1} = ∂L/∂gates W_hh into dh [B, C]."""
     rows = row0 + tl.arange(0, BLOCK_B)
     U = X + RM
-    for j0 in range(0, X, BLOCK_J):
+    for j0 in range(0, U, BLOCK_J):  # the columns of u = [x_t; r_{t-1}]
         cols = j0 + tl.arange(0, BLOCK_J)
-        acc = _dot_acc(tl.zeros([BLOCK_B, BLOCK_J], DTYPE), dg_ptr, G, rows, B, G, wih_ptr, U, 1, cols, cols < X,
+        acc = _dot_acc(tl.zeros([BLOCK_B, BLOCK_J], DTYPE), dg_ptr, G, rows, B, G, wih_ptr, U, 1, cols, cols < U,
                        DTYPE, PRECISION, BLOCK_B, BLOCK_D)
-        tl.store(dx_ptr + rows[:, None] * X + cols[None, :], acc, mask=(rows < B)[:, None] & (cols < X)[None, :])
-    for j0 in range(0, RM, BLOCK_J):
-        cols = j0 + tl.arange(0, BLOCK_J)
-        acc = _dot_acc(tl.zeros([BLOCK_B, BLOCK_J], DTYPE), dg_ptr, G, rows, B, G, wih_ptr + X, U, 1, cols,
-                       cols < RM, DTYPE, PRECISION, BLOCK_B, BLOCK_D)
-        tl.store(dr_ptr + rows[:, None] * RM + cols[None, :], acc, mask=(rows < B)[:, None] & (cols < RM)[None, :])
+        _store_pair(dx_ptr, X, dr_ptr, RM, acc, rows, B, cols)
     if LSTM:
         for j0 in range(0, C, BLOCK_J):
             cols = j0 + tl.arange(0, BLOCK_J)
@@ -639,11 +693,12 @@ def _inputs_bwd(dg_ptr, wih_ptr, whh_ptr, dx_ptr, dr_ptr, dh_ptr, row0, B, X, RM
 
 @triton.jit
 def _sequence_fwd_kernel(x_ptr, wih_ptr, bih_ptr, whh_ptr, bhh_ptr, whd_ptr, bhd_ptr, wout_ptr, bout_ptr,
-                         logits_ptr, hs_ptr, cs_ptr, gates_ptr, p_ptr, reads_ptr, wr_ptr, ww_ptr, ckpt_ptr,
-                         mem_ptr, act_ptr, tmp_ptr,
+                         logits_ptr, hs_ptr, cs_ptr, gates_ptr, p_ptr, reads_ptr, wr_ptr, ww_ptr, wcr_ptr, wcw_ptr,
+                         ckpt_ptr, mem_ptr, act_ptr, tmp_ptr,
                          T, CK, B, X, C, Y, N, M, R, W, S, WRAP,
                          LSTM: tl.constexpr, TINY: tl.constexpr, EPS: tl.constexpr, DTYPE: tl.constexpr, PRECISION: tl.constexpr,
-                         BLOCK_B: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_R: tl.constexpr,
+                         BLOCK_B: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_S: tl.constexpr,
+                         BLOCK_R: tl.constexpr,
                          BLOCK_J: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_K: tl.constexpr,
                          BLOCK_HM: tl.constexpr, BLOCK_WM: tl.constexpr):
     row0 = tl.program_id(0).to(tl.int64) * BLOCK_B  # the program's first batch row
@@ -671,8 +726,9 @@ def _sequence_fwd_kernel(x_ptr, wih_ptr, bih_ptr, whh_ptr, bhh_ptr, whd_ptr, bhd
         tl.debug_barrier()
         wr_t = wr_ptr + step * B * R * N
         ww_t = ww_ptr + step * B * W * N
-        _memory_fwd(mem_ptr, act_ptr, wr_t, ww_t, wr_t + B * R * N, ww_t + B * W * N, r_ptr, tmp_ptr, row0, B, N, M,
-                    R, W, S, WRAP, TINY, EPS, DTYPE, BLOCK_B, BLOCK_N, BLOCK_M, BLOCK_R)
+        _memory_fwd(mem_ptr, act_ptr, wr_t, ww_t, wr_t + B * R * N, ww_t + B * W * N, wcr_ptr + step * B * R * N,
+                    wcw_ptr + step * B * W * N, r_ptr, tmp_ptr, row0, B, N, M, R, W, S, WRAP, TINY, EPS, DTYPE, BLOCK_B,
+                    BLOCK_N, BLOCK_M, BLOCK_S, BLOCK_R)
         tl.debug_barrier()
         _logits(logits_ptr + step * B * Y, h_ptr, r_ptr, wout_ptr, bout_ptr, row0, B, C, RM, Y, DTYPE, PRECISION,
                 BLOCK_B, BLOCK_J, BLOCK_D)
@@ -681,12 +737,13 @@ def _sequence_fwd_kernel(x_ptr, wih_ptr, bih_ptr, whh_ptr, bhh_ptr, whd_ptr, bhd
 
 @triton.jit
 def _sequence_bwd_kernel(dlogits_ptr, wih_ptr, whh_ptr, whd_ptr, wout_ptr,
-                         hs_ptr, cs_ptr, gates_ptr, p_ptr, wr_ptr, ww_ptr, ckpt_ptr,
+                         hs_ptr, cs_ptr, gates_ptr, p_ptr, wr_ptr, ww_ptr, wcr_ptr, wcw_ptr, ckpt_ptr,
                          dx_ptr, dh0_ptr, dc0_ptr, dr0_ptr, dwr0_ptr, dww0_ptr, dm0_ptr, dgates_ptr, dp_ptr,
                          seg_ptr, act_ptr, gact_ptr, dh_ptr, dreads_ptr, tmp_ptr,
                          T, CK, B, X, C, Y, N, M, R, W, S, WRAP,
                          LSTM: tl.constexpr, TINY: tl.constexpr, EPS: tl.constexpr, DTYPE: tl.constexpr, PRECISION: tl.constexpr,
-                         BLOCK_B: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_W: tl.constexpr,
+                         BLOCK_B: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_S: tl.constexpr,
+                         BLOCK_W: tl.constexpr,
                          BLOCK_J: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_K: tl.constexpr,
                          BLOCK_HM: tl.constexpr, BLOCK_WM: tl.constexpr):
     row0 = tl.program_id(0).to(tl.int64) * BLOCK_B  # the program's first batch row
@@ -742,8 +799,8 @@ def _sequence_bwd_kernel(dlogits_ptr, wih_ptr, whh_ptr, whd_ptr, wout_ptr,
             wr_t = wr_ptr + step * B * R * N
             ww_t = ww_ptr + step * B * W * N
             _memory_bwd(seg_ptr + (step - t0) * BNM, act_ptr, gact_ptr, wr_t, ww_t, wr_t + B * R * N, ww_t + B * W * N,
-                        dreads_ptr, dm0_ptr, dwr0_ptr, dww0_ptr, tmp_ptr, row0, B, N, M, R, W, S, WRAP, TINY, EPS, DTYPE,
-                        BLOCK_B, BLOCK_N, BLOCK_M, BLOCK_W, BLOCK_K)
+                        wcr_ptr + step * B * R * N, wcw_ptr + step * B * W * N, dreads_ptr, dm0_ptr, dwr0_ptr, dww0_ptr, tmp_ptr, row0, B, N, M, R, W, S, WRAP, TINY, EPS, DTYPE,
+                        BLOCK_B, BLOCK_N, BLOCK_M, BLOCK_S, BLOCK_W, BLOCK_K)
             tl.debug_barrier()
             dp_t = dp_ptr + step * B * P
             _head_activations_bwd(p_t, act_ptr, gact_ptr, dp_t, row0, B, R, W, M, K, DTYPE, BLOCK_B, BLOCK_H,
@@ -777,6 +834,7 @@ class SequenceConfig(NamedTuple):
     dtype: torch.dtype  # of the inputs (the saved tensors are in the compute dtype)
     eps: float  # reference.COSINE_EPS, as passed in
     tiny: float  # reference.sharpen_floor(dtype), as passed in
+    backward_tiles: KernelTiles  # read with the forward's (kernel_tiles), so a bad setting fails before it runs
 
 
 class SequenceSaved(NamedTuple):
@@ -790,6 +848,8 @@ class SequenceSaved(NamedTuple):
     reads: torch.Tensor
     w_read: torch.Tensor
     w_write: torch.Tensor
+    content_read: torch.Tensor
+    content_write: torch.Tensor
     checkpoints: torch.Tensor
 
 
@@ -822,23 +882,20 @@ def _expect(name, tensor, shape, like):
                          f"{list(shape)}, got {tensor.dtype} on {tensor.device} with shape {list(tensor.shape)}")
 
 
-def _launch_args(B, N, M, R, W, S, dtype, dot_precision, eps, tiny):
-    """Sizes, the compute DTYPE, the dot precision and every tile size (constexprs) of both kernels.
+def _launch_args(tiles: KernelTiles, B, N, M, R, W, S, dtype, dot_precision, eps, tiny):
+    """Sizes, the compute DTYPE, the dot precision, the tile sizes (constexprs) and warps of one kernel.
 
-    8 warps and no software pipelining (num_stages=1): compiled for sm_90 at the default sizes in float32
-    (benchmarks/compile_report.py, triton 3.9), 4 warps left the backward at 255 registers with 256 bytes of
-    stack even with every phase a function of its own, and pipelining the short dot loops (1-4 trips) kept
-    each loop's prologue buffers and addresses live besides; with both, neither kernel spills (168 and 245
-    registers; under triton 3.6, 128 and 199, and the forward keeps one 4-byte value in local memory)."""
+    No software pipelining (num_stages=1): pipelining the short dot loops (1-4 trips) kept each loop's
+    prologue buffers and addresses live besides, and spilled."""
     H, K = R + W, 2 * S + 1
-    tile, dot_tile = tile_sizes()
     block_m = pow2(M)
-    block_n = min(pow2(N), max(1, tile // (BLOCK_B * block_m)))
+    block_n = min(pow2(N), max(1, tiles.memory // (BLOCK_B * block_m)))
+    block_s = min(pow2(N), max(1, tiles.slot // BLOCK_B))
     compute64 = dtype == torch.float64
     return dict(N=N, M=M, R=R, W=W, **shift_args(N, S, tiny, eps), DTYPE=tl.float64 if compute64 else tl.float32,
                 PRECISION="ieee" if compute64 else dot_precision, BLOCK_B=BLOCK_B, BLOCK_N=block_n, BLOCK_M=block_m,
-                BLOCK_J=dot_tile, BLOCK_D=dot_tile, BLOCK_H=pow2(H), BLOCK_K=pow2(K), BLOCK_HM=pow2(H * M),
-                BLOCK_WM=pow2(W * M), num_warps=8, num_stages=1)
+                BLOCK_S=block_s, BLOCK_J=tiles.cols, BLOCK_D=tiles.depth, BLOCK_H=pow2(H), BLOCK_K=pow2(K),
+                BLOCK_HM=pow2(H * M), BLOCK_WM=pow2(W * M), num_warps=tiles.warps, num_stages=1)
 
 
 def sequence_forward(x, h0, c0, reads0, w_read0, w_write0, memory0, weights, layout, keep_tape=True, *, eps, tiny,
@@ -880,6 +937,7 @@ def sequence_forward(x, h0, c0, reads0, w_read0, w_write0, memory0, weights, lay
     if not isinstance(k, int) or isinstance(k, bool) or k < 1:
         raise ValueError(f"sequence_forward: argument 'checkpoint_every' must be an integer >= 1, got {k!r}")
 
+    forward_tiles, backward_tiles = kernel_tiles("forward"), kernel_tiles("backward")
     cdt = _common.compute_dtype(x.dtype)
     like = x if x.dtype == cdt else x.to(cdt)
 
@@ -891,6 +949,7 @@ def sequence_forward(x, h0, c0, reads0, w_read0, w_write0, memory0, weights, lay
     w_read, w_write = new(T + 1, B, R, N), new(T + 1, B, W, N)
     cs, gates = (new(T + 1, B, C), new(T, B, G)) if lstm else (None, None)
     heads, checkpoints = new(T, B, P), new(-(-T // k), B, N, M)
+    content_read, content_write = new(T, B, R, N), new(T, B, W, N)
     # The initial state goes in at index 0 (the kernel reads step t's inputs at index t).
     hs[0] = h0 if lstm else 0
     reads[0], w_read[0], w_write[0] = reads0, w_read0, w_write0
@@ -903,10 +962,11 @@ def sequence_forward(x, h0, c0, reads0, w_read0, w_write0, memory0, weights, lay
     scratch = torch.empty(B * P + 2 * B * N, dtype=cdt, device=x.device)  # activated heads; addressing's [2, B, N]
     _sequence_fwd_kernel[(triton.cdiv(B, BLOCK_B),)](
         x.contiguous(), *weights, logits, hs, cs if lstm else dummy, gates if lstm else dummy, heads, reads, w_read,
-        w_write, checkpoints, memory, scratch, scratch[B * P:], T, k, B, X, C, Y, LSTM=lstm, BLOCK_R=pow2(R),
-        **_launch_args(B, N, M, R, W, S, x.dtype, dot_precision, eps, tiny))
-    config = SequenceConfig(lstm, R, W, M, S, k, dot_precision, x.dtype, eps, tiny)
-    return logits, SequenceSaved(config, x, hs, cs, gates, heads, reads, w_read, w_write, checkpoints)
+        w_write, content_read, content_write, checkpoints, memory, scratch, scratch[B * P:], T, k, B, X, C, Y, LSTM=lstm, BLOCK_R=pow2(R),
+        **_launch_args(forward_tiles, B, N, M, R, W, S, x.dtype, dot_precision, eps, tiny))
+    config = SequenceConfig(lstm, R, W, M, S, k, dot_precision, x.dtype, eps, tiny, backward_tiles)
+    return logits, SequenceSaved(config, x, hs, cs, gates, heads, reads, w_read, w_write, content_read, content_write,
+                                 checkpoints)
 
 
 def sequence_backward(saved: SequenceSaved, d_logits, weights):
@@ -940,10 +1000,12 @@ def sequence_backward(saved: SequenceSaved, d_logits, weights):
     dummy = hs
     _sequence_bwd_kernel[(triton.cdiv(B, BLOCK_B),)](
         d_logits.to(cdt).contiguous(), *weights, hs, saved.cs if cfg.lstm else dummy,
-        saved.gates if cfg.lstm else dummy, saved.heads, saved.w_read, saved.w_write, saved.checkpoints,
+        saved.gates if cfg.lstm else dummy, saved.heads, saved.w_read, saved.w_write, saved.content_read,
+        saved.content_write, saved.checkpoints,
         d_x, d_h0 if cfg.lstm else dummy, d_c0 if cfg.lstm else dummy, d_reads0, d_w_read0, d_w_write0, d_memory0,
         d_gates, d_heads, segment, *pieces, T, cfg.checkpoint_every, B, X, C, Y, LSTM=cfg.lstm,
-        BLOCK_W=pow2(W), **_launch_args(B, N, M, R, W, cfg.S, cfg.dtype, cfg.dot_precision, cfg.eps, cfg.tiny))
+        BLOCK_W=pow2(W), **_launch_args(cfg.backward_tiles, B, N, M, R, W, cfg.S, cfg.dtype, cfg.dot_precision,
+                                          cfg.eps, cfg.tiny))
     # Weight gradients: sums over every step and row, as GEMMs over the T·B rows.
     rows = T * B
     dg, dp, dy = d_gates.view(rows, G), d_heads.view(rows, P), d_logits.to(cdt).reshape(rows, Y)

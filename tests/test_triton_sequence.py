@@ -14,6 +14,8 @@ init, checkpoint intervals 1, inside T and beyond T) rather than their product.
 import copy
 import importlib
 
+import re
+
 import pytest
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
@@ -156,11 +158,13 @@ def test_float32_within_reference_error(seq, case):
 
 
 def test_tiled_slots(seq, monkeypatch):
-    # An 8-slot tile: the addressing's running softmaxes, the shift across tiles and the checkpoint copies
-    # and recomputed writes all walk 5 slot tiles; 16-wide matrix-product tiles walk the controller's columns.
-    monkeypatch.setenv("NTM_FAST_SEQUENCE_TILE", str(16 * 8 * 8))
-    monkeypatch.setenv("NTM_FAST_SEQUENCE_DOT_TILE", "16")
-    assert seq.tile_sizes() == (16 * 8 * 8, 16)
+    # An 8-slot memory tile and a 16-slot one for the [B, N] vectors: the addressing's running softmaxes, the
+    # shift across tiles and the checkpoint copies and recomputed writes walk 5 (and 3) slot tiles; 16-wide
+    # matrix-product tiles walk the controller's columns and depth. The backward's tiles differ from the forward's.
+    monkeypatch.setenv("NTM_FAST_SEQUENCE_FORWARD", f"memory={16 * 8 * 8}, slot={16 * 16}, cols=16, depth=16")
+    monkeypatch.setenv("NTM_FAST_SEQUENCE_BACKWARD", f"memory={16 * 4 * 8},slot={16 * 32},cols=32,depth=16,warps=4")
+    assert seq.kernel_tiles("forward") == (16 * 8 * 8, 16 * 16, 16, 16, 8)
+    assert seq.kernel_tiles("backward") == (16 * 4 * 8, 16 * 32, 32, 16, 4)
     model = make_model("lstm", 1, 1, 33, 5, 1, "learned", torch.float64)
     x, d_logits = inputs(3, 2, torch.float64)
     expected = flat(reference_run(model, x, d_logits, seed=7))
@@ -209,7 +213,7 @@ def test_saved_bytes_per_step(seq):
                                     **numerics(x), checkpoint_every=k)
     kept = sum(t.numel() * t.element_size() for t in saved[2:])  # x is the caller's input, not a copy
     C, N, M, P = 100, 128, 20, 92
-    per_row_and_step = 6 * C + P + M + 2 * N  # hs, cs, 4 gates; heads; reads; both weightings
+    per_row_and_step = 6 * C + P + M + 4 * N  # hs, cs, 4 gates; heads; reads; both weightings and content weightings
     assert kept == 4 * (B * (T * per_row_and_step + 2 * C + M + 2 * N) + -(-T // k) * B * N * M)
 
     storages = {}
@@ -223,7 +227,7 @@ def test_saved_bytes_per_step(seq):
 
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
         model(x)
-    assert kept * 3 < sum(storages.values())  # here 75,744 B against 270,400 B
+    assert kept * 3 < sum(storages.values())  # here 83,936 B against 270,400 B
 
 
 def test_bad_arguments_name_the_argument(seq):
@@ -242,10 +246,16 @@ def test_bad_arguments_name_the_argument(seq):
         seq.sequence_forward(x, *args, ws, layout, **constants, checkpoint_every=0)
     with pytest.raises(ValueError, match="'dot_precision'"):
         seq.sequence_forward(x, *args, ws, layout, **constants, dot_precision="fast")
-    for name, value in (("NTM_FAST_SEQUENCE_TILE", "1000"), ("NTM_FAST_SEQUENCE_DOT_TILE", "big")):
+    for name, value, message in (
+            ("NTM_FAST_SEQUENCE_FORWARD", "memory=1000", "memory must be a power of two of at least 16, got '1000'"),
+            ("NTM_FAST_SEQUENCE_BACKWARD", "slot=8", "slot must be a power of two of at least 16, got '8'"),
+            ("NTM_FAST_SEQUENCE_FORWARD", "depth=big", "depth must be a power of two of at least 16, got 'big'"),
+            ("NTM_FAST_SEQUENCE_FORWARD", "warps=3", "warps must be 4, 8 or 16, got '3'"),
+            ("NTM_FAST_SEQUENCE_FORWARD", "tile=64", "unknown field 'tile' in 'tile=64'; expected fields memory, "
+                                                     "slot, cols, depth, warps")):
         with pytest.MonkeyPatch.context() as env:
             env.setenv(name, value)
-            with pytest.raises(ValueError, match=f"{name} must be a power of two of at least 16, got '{value}'"):
+            with pytest.raises(ValueError, match=f"{name}: {re.escape(message)}"):
                 seq.sequence_forward(x, *args, ws, layout, **constants)
 
 
