@@ -7,12 +7,11 @@ In this order, each part checking the time left and listing what it could not re
   1. the environment;
   2. the whole training step (copy task, L=20: 41 time steps; LSTM 100, N=128, M=20, one read and one write
      head; forward, loss, backward, gradient clipping, RMSprop) at B in {32, 256, 1024, 4096}: `triton` (the
-     whole sequence as one autograd node), `triton-tf32` (the same node with NTM_FAST_DOT_PRECISION=tf32),
+     whole sequence as one autograd node), `triton-ieee` and `triton-tf32` (the same node with
+     NTM_FAST_DOT_PRECISION=ieee or tf32 for both kernels),
      `triton-per-step` (the same model with `fuse_sequence = False`: the per-op kernels, one time step at a
      time), the eager reference, `cuda` (its extension builds in a thread beside the first cases), then
      torch.compile(reference) with its compile time; sequences/s and ratios;
-  2b. the sequence node's tiles at B=1024 (NTM_FAST_SEQUENCE_TILE x NTM_FAST_SEQUENCE_DOT_TILE, beside the
-     default 1024 x 32 of part 2): each a `triton-tile<T>-dot<D>` row of the step table;
   3. tests, each pytest run with its own timeout from the budget: the float32 cases that failed on the first
      GPU run (H200, 2026-11-26), then `pytest -m gpu` (tests/test_compile_sm90.py needs no GPU: left out), then
      tests/test_triton_sequence.py on CUDA tensors (the compiled sequence kernels);
@@ -44,7 +43,7 @@ START = time.monotonic()
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 # Seconds that must be left to start a part or a case. Each part keeps back what the later parts need.
-KEEP = {"step": 190, "sweep": 180, "compile step": 130, "tests": 40, "ops": 8}
+KEEP = {"step": 190, "compile step": 130, "tests": 40, "ops": 8}
 COMPILE_S = 60  # what a first torch.compile of a case may take (dynamic shapes: later sizes reuse it)
 
 
@@ -79,16 +78,13 @@ from ntm_fast.tools.bench import COMPILE, MODES, OP_CALLS, OPS, PER_STEP, STEP, 
 import_kernels()
 OP_ORDER = ("memory_step", "address", "read", "write")
 TF32 = "triton-tf32"  # the sequence node with NTM_FAST_DOT_PRECISION=tf32 (its float32 tl.dot on tensor cores)
-# The sequence node under other settings, read from the environment when it launches (kernels/sequence.py):
-# the tf32 row, then the tile sweep of part 2b (memory tile elements x dot tile; 1024 x 32 is the default).
-VARIANTS = {TF32: {"NTM_FAST_DOT_PRECISION": "tf32"}}
-TILE_SWEEP = [(1024, 64), (4096, 32), (4096, 64), (8192, 32), (2048, 32)]
-for tile, dot in TILE_SWEEP:
-    VARIANTS[f"triton-tile{tile}-dot{dot}"] = {"NTM_FAST_SEQUENCE_TILE": str(tile), "NTM_FAST_SEQUENCE_DOT_TILE": str(dot)}
-SWEEP_BATCH = 1024
+IEEE = "triton-ieee"  # the sequence node with NTM_FAST_DOT_PRECISION=ieee (both kernels' products in IEEE float32)
+# The sequence node under another precision, read from the environment when it launches (kernels/sequence.py);
+# its tiles and warps are benchmarks/sequence_sweep.py's to time.
+VARIANTS = {TF32: {"NTM_FAST_DOT_PRECISION": "tf32"}, IEEE: {"NTM_FAST_DOT_PRECISION": "ieee"}}
 CUDA = []  # ["cuda"] once the extension has built (cuda_ready)
 OP_CONTENDERS = ["reference", "triton"]  # + CUDA
-STEP_CONTENDERS = ["triton", TF32, "triton" + PER_STEP, "reference"]  # + CUDA, then COMPILE
+STEP_CONTENDERS = ["triton", IEEE, TF32, "triton" + PER_STEP, "reference"]  # + CUDA, then COMPILE
 
 
 class CudaBuild(threading.Thread):
@@ -231,7 +227,8 @@ def environment() -> list:
     lines = [f"{k}: {v}" for k, v in info.items()] + [f"commit: {RESULTS.meta['commit']}",
                                                         f"ntm_fast: {ntm_fast.__version__}"]
     if sequence is not None:
-        lines.append(f"sequence node float32 tl.dot precision: {sequence.default_dot_precision()}")
+        lines.append(f"sequence kernels: forward {sequence.kernel_settings('forward')}, "
+                     f"backward {sequence.kernel_settings('backward')}")
     if ARGS.dry_run:
         lines.append("dry run: Triton interpreter, tiny sizes, torch.compile with the eager backend")
     if torch.cuda.is_available():
@@ -270,19 +267,10 @@ def step_part():
     for case in cases:
         for contender in STEP_CONTENDERS + (CUDA if cuda_ready() else []):
             run_case(contender, case, KEEP["step"])
-    sweep_part()
     compiled = False
     for case in cases:  # the first case compiles; dynamic shapes serve the others
         row = run_case(COMPILE, case, KEEP["compile step"] + (0 if compiled else COMPILE_S))
         compiled = compiled or row["status"] != "skipped (time budget)"
-
-
-def sweep_part():
-    """2b: the sequence node's tiles (kernels/sequence.py, tile_sizes) at one batch size, beside the default."""
-    case = Case(STEP, "fwd+bwd", SWEEP_BATCH if SWEEP_BATCH in STEP_BATCHES else STEP_BATCHES[-1], STEP_SLOTS)
-    for contender in VARIANTS:
-        if contender != TF32:
-            run_case(contender, case, KEEP["sweep"])
 
 
 def op_part():
@@ -434,7 +422,7 @@ def ratio(got, slow, fast):
 
 def step_tables(rows):
     """Every step row, then the sequence node's ratios at each batch size."""
-    names = [*STEP_CONTENDERS, *CUDA, COMPILE, *(v for v in VARIANTS if v != TF32)]
+    names = [*STEP_CONTENDERS, *CUDA, COMPILE]
     lines = ["| B | contender | runs as | ms/step | sequences/s | vs reference | compile s |",
              "|---|---|---|---|---|---|---|"]
     by_batch = {}
@@ -447,15 +435,16 @@ def step_tables(rows):
         lines.append(f"| {r['batch']} | {r['contender']} | {r.get('runs_as', '-')} | {cell(r, '.2f')} | {seq} | "
                      f"{speedup} | {compile_s} |")
     lines += ["", "The sequence node (`triton`) against the others, same run (times faster):", "",
-              "| B | sequences/s | vs triton-tf32 | vs triton-per-step | vs reference | vs torch.compile(reference) |"
-              + (" vs cuda |" if CUDA else ""), "|---|---|---|---|---|" + ("---|" if CUDA else "") + "---|"]
+              "| B | sequences/s | vs triton-ieee | vs triton-tf32 | vs triton-per-step | vs reference | "
+              "vs torch.compile(reference) |"
+              + (" vs cuda |" if CUDA else ""), "|---|---|---|---|---|---|" + ("---|" if CUDA else "") + "---|"]
     for B, got in by_batch.items():
         node = got.get("triton")
         seq = per_s(node) if node else "-"
-        others = [TF32, "triton" + PER_STEP, "reference", COMPILE, *CUDA]
+        others = [IEEE, TF32, "triton" + PER_STEP, "reference", COMPILE, *CUDA]
         lines.append(f"| {B} | {seq} | " + " | ".join(ratio(got, o, "triton") for o in others) + " |")
-    lines += ["", f"`{TF32}`: the sequence node with its float32 `tl.dot` in tf32 (NTM_FAST_DOT_PRECISION=tf32; "
-              "the default is ieee); `triton-per-step`: the same model with `fuse_sequence = False` (one time step at a time, the "
+    lines += ["", f"`{IEEE}` and `{TF32}`: the sequence node with every float32 `tl.dot` in IEEE float32 or tf32 "
+              "(NTM_FAST_DOT_PRECISION; by default the forward's are tf32x3 and the backward's IEEE); `triton-per-step`: the same model with `fuse_sequence = False` (one time step at a time, the "
               "per-op kernels); compile s: the first call's seconds beyond the median (the compilation; dynamic "
               "shapes, so later sizes reuse it)."]
     return lines

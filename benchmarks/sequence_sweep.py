@@ -5,8 +5,7 @@
     python benchmarks/sequence_sweep.py OUT_DIR --dry-run   # CPU, Triton interpreter, tiny sizes
 
 A SETTING is what NTM_FAST_SEQUENCE_FORWARD / NTM_FAST_SEQUENCE_BACKWARD take (kernels/sequence.py,
-kernel_tiles), e.g. "memory=2048,cols=64,warps=16", plus "precision=tf32" (or tf32x3: NTM_FAST_DOT_PRECISION,
-which holds for both kernels); "" is the default. The model is the default one (copy
+kernel_settings), e.g. "memory=2048,cols=64,warps=16,precision=tf32"; "" is the default. The model is the default one (copy
 L=20: T=41, LSTM 100, N=128, M=20, one read and one write head), float32. For each batch size and setting:
 the forward with its tape (`model(x)`, the forward kernel) and the backward alone (autograd.grad of the
 logits, retain_graph: the backward kernel and its weight-gradient GEMMs), `triton.testing.do_bench`
@@ -34,10 +33,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 # The settings timed by default, each beside the default ("" first). Chosen from compile_report-style
 # compiles for sm_90 (float32, default model): the ones that do not spill, and the nearest that do.
-FORWARD = ["", "depth=16", "depth=64", "cols=64,depth=64", "memory=1024", "memory=4096", "warps=16", "precision=tf32x3",
-           "precision=tf32"]
-BACKWARD = ["", "memory=2048", "warps=16", "memory=2048,warps=16", "memory=4096,warps=16", "precision=tf32x3",
-            "memory=2048,warps=16,precision=tf32x3"]
+FORWARD = ["", "depth=32", "precision=ieee", "precision=tf32", "cols=64,depth=64,precision=ieee"]
+BACKWARD = ["", "memory=1024,warps=8", "memory=2048", "memory=8192"]
 
 
 def parse_args(argv=None):
@@ -80,15 +77,11 @@ def model_and_batch(batch_size: int):
 
 
 def with_setting(kernel: str, setting: str):
-    """Set the kernel's environment variable to `setting` (the other one cleared), and the dot precision."""
-    for name in (*sequence.TILE_ENV.values(), "NTM_FAST_DOT_PRECISION"):
+    """Set the kernel's environment variable to `setting` (the other one, and NTM_FAST_DOT_PRECISION, cleared)."""
+    for name in (*sequence.SETTINGS_ENV.values(), "NTM_FAST_DOT_PRECISION"):
         os.environ.pop(name, None)
-    tiles = [item for item in setting.split(",") if item and not item.startswith("precision=")]
-    for item in setting.split(","):
-        if item.startswith("precision="):
-            os.environ["NTM_FAST_DOT_PRECISION"] = item.split("=", 1)[1]
-    if tiles:
-        os.environ[sequence.TILE_ENV[kernel]] = ",".join(tiles)
+    if setting:
+        os.environ[sequence.SETTINGS_ENV[kernel]] = setting
 
 
 def run_once(model, x, kernel: str, setting: str):
@@ -159,7 +152,7 @@ def main():
                [("backward", s) for s in dict.fromkeys([""] + backward)]
     device = torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"
     results.notes += [f"{device}; torch {torch.__version__}, triton {triton.__version__}; "
-                      f"defaults forward {sequence.FORWARD_TILES}, backward {sequence.BACKWARD_TILES}"]
+                      f"defaults forward {sequence.FORWARD_SETTINGS}, backward {sequence.BACKWARD_SETTINGS}"]
     if not ARGS.dry_run:  # fill Triton's cache in parallel processes
         started = time.monotonic()
 

@@ -25,15 +25,17 @@ the reads and the weightings of a step are stored once, into the tensors saved f
 step reads them back from there (L2 on a GPU): a matrix product needs whole rows that other threads of the
 program computed, so they pass through memory between the phases of a step (separated by barriers).
 
-Precision: float64 inputs compute in float64; float32 in float32 with `tl.dot(input_precision=
-dot_precision)`, default "ieee" (the equivalence tests bound float32 at the reference's own error; "tf32" and
-"tf32x3" may be asked for and are not checked by them). float64 always uses "ieee".
+Precision: float64 inputs compute in float64 (IEEE products). float32 computes in float32, its products with
+`tl.dot(input_precision=...)` as each kernel's KernelSettings say: on a GPU the forward's in "tf32x3" (three
+tf32 tensor-core products; on an H200 as close to the reference as IEEE, 1.2e-7, and 1.36× faster) and the
+backward's in "ieee"; `dot_precision` (or NTM_FAST_DOT_PRECISION) sets both. The interpreter computes a
+tl.dot in float32 whatever the precision: the CPU tests bound IEEE, the CUDA tests the GPU's defaults.
 
 Launchers (no autograd; ntm_fast/ops/autograd.py wraps them):
 
     sequence_forward(x, h0, c0, reads0, w_read0, w_write0, memory0,
                      W_ih, b_ih, W_hh, b_hh, W_heads, b_heads, W_out, b_out,
-                     *, read_heads, write_heads, shift_range, checkpoint_every=None, dot_precision="ieee")
+                     *, read_heads, write_heads, shift_range, checkpoint_every=None, dot_precision=None)
         -> (logits [T, B, Y], saved: SequenceSaved)
     x [T, B, X]; h0, c0 [B, C] (None for a feedforward controller, with W_hh and b_hh None too);
     reads0 [B, R·M]; w_read0 [B, R, N]; w_write0 [B, W, N]; memory0 [B, N, M]; weights as nn.LSTMCell /
@@ -88,61 +90,66 @@ BLOCK_B = 16  # batch rows per program: tl.dot needs at least 16
 DOT_PRECISIONS = ("ieee", "tf32", "tf32x3")
 
 
-class KernelTiles(NamedTuple):
-    """The tiles and warps of one sequence kernel on a GPU. Each program walks its memory in [BLOCK_B, BLOCK_N,
-    BLOCK_M] tiles of `memory` elements, the addressing's [B, N] vectors (w_c, w_g, w_s and their gradients) in
-    [BLOCK_B, BLOCK_S] tiles of `slot` elements and its matrix products `cols` output columns at a time, each
-    a loop of [BLOCK_B, depth] × [depth, cols] steps, with `warps` warps. Every tile is a dependent round trip to L2 (the time steps' chain is the limit, not
-    arithmetic): at the default model a pass over a [16, 128, 32] memory is 64 trips at 1024 elements, one over
-    a [16, 128] vector 2 at 1024. Larger tiles take more registers, and a kernel that spills is slower still
-    (benchmarks/compile_report.py reads registers and spills for sm_90 without a GPU)."""
+class KernelSettings(NamedTuple):
+    """How one sequence kernel runs on a GPU. Each program walks its memory in [BLOCK_B, BLOCK_N, BLOCK_M]
+    tiles of `memory` elements, the addressing's [B, N] vectors (w_c, w_g, w_s and their gradients) in
+    [BLOCK_B, BLOCK_S] tiles of `slot` elements, and its matrix products `cols` output columns at a time, each
+    a loop of [BLOCK_B, depth] × [depth, cols] `tl.dot`s in float32 `precision` ("ieee", "tf32" or "tf32x3";
+    float64 is always IEEE), with `warps` warps. A time step is a chain of dependent trips through L2, so
+    fewer, larger tiles help until their registers spill (benchmarks/compile_report.py reads registers and
+    spills for sm_90 without a GPU; benchmarks/sequence_sweep.py times settings on one)."""
     memory: int
     slot: int
     cols: int
     depth: int
     warps: int
+    precision: str
 
 
-# Defaults, compiled for sm_90 (float32, default model, triton 3.9): the forward has registers to spare and
-# takes twice the memory tile and dot tile of the backward, which at those spilled (see the module doc).
-# Under the interpreter (cost per operation, not per element) every tile is large.
+# The defaults: the fastest settings of benchmarks/sequence_sweep.py on an H200 (benchmarks/RESULTS.md,
+# "Sequence kernels' settings"). The forward's products take the whole controller width in one column tile
+# and tf32x3 (three tf32 tensor-core products, as close to the reference as IEEE there: 1.2e-7); the backward
+# runs 16 warps over 4096-element memory tiles, 1.56× its 8-warp, 1024-element setting although it then
+# spills (compiled for sm_90 in float32: 128 registers, 712 bytes of stack), and IEEE products, which were
+# faster than tf32x3 at its [16, 32] tiles. Under the interpreter (cost per operation, not per element)
+# every tile is large.
 if triton_interpreted():
-    FORWARD_TILES = BACKWARD_TILES = KernelTiles(memory=2**16, slot=2**16, cols=128, depth=128, warps=8)
+    FORWARD_SETTINGS = BACKWARD_SETTINGS = KernelSettings(memory=2**16, slot=2**16, cols=128, depth=128, warps=8,
+                                                          precision="ieee")
 else:
-    FORWARD_TILES = KernelTiles(memory=2048, slot=1024, cols=128, depth=32, warps=8)
-    BACKWARD_TILES = KernelTiles(memory=1024, slot=1024, cols=32, depth=64, warps=8)
-TILE_ENV = {"forward": "NTM_FAST_SEQUENCE_FORWARD", "backward": "NTM_FAST_SEQUENCE_BACKWARD"}
+    FORWARD_SETTINGS = KernelSettings(memory=2048, slot=1024, cols=128, depth=16, warps=8, precision="tf32x3")
+    BACKWARD_SETTINGS = KernelSettings(memory=4096, slot=1024, cols=32, depth=64, warps=16, precision="ieee")
+SETTINGS_ENV = {"forward": "NTM_FAST_SEQUENCE_FORWARD", "backward": "NTM_FAST_SEQUENCE_BACKWARD"}
 
 
-def kernel_tiles(kernel: str) -> KernelTiles:
-    """The tiles of the "forward" or "backward" kernel: FORWARD_TILES / BACKWARD_TILES, with the fields that
-    NTM_FAST_SEQUENCE_FORWARD / NTM_FAST_SEQUENCE_BACKWARD set, e.g. "memory=4096,cols=64,warps=16" (tiles:
-    powers of two of at least 16; warps 4, 8 or 16). For tuning; benchmarks/sequence_sweep.py times them."""
-    name = TILE_ENV[kernel]
-    tiles = (FORWARD_TILES if kernel == "forward" else BACKWARD_TILES)._asdict()
+def kernel_settings(kernel: str) -> KernelSettings:
+    """The settings of the "forward" or "backward" kernel: FORWARD_SETTINGS / BACKWARD_SETTINGS with the fields
+    that NTM_FAST_SEQUENCE_FORWARD / NTM_FAST_SEQUENCE_BACKWARD set, e.g. "memory=4096,cols=64,warps=16"
+    (tiles: powers of two of at least 16; warps 4, 8 or 16; precision ieee, tf32 or tf32x3), and the
+    precision NTM_FAST_DOT_PRECISION sets for both."""
+    name = SETTINGS_ENV[kernel]
+    settings = (FORWARD_SETTINGS if kernel == "forward" else BACKWARD_SETTINGS)._asdict()
     text = os.environ.get(name, "").strip()
     for item in filter(None, (part.strip() for part in text.split(","))):
         key, _, value = item.partition("=")
         key, value = key.strip(), value.strip()
-        if key not in tiles:
+        if key not in settings:
             raise ValueError(f"{name}: unknown field {key!r} in {text!r}; expected fields "
-                             f"{', '.join(tiles)} (e.g. 'memory=2048,depth=64')")
+                             f"{', '.join(settings)} (e.g. 'memory=2048,depth=64')")
         number = int(value) if value.isdigit() else None
+        if key == "precision" and value not in DOT_PRECISIONS:
+            raise ValueError(f"{name}: precision must be one of {', '.join(DOT_PRECISIONS)}, got {value!r}")
         if key == "warps" and number not in (4, 8, 16):
             raise ValueError(f"{name}: warps must be 4, 8 or 16, got {value!r}")
-        if key != "warps" and (number is None or number < 16 or number & (number - 1)):
+        if key not in ("warps", "precision") and (number is None or number < 16 or number & (number - 1)):
             raise ValueError(f"{name}: {key} must be a power of two of at least 16, got {value!r}")
-        tiles[key] = number
-    return KernelTiles(**tiles)
-
-
-def default_dot_precision() -> str:
-    """float32 tl.dot precision: NTM_FAST_DOT_PRECISION if set (ieee, tf32 or tf32x3), else ieee, the one whose
-    error the equivalence tests bound. float64 always computes in IEEE float64."""
-    choice = os.environ.get("NTM_FAST_DOT_PRECISION", "ieee")
-    if choice not in DOT_PRECISIONS:
-        raise ValueError(f"NTM_FAST_DOT_PRECISION must be one of {', '.join(DOT_PRECISIONS)}, got {choice!r}")
-    return choice
+        settings[key] = value if key == "precision" else number
+    if "NTM_FAST_DOT_PRECISION" in os.environ:
+        choice = os.environ["NTM_FAST_DOT_PRECISION"]
+        if choice not in DOT_PRECISIONS:
+            raise ValueError(f"NTM_FAST_DOT_PRECISION must be one of {', '.join(DOT_PRECISIONS)}, got {choice!r}")
+        settings["precision"] = choice
+    return KernelSettings(**settings)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -830,11 +837,10 @@ class SequenceConfig(NamedTuple):
     M: int
     S: int
     checkpoint_every: int
-    dot_precision: str
     dtype: torch.dtype  # of the inputs (the saved tensors are in the compute dtype)
     eps: float  # reference.COSINE_EPS, as passed in
     tiny: float  # reference.sharpen_floor(dtype), as passed in
-    backward_tiles: KernelTiles  # read with the forward's (kernel_tiles), so a bad setting fails before it runs
+    backward: KernelSettings  # read with the forward's (kernel_settings), so a bad setting fails before it runs
 
 
 class SequenceSaved(NamedTuple):
@@ -882,20 +888,20 @@ def _expect(name, tensor, shape, like):
                          f"{list(shape)}, got {tensor.dtype} on {tensor.device} with shape {list(tensor.shape)}")
 
 
-def _launch_args(tiles: KernelTiles, B, N, M, R, W, S, dtype, dot_precision, eps, tiny):
+def _launch_args(settings: KernelSettings, B, N, M, R, W, S, dtype, eps, tiny):
     """Sizes, the compute DTYPE, the dot precision, the tile sizes (constexprs) and warps of one kernel.
 
     No software pipelining (num_stages=1): pipelining the short dot loops (1-4 trips) kept each loop's
     prologue buffers and addresses live besides, and spilled."""
     H, K = R + W, 2 * S + 1
     block_m = pow2(M)
-    block_n = min(pow2(N), max(1, tiles.memory // (BLOCK_B * block_m)))
-    block_s = min(pow2(N), max(1, tiles.slot // BLOCK_B))
+    block_n = min(pow2(N), max(1, settings.memory // (BLOCK_B * block_m)))
+    block_s = min(pow2(N), max(1, settings.slot // BLOCK_B))
     compute64 = dtype == torch.float64
     return dict(N=N, M=M, R=R, W=W, **shift_args(N, S, tiny, eps), DTYPE=tl.float64 if compute64 else tl.float32,
-                PRECISION="ieee" if compute64 else dot_precision, BLOCK_B=BLOCK_B, BLOCK_N=block_n, BLOCK_M=block_m,
-                BLOCK_S=block_s, BLOCK_J=tiles.cols, BLOCK_D=tiles.depth, BLOCK_H=pow2(H), BLOCK_K=pow2(K),
-                BLOCK_HM=pow2(H * M), BLOCK_WM=pow2(W * M), num_warps=tiles.warps, num_stages=1)
+                PRECISION="ieee" if compute64 else settings.precision, BLOCK_B=BLOCK_B, BLOCK_N=block_n,
+                BLOCK_M=block_m, BLOCK_S=block_s, BLOCK_J=settings.cols, BLOCK_D=settings.depth, BLOCK_H=pow2(H),
+                BLOCK_K=pow2(K), BLOCK_HM=pow2(H * M), BLOCK_WM=pow2(W * M), num_warps=settings.warps, num_stages=1)
 
 
 def sequence_forward(x, h0, c0, reads0, w_read0, w_write0, memory0, weights, layout, keep_tape=True, *, eps, tiny,
@@ -905,13 +911,12 @@ def sequence_forward(x, h0, c0, reads0, w_read0, w_write0, memory0, weights, lay
     keep_tape is accepted for the launcher protocol: the kernel writes its per-step record either way."""
     W_ih, b_ih, W_hh, b_hh, W_heads, b_heads, W_out, b_out = weights
     read_heads, write_heads, shift_range = layout.read_heads, layout.write_heads, layout.shift_range
-    dot_precision = dot_precision or default_dot_precision()
     if (not isinstance(x, torch.Tensor) or x.dim() != 3 or x.dtype not in (torch.float32, torch.float64)
             or x.shape[0] < 1 or x.shape[1] < 1):
         got = f"{x.dtype} of shape {list(x.shape)}" if isinstance(x, torch.Tensor) else type(x).__name__
         raise ValueError(f"sequence_forward: argument 'x' must be a float32 or float64 tensor [T, B, X] with "
                          f"T, B >= 1, got {got}")
-    if dot_precision not in DOT_PRECISIONS:
+    if dot_precision is not None and dot_precision not in DOT_PRECISIONS:
         raise ValueError(f"sequence_forward: argument 'dot_precision' must be one of {DOT_PRECISIONS}, "
                          f"got {dot_precision!r}")
     lstm = W_hh is not None
@@ -937,7 +942,9 @@ def sequence_forward(x, h0, c0, reads0, w_read0, w_write0, memory0, weights, lay
     if not isinstance(k, int) or isinstance(k, bool) or k < 1:
         raise ValueError(f"sequence_forward: argument 'checkpoint_every' must be an integer >= 1, got {k!r}")
 
-    forward_tiles, backward_tiles = kernel_tiles("forward"), kernel_tiles("backward")
+    forward, backward = kernel_settings("forward"), kernel_settings("backward")
+    if dot_precision is not None:
+        forward, backward = forward._replace(precision=dot_precision), backward._replace(precision=dot_precision)
     cdt = _common.compute_dtype(x.dtype)
     like = x if x.dtype == cdt else x.to(cdt)
 
@@ -963,8 +970,8 @@ def sequence_forward(x, h0, c0, reads0, w_read0, w_write0, memory0, weights, lay
     _sequence_fwd_kernel[(triton.cdiv(B, BLOCK_B),)](
         x.contiguous(), *weights, logits, hs, cs if lstm else dummy, gates if lstm else dummy, heads, reads, w_read,
         w_write, content_read, content_write, checkpoints, memory, scratch, scratch[B * P:], T, k, B, X, C, Y, LSTM=lstm, BLOCK_R=pow2(R),
-        **_launch_args(forward_tiles, B, N, M, R, W, S, x.dtype, dot_precision, eps, tiny))
-    config = SequenceConfig(lstm, R, W, M, S, k, dot_precision, x.dtype, eps, tiny, backward_tiles)
+        **_launch_args(forward, B, N, M, R, W, S, x.dtype, eps, tiny))
+    config = SequenceConfig(lstm, R, W, M, S, k, x.dtype, eps, tiny, backward)
     return logits, SequenceSaved(config, x, hs, cs, gates, heads, reads, w_read, w_write, content_read, content_write,
                                  checkpoints)
 
@@ -1004,8 +1011,7 @@ def sequence_backward(saved: SequenceSaved, d_logits, weights):
         saved.content_write, saved.checkpoints,
         d_x, d_h0 if cfg.lstm else dummy, d_c0 if cfg.lstm else dummy, d_reads0, d_w_read0, d_w_write0, d_memory0,
         d_gates, d_heads, segment, *pieces, T, cfg.checkpoint_every, B, X, C, Y, LSTM=cfg.lstm,
-        BLOCK_W=pow2(W), **_launch_args(cfg.backward_tiles, B, N, M, R, W, cfg.S, cfg.dtype, cfg.dot_precision,
-                                          cfg.eps, cfg.tiny))
+        BLOCK_W=pow2(W), **_launch_args(cfg.backward, B, N, M, R, W, cfg.S, cfg.dtype, cfg.eps, cfg.tiny))
     # Weight gradients: sums over every step and row, as GEMMs over the T·B rows.
     rows = T * B
     dg, dp, dy = d_gates.view(rows, G), d_heads.view(rows, P), d_logits.to(cdt).reshape(rows, Y)

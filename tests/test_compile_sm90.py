@@ -7,8 +7,9 @@ It runs in a subprocess: this process imported the kernels under the interpreter
 TRITON_INTERPRET=1), and the interpreter's tile budget is not the GPU's.
 
 What is asserted: every kernel compiles at every size and dtype and none is left out; in float32 at the
-default sizes no kernel spills (register pressure that spills slows every memory access of a step); shared
-memory stays within an sm_90 block's opt-in limit and an SM's capacity.
+default sizes no kernel spills (register pressure that spills slows every memory access of a step) but the
+sequence backward, whose default was timed faster with its spills (SPILLS_MEASURED); shared memory stays
+within an sm_90 block's opt-in limit and an SM's capacity.
 """
 import json
 import os
@@ -22,6 +23,11 @@ SCRIPT = os.path.join(ROOT, "benchmarks", "compile_report.py")
 SHARED_PER_SM = 228 * 1024  # bytes, compute capability 9.0
 SHARED_PER_BLOCK_OPT_IN = 227 * 1024
 NO_NVIDIA_BACKEND = 2  # compile_report's exit status when this Triton cannot compile for NVIDIA GPUs
+# Kernels whose default settings spill, by choice, and the stack (bytes per thread) they may take. The sequence
+# backward runs 16 warps (at most 128 registers a thread) over 4096-element memory tiles: on an H200 that was
+# 1.56x its setting without spills, 8 warps over 1024 elements (benchmarks/RESULTS.md, "Sequence kernels'
+# settings"); it took 712 bytes of stack then (triton 3.9).
+SPILLS_MEASURED = {"sequence._sequence_bwd_kernel": 1024}
 
 
 @pytest.fixture(scope="module")
@@ -54,7 +60,8 @@ def test_no_spills_in_float32_at_the_default_sizes(report):
     assert rows
     spilled = [f"{r['kernel']}: {r['registers']} registers, {r['stack']} B stack, {r['local']} B local, "
                f"{r['spill_stores']} spill stores" for r in rows
-               if r["stack"] or r["local"] or r["spill_stores"] or r["spill_loads"]]
+               if max(r["stack"], r["local"]) > SPILLS_MEASURED.get(r["kernel"], 0)
+               or (r["kernel"] not in SPILLS_MEASURED and (r["spill_stores"] or r["spill_loads"]))]
     assert spilled == [], "\n".join(spilled)
 
 

@@ -163,8 +163,8 @@ def test_tiled_slots(seq, monkeypatch):
     # matrix-product tiles walk the controller's columns and depth. The backward's tiles differ from the forward's.
     monkeypatch.setenv("NTM_FAST_SEQUENCE_FORWARD", f"memory={16 * 8 * 8}, slot={16 * 16}, cols=16, depth=16")
     monkeypatch.setenv("NTM_FAST_SEQUENCE_BACKWARD", f"memory={16 * 4 * 8},slot={16 * 32},cols=32,depth=16,warps=4")
-    assert seq.kernel_tiles("forward") == (16 * 8 * 8, 16 * 16, 16, 16, 8)
-    assert seq.kernel_tiles("backward") == (16 * 4 * 8, 16 * 32, 32, 16, 4)
+    assert seq.kernel_settings("forward") == (16 * 8 * 8, 16 * 16, 16, 16, 8, "ieee")
+    assert seq.kernel_settings("backward") == (16 * 4 * 8, 16 * 32, 32, 16, 4, "ieee")
     model = make_model("lstm", 1, 1, 33, 5, 1, "learned", torch.float64)
     x, d_logits = inputs(3, 2, torch.float64)
     expected = flat(reference_run(model, x, d_logits, seed=7))
@@ -251,12 +251,23 @@ def test_bad_arguments_name_the_argument(seq):
             ("NTM_FAST_SEQUENCE_BACKWARD", "slot=8", "slot must be a power of two of at least 16, got '8'"),
             ("NTM_FAST_SEQUENCE_FORWARD", "depth=big", "depth must be a power of two of at least 16, got 'big'"),
             ("NTM_FAST_SEQUENCE_FORWARD", "warps=3", "warps must be 4, 8 or 16, got '3'"),
+            ("NTM_FAST_SEQUENCE_BACKWARD", "precision=bf16", "precision must be one of ieee, tf32, tf32x3, got 'bf16'"),
             ("NTM_FAST_SEQUENCE_FORWARD", "tile=64", "unknown field 'tile' in 'tile=64'; expected fields memory, "
-                                                     "slot, cols, depth, warps")):
+                                                     "slot, cols, depth, warps, precision")):
         with pytest.MonkeyPatch.context() as env:
             env.setenv(name, value)
             with pytest.raises(ValueError, match=f"{name}: {re.escape(message)}"):
                 seq.sequence_forward(x, *args, ws, layout, **constants)
+    # dot_precision (and NTM_FAST_DOT_PRECISION) set both kernels' precision; the backward's goes with the tape.
+    _, saved = seq.sequence_forward(x, *args, ws, layout, **constants, dot_precision="tf32x3")
+    assert saved.config.backward.precision == "tf32x3"
+    with pytest.MonkeyPatch.context() as env:
+        env.setenv("NTM_FAST_SEQUENCE_FORWARD", "precision=tf32x3")
+        env.setenv("NTM_FAST_DOT_PRECISION", "tf32")
+        assert seq.kernel_settings("forward").precision == seq.kernel_settings("backward").precision == "tf32"
+        env.setenv("NTM_FAST_DOT_PRECISION", "fast")
+        with pytest.raises(ValueError, match="NTM_FAST_DOT_PRECISION must be one of ieee, tf32, tf32x3, got 'fast'"):
+            seq.sequence_forward(x, *args, ws, layout, **constants)
 
 
 @pytest.mark.gpu
