@@ -444,7 +444,8 @@ def step_tables(rows):
         others = [IEEE, TF32, "triton" + PER_STEP, "reference", COMPILE, *CUDA]
         lines.append(f"| {B} | {seq} | " + " | ".join(ratio(got, o, "triton") for o in others) + " |")
     lines += ["", f"`{IEEE}` and `{TF32}`: the sequence node with every float32 `tl.dot` in IEEE float32 or tf32 "
-              "(NTM_FAST_DOT_PRECISION; by default the forward's are tf32x3 and the backward's IEEE); `triton-per-step`: the same model with `fuse_sequence = False` (one time step at a time, the "
+              "(NTM_FAST_DOT_PRECISION; by default the forward's are tf32x3 and the backward's IEEE); "
+              "`triton-per-step`: the same model with `fuse_sequence = False` (one time step at a time, the "
               "per-op kernels); compile s: the first call's seconds beyond the median (the compilation; dynamic "
               "shapes, so later sizes reuse it)."]
     return lines

@@ -5,13 +5,14 @@
     python benchmarks/sequence_sweep.py OUT_DIR --dry-run   # CPU, Triton interpreter, tiny sizes
 
 A SETTING is what NTM_FAST_SEQUENCE_FORWARD / NTM_FAST_SEQUENCE_BACKWARD take (kernels/sequence.py,
-kernel_settings), e.g. "memory=2048,cols=64,warps=16,precision=tf32"; "" is the default. The model is the default one (copy
-L=20: T=41, LSTM 100, N=128, M=20, one read and one write head), float32. For each batch size and setting:
-the forward with its tape (`model(x)`, the forward kernel) and the backward alone (autograd.grad of the
-logits, retain_graph: the backward kernel and its weight-gradient GEMMs), `triton.testing.do_bench`
-medians (bench.measure); the other kernel keeps its default. Each setting's logits and gradients are first compared with
-the default's, and the default's with the eager reference's (same weights and batch; the largest difference
-relative to 1 + |reference| goes into the notes): a setting that disagrees is reported, not timed. Every setting is compiled first, in parallel processes that fill
+kernel_settings), e.g. "memory=2048,cols=64,warps=16,precision=tf32"; "" is the default. The model is the
+default one (copy L=20: T=41, LSTM 100, N=128, M=20, one read and one write head), float32. For each batch
+size and setting: the forward with its tape (`model(x)`, the forward kernel) and the backward alone
+(autograd.grad of the logits, retain_graph: the backward kernel and its weight-gradient GEMMs), medians of
+`triton.testing.do_bench` (bench.measure); the other kernel keeps its default. Each setting's logits and
+gradients are first compared with the default's, and the default's with the eager reference's (same weights
+and batch; the largest difference relative to 1 + |reference| goes into the notes): a setting that
+disagrees is reported, not timed. Every setting is compiled first, in parallel processes that fill
 Triton's cache (tiny batch: B is a runtime argument), so the timed process only loads them.
 
 OUT_DIR/sweep.md (the table) and sweep.json are rewritten after every row; a watchdog ends the run at
@@ -20,6 +21,7 @@ OUT_DIR/sweep.md (the table) and sweep.json are rewritten after every row; a wat
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import os
 import subprocess
@@ -65,7 +67,7 @@ from ntm_fast.tools import bench  # noqa: E402
 from ntm_fast.tools.bench import STEP, Case  # noqa: E402
 
 import_kernels()  # kernels/ as ntm_fast.kernels, installed or from this checkout
-sequence = sys.modules["ntm_fast.kernels.sequence"] if "ntm_fast.kernels.sequence" in sys.modules else __import__("ntm_fast.kernels.sequence", fromlist=["x"])
+sequence = importlib.import_module("ntm_fast.kernels.sequence")
 SETTINGS = (bench.Settings(device="cpu", width=4, controller_size=8, length=1) if ARGS.dry_run
             else bench.Settings(device="cuda"))
 SLOTS = 8 if ARGS.dry_run else 128

@@ -101,6 +101,7 @@ def _gated_weights(mem_ptr, wprev_ptr, wg_ptr, wc_ptr, key, key_norm, beta, gate
         w_prev = tl.load(wprev_ptr + head_offs, mask=mask, other=0.0).to(DTYPE)
         tl.store(wg_ptr + offs, gate[:, None] * w_content + (1 - gate[:, None]) * w_prev, mask=mask)
     tl.debug_barrier()
+    return run_max, run_sum
 
 
 @triton.jit
@@ -186,8 +187,8 @@ def address_head_bwd(mem_ptr, key_ptr, beta_ptr, gate_ptr, shift_ptr, gamma_ptr,
     gws_ptr = tmp_ptr + B * N
     key, key_norm, beta, gate, gamma = _head_params(key_ptr, beta_ptr, gate_ptr, gamma_ptr, h, H, rows, B, M,
                                                     EPS, DTYPE, BLOCK_M)
-    _gated_weights(mem_ptr, wprev_ptr, wg_ptr, wc_ptr, key, key_norm, beta, gate, hrows, rows, B, N, M, EPS, DTYPE,
-                   BLOCK_B, BLOCK_N, BLOCK_M, BLOCK_S, True, SAVED_CONTENT)
+    c_max, c_sum = _gated_weights(mem_ptr, wprev_ptr, wg_ptr, wc_ptr, key, key_norm, beta, gate, hrows, rows, B, N,
+                                  M, EPS, DTYPE, BLOCK_B, BLOCK_N, BLOCK_M, BLOCK_S, True, SAVED_CONTENT)
 
     # Eq 9 backward. With z = γ·log max(w_s, tiny): ∂L/∂z = w·(gw - Σ w·gw); ∂L/∂γ = Σ ∂L/∂z·log max(w_s, tiny);
     # ∂L/∂w_s = γ·∂L/∂z / w_s where w_s ≥ tiny (the clamp passes no gradient below it).
@@ -238,9 +239,12 @@ def address_head_bwd(mem_ptr, key_ptr, beta_ptr, gate_ptr, shift_ptr, gamma_ptr,
     key_unit = div(key, key_norm[:, None], DTYPE)
     for start in range(0, N, BLOCK_N):
         slots, offs, head_offs, mask = _slot_tile(start, rows, hrows, B, N, BLOCK_N)
-        _, sim, mem_norm, mem, mem_offs, mem_mask = _content_logits(mem_ptr, key, key_norm, beta, rows, slots, B, N,
-                                                                     M, EPS, DTYPE, BLOCK_M)
-        w_content = tl.load(wc_ptr + head_offs, mask=mask, other=0.0).to(DTYPE)
+        logits, sim, mem_norm, mem, mem_offs, mem_mask = _content_logits(mem_ptr, key, key_norm, beta, rows, slots,
+                                                                          B, N, M, EPS, DTYPE, BLOCK_M)
+        if SAVED_CONTENT:
+            w_content = tl.load(wc_ptr + head_offs, mask=mask, other=0.0).to(DTYPE)
+        else:  # as computed into wc_ptr (recomputed: as cheap as a load beside the memory tile's)
+            w_content = div(tl.exp(logits - c_max[:, None]), c_sum[:, None], DTYPE)
         g_wg = tl.load(wg_ptr + offs, mask=mask, other=0.0)
         g_logits = w_content * gate[:, None] * (g_wg - wc_dot_gwg[:, None])
         g_beta += tl.sum(g_logits * sim, axis=1)

@@ -16,7 +16,8 @@ argument: no recompilation per sequence length). Each step, as NTMCell.forward c
 Shapes: T steps, B batch, X input, C controller units, G = 4C (LSTM) or C gate columns, Y outputs, N slots,
 M slot width, R read and W write heads (H = R + W), S shift range (K = 2S + 1), P = H·M + 3H + H·K + 2W·M.
 The matrix products are `tl.dot` over [BLOCK_B ≥ 16, BLOCK_D] × [BLOCK_D, BLOCK_J] tiles with the weights
-streamed from global memory (L2) each step: all gate tiles of W_hh do not fit in an SM's shared memory. The
+streamed from global memory (L2) each step: all gate tiles of W_hh do not fit in an SM's shared memory. Tiles,
+warps and the float32 product precision are each kernel's KernelSettings (below). The
 addressing, read and write are the per-op kernels' @triton.jit helpers (address.py, read_write.py). Every
 phase of a step is a separate (noinline) function called from the time loop: inlined, the addresses of all
 phases' tiles are loop-invariant and were hoisted out of the loop and held live across it, which spilled. The
@@ -27,7 +28,7 @@ program computed, so they pass through memory between the phases of a step (sepa
 
 Precision: float64 inputs compute in float64 (IEEE products). float32 computes in float32, its products with
 `tl.dot(input_precision=...)` as each kernel's KernelSettings say: on a GPU the forward's in "tf32x3" (three
-tf32 tensor-core products; on an H200 as close to the reference as IEEE, 1.2e-7, and 1.36× faster) and the
+tf32 tensor-core products; on an H200 as close to the reference as IEEE, 1.3e-7, and 1.26× faster) and the
 backward's in "ieee"; `dot_precision` (or NTM_FAST_DOT_PRECISION) sets both. The interpreter computes a
 tl.dot in float32 whatever the precision: the CPU tests bound IEEE, the CUDA tests the GPU's defaults.
 
@@ -51,13 +52,14 @@ Launchers (no autograd; ntm_fast/ops/autograd.py wraps them):
 Saved for backward (SequenceSaved), in the compute dtype, index 0 of each [T+1, ...] tensor the initial state:
     hs [T+1, B, C] (h_0 = h0, zeros for feedforward), cs [T+1, B, C] (LSTM only), gates [T, B, 4C] (LSTM
     pre-activations only), heads [T, B, P] (pre-activation head parameters), reads [T+1, B, R·M],
-    w_read [T+1, B, R, N], w_write [T+1, B, W, N], checkpoints [ceil(T/k), B, N, M] (M_0, M_k, M_2k, ...),
-    plus a reference to x. Nothing else: the backward recomputes each segment's memories from its checkpoint
-    with the write alone (the saved weightings make re-addressing unnecessary) and the activations from the
-    pre-activations.
-Bytes held per sequence-step and batch row (elements × 4 in float32), LSTM: 6C + P + R·M + (R + W)·N + N·M/k
-(feedforward: C + P + R·M + (R + W)·N + N·M/k). At the default model (C = 100, N = 128, M = 20, 1R + 1W, S = 1,
-P = 92) that is 968 + 2560/k elements: 3,872 + 10,240/k bytes, 14,112 at k = 1 and 6,432 at k = 4. The
+    w_read [T+1, B, R, N], w_write [T+1, B, W, N], content_read [T, B, R, N] and content_write [T, B, W, N]
+    (every head's content weighting w_c, Eq 5: the backward's addressing reads it instead of walking the memory
+    once more per head), checkpoints [ceil(T/k), B, N, M] (M_0, M_k, M_2k, ...), plus a reference to x.
+    Nothing else: the backward recomputes each segment's memories from its checkpoint with the write alone (the
+    saved weightings make re-addressing unnecessary) and the activations from the pre-activations.
+Bytes held per sequence-step and batch row (elements × 4 in float32), LSTM: 6C + P + R·M + 2(R + W)·N + N·M/k
+(feedforward: C + P + R·M + 2(R + W)·N + N·M/k). At the default model (C = 100, N = 128, M = 20, 1R + 1W,
+S = 1, P = 92) that is 1,224 + 2,560/k elements: 4,896 + 10,240/k bytes, 15,136 at k = 1 and 7,456 at k = 4. The
 reference's autograd keeps 34,281 bytes per step and row there (float32, T = 6, B = 8; the distinct storages
 its saved tensors hold besides the parameters, measured with torch.autograd.graph.saved_tensors_hooks; the
 test test_saved_bytes_per_step checks both sides). The backward holds min(k, T) recomputed memories of one
@@ -806,8 +808,9 @@ def _sequence_bwd_kernel(dlogits_ptr, wih_ptr, whh_ptr, whd_ptr, wout_ptr,
             wr_t = wr_ptr + step * B * R * N
             ww_t = ww_ptr + step * B * W * N
             _memory_bwd(seg_ptr + (step - t0) * BNM, act_ptr, gact_ptr, wr_t, ww_t, wr_t + B * R * N, ww_t + B * W * N,
-                        wcr_ptr + step * B * R * N, wcw_ptr + step * B * W * N, dreads_ptr, dm0_ptr, dwr0_ptr, dww0_ptr, tmp_ptr, row0, B, N, M, R, W, S, WRAP, TINY, EPS, DTYPE,
-                        BLOCK_B, BLOCK_N, BLOCK_M, BLOCK_S, BLOCK_W, BLOCK_K)
+                        wcr_ptr + step * B * R * N, wcw_ptr + step * B * W * N, dreads_ptr, dm0_ptr, dwr0_ptr,
+                        dww0_ptr, tmp_ptr, row0, B, N, M, R, W, S, WRAP, TINY, EPS, DTYPE, BLOCK_B, BLOCK_N, BLOCK_M,
+                        BLOCK_S, BLOCK_W, BLOCK_K)
             tl.debug_barrier()
             dp_t = dp_ptr + step * B * P
             _head_activations_bwd(p_t, act_ptr, gact_ptr, dp_t, row0, B, R, W, M, K, DTYPE, BLOCK_B, BLOCK_H,
@@ -969,8 +972,8 @@ def sequence_forward(x, h0, c0, reads0, w_read0, w_write0, memory0, weights, lay
     scratch = torch.empty(B * P + 2 * B * N, dtype=cdt, device=x.device)  # activated heads; addressing's [2, B, N]
     _sequence_fwd_kernel[(triton.cdiv(B, BLOCK_B),)](
         x.contiguous(), *weights, logits, hs, cs if lstm else dummy, gates if lstm else dummy, heads, reads, w_read,
-        w_write, content_read, content_write, checkpoints, memory, scratch, scratch[B * P:], T, k, B, X, C, Y, LSTM=lstm, BLOCK_R=pow2(R),
-        **_launch_args(forward, B, N, M, R, W, S, x.dtype, eps, tiny))
+        w_write, content_read, content_write, checkpoints, memory, scratch, scratch[B * P:], T, k, B, X, C, Y,
+        LSTM=lstm, BLOCK_R=pow2(R), **_launch_args(forward, B, N, M, R, W, S, x.dtype, eps, tiny))
     config = SequenceConfig(lstm, R, W, M, S, k, x.dtype, eps, tiny, backward)
     return logits, SequenceSaved(config, x, hs, cs, gates, heads, reads, w_read, w_write, content_read, content_write,
                                  checkpoints)

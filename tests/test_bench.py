@@ -147,9 +147,28 @@ def test_gpu_suite_dry_run_writes_every_table(tmp_path):
     assert data["meta"]["commit"] and data["meta"]["dry_run"] is True
     step = {r["contender"]: r for r in data["results"] if r["op"] == "step"}
     assert step["triton"]["runs_as"] == "sequence node" and step["triton-per-step"]["runs_as"] == "per-op"
+    assert step["triton-ieee"]["runs_as"] == step["triton-tf32"]["runs_as"] == "sequence node"
     assert {"reference", "compile"} <= set(step) and all(r["status"] == "ok" for r in step.values())
     assert "vs_per_step" in step["triton"]
     assert (tmp_path / "results.csv").read_text().count("\n") == len(data["results"]) + 1
+
+
+def test_sequence_sweep_dry_run_checks_then_times_each_setting(tmp_path):
+    script = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmarks",
+                          "sequence_sweep.py")
+    result = subprocess.run([sys.executable, script, str(tmp_path), "--dry-run", "--batch-sizes", "2",
+                             "--forward", "depth=16,precision=tf32x3", "memory=1000", "--backward", "warps=16"],
+                            capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-3000:]
+    data = json.loads((tmp_path / "sweep.json").read_text())
+    rows = {(r["kernel"], r["setting"]): r for r in data["rows"]}
+    assert set(rows) == {("forward", ""), ("forward", "depth=16,precision=tf32x3"), ("forward", "memory=1000"),
+                         ("backward", ""), ("backward", "warps=16")}
+    assert rows["forward", "memory=1000"]["status"].startswith("failed: ValueError")  # named, not timed
+    timed = [r for key, r in rows.items() if key != ("forward", "memory=1000")]
+    assert all(r["status"] == "ok" and r["ms"] > 0 and r["diff"] <= 1e-6 for r in timed)
+    assert any("default against the eager reference" in note for note in data["notes"])
+    assert "| backward | warps=16 | 2 |" in (tmp_path / "sweep.md").read_text()
 
 
 def test_gpu_suite_skips_what_its_time_limit_cannot_reach(tmp_path):
