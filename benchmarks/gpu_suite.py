@@ -12,9 +12,10 @@ In this order, each part checking the time left and listing what it could not re
      `triton-per-step` (the same model with `fuse_sequence = False`: the per-op kernels, one time step at a
      time), the eager reference, `cuda` (its extension builds in a thread beside the first cases), then
      torch.compile(reference) with its compile time; sequences/s and ratios;
-  3. tests, each pytest run with its own timeout from the budget: the float32 cases that failed on the first
-     GPU run (H200, 2026-11-26), then `pytest -m gpu` (tests/test_compile_sm90.py needs no GPU: left out), then
-     tests/test_triton_sequence.py on CUDA tensors (the compiled sequence kernels);
+  3. tests, each pytest run with its own timeout from the budget: the sequence node's first (its `-m gpu`
+     tests, then tests/test_triton_sequence.py on CUDA tensors: the compiled sequence kernels), then the
+     float32 cases that failed on the first GPU run (H200, 2026-11-26), then the rest of `pytest -m gpu`
+     (tests/test_compile_sm90.py needs no GPU: left out);
   4. the per-op tables (memory_step, address over both heads, read, write; forward and forward+backward;
      B in {32, 256, 1024, 4096} x N in {128, 1024}), torch.compile(reference) for memory_step only (each op
      and mode compiles anew); then kernel launches per call and memory_step's bandwidth.
@@ -319,18 +320,23 @@ def test_part():
     if ARGS.dry_run:
         RESULTS.tests.append("skipped in a dry run")
         return
+    # The sequence node first: its CUDA tests (the default model against the reference, with the GPU's
+    # settings), then its interpreter suite on CUDA tensors with the compiled kernels.
+    RESULTS.tests.append(run_pytest("sequence_gpu", ["tests/test_triton_sequence.py", "-m", "gpu"],
+                                    timeout=min(75, left_s() - KEEP["tests"])))
+    RESULTS.save()
+    RESULTS.tests.append(run_pytest("sequence_cuda", ["tests/test_triton_sequence.py", "-m", "not gpu", "--maxfail=3"],
+                                    timeout=min(90, left_s() - KEEP["tests"])))
+    RESULTS.save()
     # The float32 adversarial cases that failed on the first GPU run (benchmarks/RESULTS.md, "GPU ops").
     RESULTS.tests.append(run_pytest("first_run_failures", [
         "tests/test_backend_equivalence.py", "tests/test_triton.py", "-m", "gpu or not gpu", "-k",
         "(test_address and M1 and f32 and (triton or cuda)) or (test_gpu_memory_step_large and extreme and f32)"],
-        timeout=min(60, left_s() - KEEP["tests"] - 60)))
+        timeout=min(60, left_s() - KEEP["tests"])))
     RESULTS.save()
-    RESULTS.tests.append(run_pytest("gpu", ["-m", "gpu", "tests", "--ignore=tests/test_compile_sm90.py"],
+    RESULTS.tests.append(run_pytest("gpu", ["-m", "gpu", "tests", "--ignore=tests/test_compile_sm90.py",
+                                            "--ignore=tests/test_triton_sequence.py"],
                                     timeout=min(150, left_s() - KEEP["tests"])))
-    RESULTS.save()
-    # The sequence node's interpreter suite, now on CUDA tensors with the compiled kernels.
-    RESULTS.tests.append(run_pytest("sequence_cuda", ["tests/test_triton_sequence.py", "-m", "not gpu", "--maxfail=3"],
-                                    timeout=min(90, left_s() - KEEP["tests"])))
     RESULTS.save()
 
 
