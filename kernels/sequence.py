@@ -29,7 +29,8 @@ program computed, so they pass through memory between the phases of a step (sepa
 Precision: float64 inputs compute in float64 (IEEE products). float32 computes in float32, its products with
 `tl.dot(input_precision=...)` as each kernel's KernelSettings say: on a GPU the forward's in "tf32x3" (three
 tf32 tensor-core products; on an H200 as close to the reference as IEEE, 1.3e-7, and 1.26× faster) and the
-backward's in "ieee"; `dot_precision` (or NTM_FAST_DOT_PRECISION) sets both. The interpreter computes a
+backward's in "ieee"; `dot_precision` (or NTM_FAST_DOT_PRECISION) sets both; GPUs before Ampere (compute
+capability 8.0, the first with tf32) compute IEEE products whatever is asked. The interpreter computes a
 tl.dot in float32 whatever the precision: the CPU tests bound IEEE, the CUDA tests the GPU's defaults.
 
 Launchers (no autograd; ntm_fast/ops/autograd.py wraps them):
@@ -948,6 +949,8 @@ def sequence_forward(x, h0, c0, reads0, w_read0, w_write0, memory0, weights, lay
     forward, backward = kernel_settings("forward"), kernel_settings("backward")
     if dot_precision is not None:
         forward, backward = forward._replace(precision=dot_precision), backward._replace(precision=dot_precision)
+    if x.is_cuda and torch.cuda.get_device_capability(x.device) < (8, 0):  # tf32 needs Ampere's tensor cores
+        forward, backward = forward._replace(precision="ieee"), backward._replace(precision="ieee")
     cdt = _common.compute_dtype(x.dtype)
     like = x if x.dtype == cdt else x.to(cdt)
 
