@@ -122,6 +122,6 @@ def memory_step_backward(memory, read_heads, write_heads, w_read_prev, w_write_p
     upstream = contiguous(grad_reads, grad_w_read, grad_w_write, grad_memory)
     grid, args = launch(memory)
     _memory_step_bwd_kernel[grid](*inputs, *contiguous(w_read, w_write), *upstream, *grads,
-                                  scratch(2 + R + W, B, N, memory), R, W, **args, **shift_args(N, (K - 1) // 2, tiny, eps),
-                                  BLOCK_S=args["BLOCK_N"], BLOCK_W=pow2(W), BLOCK_K=pow2(K))
+                                  scratch(2 + R + W, B, N, memory), R, W, **args,
+                                  **shift_args(N, (K - 1) // 2, tiny, eps), BLOCK_S=args["BLOCK_N"], BLOCK_W=pow2(W), BLOCK_K=pow2(K))
     return d_memory, ReadHeads(*d_heads[:5]), WriteHeads(*d_heads[5:12]), d_heads[12], d_heads[13]

@@ -111,10 +111,10 @@ class KernelSettings(NamedTuple):
 
 # The defaults: the fastest settings of benchmarks/sequence_sweep.py on an H200 (benchmarks/RESULTS.md,
 # "Sequence kernels' settings"). The forward's products take the whole controller width in one column tile
-# and tf32x3 (three tf32 tensor-core products, as close to the reference as IEEE there: 1.2e-7); the backward
+# and tf32x3 (three tf32 tensor-core products, as close to the reference as IEEE there: 1.3e-7); the backward
 # runs 16 warps over 4096-element memory tiles, 1.56× its 8-warp, 1024-element setting although it then
-# spills (compiled for sm_90 in float32: 128 registers, 712 bytes of stack), and IEEE products, which were
-# faster than tf32x3 at its [16, 32] tiles. Under the interpreter (cost per operation, not per element)
+# spills (sm_90, float32: 128 registers; 248 bytes of stack under triton 3.6, 712 under 3.9), and IEEE
+# products, which were faster than tf32x3 at its [16, 32] tiles. Under the interpreter (cost per operation, not per element)
 # every tile is large.
 if triton_interpreted():
     FORWARD_SETTINGS = BACKWARD_SETTINGS = KernelSettings(memory=2**16, slot=2**16, cols=128, depth=128, warps=8,
@@ -208,13 +208,15 @@ def _dot_acc(acc, a_ptr, a_stride, rows, B, D, w_ptr, w_stride_d, w_stride_j, co
 
 
 @triton.jit
-def _load_pair(a_ptr, DA, b_ptr, DB, rows, B, cols, DTYPE: tl.constexpr):
+def _load_pair(a_ptr, DA, b_ptr, DB, rows, B, cols, DTYPE: tl.constexpr, WITH_A: tl.constexpr):
     """The [BLOCK_B, len(cols)] block of [A | A'] (row-major A [B, DA] and A' [B, DB] side by side, zero padded):
     [x_t; r_{t-1}] or [h; r_t] as one operand, so that a product over both walks DA + DB columns once rather
-    than each padded to a tile of its own."""
+    than each padded to a tile of its own. Without WITH_A, A's columns are zeros (a_ptr is not read)."""
     row_ok = (rows < B)[:, None]
     in_a = (cols < DA)[None, :]
-    from_a = tl.load(a_ptr + rows[:, None] * DA + cols[None, :], mask=row_ok & in_a, other=0.0)
+    from_a = 0.0
+    if WITH_A:
+        from_a = tl.load(a_ptr + rows[:, None] * DA + cols[None, :], mask=row_ok & in_a, other=0.0)
     from_b = tl.load(b_ptr + rows[:, None] * DB + (cols - DA)[None, :],
                      mask=row_ok & ~in_a & (cols < DA + DB)[None, :], other=0.0)
     return tl.where(in_a, from_a, from_b).to(DTYPE)
@@ -226,7 +228,8 @@ def _store_pair(a_ptr, DA, b_ptr, DB, value, rows, B, cols):
     row_ok = (rows < B)[:, None]
     in_a = (cols < DA)[None, :]
     tl.store(a_ptr + rows[:, None] * DA + cols[None, :], value, mask=row_ok & in_a)
-    tl.store(b_ptr + rows[:, None] * DB + (cols - DA)[None, :], value, mask=row_ok & ~in_a & (cols < DA + DB)[None, :])
+    tl.store(b_ptr + rows[:, None] * DB + (cols - DA)[None, :], value,
+             mask=row_ok & ~in_a & (cols < DA + DB)[None, :])
 
 
 @triton.jit
@@ -236,7 +239,7 @@ def _dot_acc_pair(acc, a_ptr, DA, b_ptr, DB, rows, B, w_ptr, w_stride_d, w_strid
     D = DA + DB
     for d0 in range(0, D, BLOCK_D):
         ds = d0 + tl.arange(0, BLOCK_D)
-        a = _load_pair(a_ptr, DA, b_ptr, DB, rows, B, ds, DTYPE)
+        a = _load_pair(a_ptr, DA, b_ptr, DB, rows, B, ds, DTYPE, True)
         v = tl.load(w_ptr + ds[:, None] * w_stride_d + cols[None, :] * w_stride_j,
                     mask=(ds < D)[:, None] & col_ok[None, :], other=0.0).to(DTYPE)
         acc = tl.dot(a, v, acc, input_precision=PRECISION, out_dtype=DTYPE)
@@ -493,8 +496,8 @@ def _controller_bwd(dh_ptr, dc_ptr, h_ptr, c_prev_ptr, c_ptr, gates_ptr, dgates_
 # The memory interaction of one step (as memory_step.py's kernels, for the program's rows).
 
 @triton.jit(noinline=True)
-def _address_fwd(mem_ptr, key_ptr, beta_ptr, gate_ptr, shift_ptr, gamma_ptr, wprev_ptr, w_ptr, wc_ptr, tmp_ptr, h, H, row0,
-                 B, N, M, S, WRAP, TINY: tl.constexpr, EPS: tl.constexpr, DTYPE: tl.constexpr, BLOCK_B: tl.constexpr,
+def _address_fwd(mem_ptr, key_ptr, beta_ptr, gate_ptr, shift_ptr, gamma_ptr, wprev_ptr, w_ptr, wc_ptr, tmp_ptr, h, H,
+                 row0, B, N, M, S, WRAP, TINY: tl.constexpr, EPS: tl.constexpr, DTYPE: tl.constexpr, BLOCK_B: tl.constexpr,
                  BLOCK_N: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_S: tl.constexpr):
     """address_head_fwd of head h as a function of its own (why: the comment above _head_params)."""
     address_head_fwd(mem_ptr, key_ptr, beta_ptr, gate_ptr, shift_ptr, gamma_ptr, wprev_ptr, w_ptr, wc_ptr, tmp_ptr,
@@ -503,15 +506,14 @@ def _address_fwd(mem_ptr, key_ptr, beta_ptr, gate_ptr, shift_ptr, gamma_ptr, wpr
 
 
 @triton.jit(noinline=True)
-def _address_bwd(mem_ptr, key_ptr, beta_ptr, gate_ptr, shift_ptr, gamma_ptr, wprev_ptr, w_ptr, wc_ptr, gw_ptr, gmem_ptr,
-                 gkey_ptr, gbeta_ptr, ggate_ptr, gshift_ptr, ggamma_ptr, tmp_ptr, h, H, row0, B, N, M, S, WRAP,
+def _address_bwd(mem_ptr, key_ptr, beta_ptr, gate_ptr, shift_ptr, gamma_ptr, wprev_ptr, w_ptr, wc_ptr, gw_ptr,
+                 gmem_ptr, gkey_ptr, gbeta_ptr, ggate_ptr, gshift_ptr, ggamma_ptr, tmp_ptr, h, H, row0, B, N, M, S, WRAP,
                  TINY: tl.constexpr, EPS: tl.constexpr, DTYPE: tl.constexpr, BLOCK_B: tl.constexpr,
                  BLOCK_N: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_S: tl.constexpr, BLOCK_K: tl.constexpr):
     """address_head_bwd of head h, accumulating into gmem, with ∂L/∂w_prev replacing gw in place; its content
     weighting read from wc_ptr, as the forward saved it."""
     address_head_bwd(mem_ptr, key_ptr, beta_ptr, gate_ptr, shift_ptr, gamma_ptr, wprev_ptr, w_ptr, wc_ptr, gw_ptr,
-                     gmem_ptr,
-                     gkey_ptr, gbeta_ptr, ggate_ptr, gshift_ptr, ggamma_ptr, gw_ptr, tmp_ptr, h, H,
+                     gmem_ptr, gkey_ptr, gbeta_ptr, ggate_ptr, gshift_ptr, ggamma_ptr, gw_ptr, tmp_ptr, h, H,
                      row0 + tl.arange(0, BLOCK_B), True, B, N, M, S, WRAP, TINY, EPS, DTYPE, BLOCK_B, BLOCK_N, BLOCK_M,
                      BLOCK_S, BLOCK_K, True)
 
@@ -542,9 +544,8 @@ def _read_write_bwd(mem_ptr, rw_ptr, ww_ptr, erase, add, greads_ptr, gmem_ptr, g
 
 @triton.jit(noinline=True)
 def _memory_fwd(mem_ptr, act_ptr, rprev_ptr, wprev_ptr, rw_ptr, ww_ptr, rwc_ptr, wwc_ptr, reads_ptr, tmp_ptr, row0, B,
-                N, M, R, W, S,
-                WRAP, TINY: tl.constexpr, EPS: tl.constexpr, DTYPE: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_N: tl.constexpr,
-                BLOCK_M: tl.constexpr, BLOCK_S: tl.constexpr, BLOCK_R: tl.constexpr):
+                N, M, R, W, S, WRAP, TINY: tl.constexpr, EPS: tl.constexpr, DTYPE: tl.constexpr, BLOCK_B: tl.constexpr,
+                BLOCK_N: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_S: tl.constexpr, BLOCK_R: tl.constexpr):
     """Every head addresses M_{t-1} (Eq 5-9; its content weighting kept in rwc/wwc), the reads (Eq 2), then M_t
     (Eq 3-4) replaces M_{t-1} in place."""
     rows = row0 + tl.arange(0, BLOCK_B)
@@ -553,12 +554,10 @@ def _memory_fwd(mem_ptr, act_ptr, rprev_ptr, wprev_ptr, rw_ptr, ww_ptr, rwc_ptr,
         act_ptr, B, R, W, M, K)
     for h in range(R):
         _address_fwd(mem_ptr, rkey, rbeta, rgate, rshift, rgamma, rprev_ptr, rw_ptr, rwc_ptr, tmp_ptr, h, R, row0, B, N,
-                     M, S,
-                     WRAP, TINY, EPS, DTYPE, BLOCK_B, BLOCK_N, BLOCK_M, BLOCK_S)
+                     M, S, WRAP, TINY, EPS, DTYPE, BLOCK_B, BLOCK_N, BLOCK_M, BLOCK_S)
     for h in range(W):
         _address_fwd(mem_ptr, wkey, wbeta, wgate, wshift, wgamma, wprev_ptr, ww_ptr, wwc_ptr, tmp_ptr, h, W, row0, B, N,
-                     M, S,
-                     WRAP, TINY, EPS, DTYPE, BLOCK_B, BLOCK_N, BLOCK_M, BLOCK_S)
+                     M, S, WRAP, TINY, EPS, DTYPE, BLOCK_B, BLOCK_N, BLOCK_M, BLOCK_S)
     tl.debug_barrier()  # the weightings are complete
     reads = tl.zeros([BLOCK_B, BLOCK_R, BLOCK_M], DTYPE)
     for start in range(0, N, BLOCK_N):
@@ -572,10 +571,9 @@ def _memory_fwd(mem_ptr, act_ptr, rprev_ptr, wprev_ptr, rw_ptr, ww_ptr, rwc_ptr,
 
 
 @triton.jit(noinline=True)
-def _memory_bwd(mem_ptr, act_ptr, gact_ptr, rprev_ptr, wprev_ptr, rw_ptr, ww_ptr, rwc_ptr, wwc_ptr, greads_ptr, gmem_ptr,
-                grw_ptr,
-                gww_ptr, tmp_ptr, row0, B, N, M, R, W, S, WRAP, TINY: tl.constexpr, EPS: tl.constexpr, DTYPE: tl.constexpr,
-                BLOCK_B: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_S: tl.constexpr,
+def _memory_bwd(mem_ptr, act_ptr, gact_ptr, rprev_ptr, wprev_ptr, rw_ptr, ww_ptr, rwc_ptr, wwc_ptr, greads_ptr,
+                gmem_ptr, grw_ptr, gww_ptr, tmp_ptr, row0, B, N, M, R, W, S, WRAP, TINY: tl.constexpr,
+                EPS: tl.constexpr, DTYPE: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_S: tl.constexpr,
                 BLOCK_W: tl.constexpr, BLOCK_K: tl.constexpr):
     """Backward of _memory_fwd, in place: gmem holds ∂L/∂M_t and leaves with ∂L/∂M_{t-1}; grw/gww hold ∂L/∂w_t
     (read/write heads) and leave with ∂L/∂w_{t-1}; the activated parameters' gradients go to gact."""
@@ -588,13 +586,13 @@ def _memory_bwd(mem_ptr, act_ptr, gact_ptr, rprev_ptr, wprev_ptr, rw_ptr, ww_ptr
                     B, N, M, R, W, DTYPE, BLOCK_B, BLOCK_N, BLOCK_M, BLOCK_W)
     # Addressing backward of every head, each adding its part of ∂L/∂M_{t-1}.
     for h in range(R):
-        _address_bwd(mem_ptr, rkey, rbeta, rgate, rshift, rgamma, rprev_ptr, rw_ptr, rwc_ptr, grw_ptr, gmem_ptr, grkey, grbeta,
-                     grgate, grshift, grgamma, tmp_ptr, h, R, row0, B, N, M, S, WRAP, TINY, EPS, DTYPE, BLOCK_B, BLOCK_N,
-                     BLOCK_M, BLOCK_S, BLOCK_K)
+        _address_bwd(mem_ptr, rkey, rbeta, rgate, rshift, rgamma, rprev_ptr, rw_ptr, rwc_ptr, grw_ptr, gmem_ptr, grkey,
+                     grbeta, grgate, grshift, grgamma, tmp_ptr, h, R, row0, B, N, M, S, WRAP, TINY, EPS, DTYPE,
+                     BLOCK_B, BLOCK_N, BLOCK_M, BLOCK_S, BLOCK_K)
     for h in range(W):
-        _address_bwd(mem_ptr, wkey, wbeta, wgate, wshift, wgamma, wprev_ptr, ww_ptr, wwc_ptr, gww_ptr, gmem_ptr, gwkey, gwbeta,
-                     gwgate, gwshift, gwgamma, tmp_ptr, h, W, row0, B, N, M, S, WRAP, TINY, EPS, DTYPE, BLOCK_B, BLOCK_N,
-                     BLOCK_M, BLOCK_S, BLOCK_K)
+        _address_bwd(mem_ptr, wkey, wbeta, wgate, wshift, wgamma, wprev_ptr, ww_ptr, wwc_ptr, gww_ptr, gmem_ptr, gwkey,
+                     gwbeta, gwgate, gwshift, gwgamma, tmp_ptr, h, W, row0, B, N, M, S, WRAP, TINY, EPS, DTYPE,
+                     BLOCK_B, BLOCK_N, BLOCK_M, BLOCK_S, BLOCK_K)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -654,9 +652,8 @@ def _output_bwd(dy_ptr, wout_ptr, dh_carried_ptr, dr_carried_ptr, dh_ptr, dreads
     rows = row0 + tl.arange(0, BLOCK_B)
     for j0 in range(0, C + RM, BLOCK_J):  # the columns of [h; r_t]
         cols = j0 + tl.arange(0, BLOCK_J)
-        acc = _load_pair(dh_carried_ptr, C, dr_carried_ptr, RM, rows, B, cols, DTYPE)
-        if not LSTM:  # a feedforward controller carries no ∂L/∂h (dh_carried_ptr is a stand-in)
-            acc = tl.where((cols < C)[None, :], 0.0, acc)
+        # a feedforward controller carries no ∂L/∂h (dh_carried_ptr is a stand-in, not read)
+        acc = _load_pair(dh_carried_ptr, C, dr_carried_ptr, RM, rows, B, cols, DTYPE, LSTM)
         acc = _dot_acc(acc, dy_ptr, Y, rows, B, Y, wout_ptr, C + RM, 1, cols, cols < C + RM, DTYPE, PRECISION,
                        BLOCK_B, BLOCK_D)
         _store_pair(dh_ptr, C, dreads_ptr, RM, acc, rows, B, cols)
@@ -708,8 +705,7 @@ def _sequence_fwd_kernel(x_ptr, wih_ptr, bih_ptr, whh_ptr, bhh_ptr, whd_ptr, bhd
                          T, CK, B, X, C, Y, N, M, R, W, S, WRAP,
                          LSTM: tl.constexpr, TINY: tl.constexpr, EPS: tl.constexpr, DTYPE: tl.constexpr, PRECISION: tl.constexpr,
                          BLOCK_B: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_S: tl.constexpr,
-                         BLOCK_R: tl.constexpr,
-                         BLOCK_J: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_K: tl.constexpr,
+                         BLOCK_R: tl.constexpr, BLOCK_J: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_K: tl.constexpr,
                          BLOCK_HM: tl.constexpr, BLOCK_WM: tl.constexpr):
     row0 = tl.program_id(0).to(tl.int64) * BLOCK_B  # the program's first batch row
     rows = row0 + tl.arange(0, BLOCK_B)
