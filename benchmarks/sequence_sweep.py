@@ -54,6 +54,10 @@ def parse_args(argv=None):
         os.environ.setdefault("TRITON_INTERPRET", "1")  # before the kernels are defined
     if any(b < 1 for b in args.batch_sizes):
         parser.error(f"--batch-sizes must be positive, got {args.batch_sizes}")
+    if args.jobs < 1:
+        parser.error(f"--jobs must be at least 1, got {args.jobs}")
+    if args.limit <= 0:
+        parser.error(f"--limit must be a positive number of seconds, got {args.limit}")
     return args
 
 

@@ -169,6 +169,11 @@ def test_sequence_sweep_dry_run_checks_then_times_each_setting(tmp_path):
     assert all(r["status"] == "ok" and r["ms"] > 0 and r["diff"] <= 1e-6 for r in timed)
     assert any("default against the eager reference" in note for note in data["notes"])
     assert "| backward | warps=16 | 2 |" in (tmp_path / "sweep.md").read_text()
+    for flag, value, message in (("--jobs", "0", "--jobs must be at least 1, got 0"),
+                                 ("--batch-sizes", "0", "--batch-sizes must be positive, got [0]")):
+        bad = subprocess.run([sys.executable, script, str(tmp_path), "--dry-run", flag, value], capture_output=True,
+                             text=True)
+        assert bad.returncode == 2 and message in bad.stderr
 
 
 def test_gpu_suite_skips_what_its_time_limit_cannot_reach(tmp_path):
