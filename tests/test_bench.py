@@ -8,12 +8,14 @@ import sys
 import types
 
 import pytest
+import torch
 
 from cases import backend_or_skip
 from ntm_fast.ops import dispatch, reference
 from ntm_fast.ops.dispatch import BACKENDS, Backend
-from ntm_fast.tools.bench import (Case, Settings, check_contenders, default_contenders, has_sequence_node, merge_rounds,
-                                  per_step_contenders, run_contender, split_contender)
+from ntm_fast.tools.bench import (TOLERANCE, Case, Settings, _max_error, as_exact_as_reference, check_contenders,
+                                  default_contenders, has_sequence_node, merge_rounds, per_step_contenders,
+                                  run_contender, split_contender)
 from ntm_fast.tools.cli import main
 
 TINY = Settings(width=4, controller_size=6, length=2, warmup=0, reps=3, budget_s=0.01)
@@ -52,6 +54,21 @@ def test_a_disagreeing_contender_is_refused_not_timed(wrong_backend):
         assert "median_ms" not in refused
     for agreeing in (rows["write", "fwd"], rows["address", "fwd+bwd"]):  # right outputs and gradients
         assert agreeing["status"] == "ok" and agreeing["median_ms"] > 0 and agreeing["max_error"] == 0
+
+
+def test_a_contender_as_exact_as_the_float32_reference_agrees():
+    """Off the float32 reference by more than the fixed tolerance, but no further from the float64 one than
+    4× the float32 reference's own error: agrees. Further, NaN, or another shape: does not."""
+    oracle = torch.zeros(2, 8, dtype=torch.float64)
+    want = torch.zeros(2, 8)
+    want[0, 1] = 3e-5  # the float32 reference's own error
+    got = torch.zeros(2, 8)
+    got[1, 5] = 1e-4
+    assert not _max_error([got], [want], **TOLERANCE["op"])[1]
+    assert as_exact_as_reference([got], [want], [oracle], **TOLERANCE["op"])
+    for bad in (torch.full((2, 8), 2e-4), torch.full((2, 8), float("nan")), torch.zeros(8, 2)):
+        assert not as_exact_as_reference([bad], [want], [oracle], **TOLERANCE["op"])
+    assert not as_exact_as_reference([got, got], [want], [oracle], **TOLERANCE["op"])
 
 
 def test_the_triton_interpreter_is_never_a_cpu_contender(monkeypatch, backend_cache):
