@@ -100,13 +100,17 @@ class KernelSettings(NamedTuple):
     a loop of [BLOCK_B, depth] × [depth, cols] `tl.dot`s in float32 `precision` ("ieee", "tf32" or "tf32x3";
     float64 is always IEEE), with `warps` warps. A time step is a chain of dependent trips through L2, so
     fewer, larger tiles help until their registers spill (benchmarks/compile_report.py reads registers and
-    spills for sm_90 without a GPU; benchmarks/sequence_sweep.py times settings on one)."""
+    spills for sm_90 without a GPU; benchmarks/sequence_sweep.py times settings on one). `gates` (forward,
+    LSTM controller): 1 walks [x; r] and h once per gate, 4 walks them once for all four gate products (each
+    operand chunk loaded once, the four weight tiles side by side: a quarter of the dependent trips, more
+    registers)."""
     memory: int
     slot: int
     cols: int
     depth: int
     warps: int
     precision: str
+    gates: int = 1
 
 
 # The defaults: the fastest settings of benchmarks/sequence_sweep.py on an H200 (benchmarks/RESULTS.md,
@@ -118,7 +122,7 @@ class KernelSettings(NamedTuple):
 # every tile is large.
 if triton_interpreted():
     FORWARD_SETTINGS = BACKWARD_SETTINGS = KernelSettings(memory=2**16, slot=2**16, cols=128, depth=128, warps=8,
-                                                          precision="ieee")
+                                                          precision="ieee", gates=4)
 else:
     FORWARD_SETTINGS = KernelSettings(memory=2048, slot=1024, cols=128, depth=16, warps=8, precision="tf32x3")
     BACKWARD_SETTINGS = KernelSettings(memory=4096, slot=1024, cols=32, depth=64, warps=16, precision="ieee")
@@ -128,7 +132,7 @@ SETTINGS_ENV = {"forward": "NTM_FAST_SEQUENCE_FORWARD", "backward": "NTM_FAST_SE
 def kernel_settings(kernel: str) -> KernelSettings:
     """The settings of the "forward" or "backward" kernel: FORWARD_SETTINGS / BACKWARD_SETTINGS with the fields
     that NTM_FAST_SEQUENCE_FORWARD / NTM_FAST_SEQUENCE_BACKWARD set, e.g. "memory=4096,cols=64,warps=16"
-    (tiles: powers of two of at least 16; warps 4, 8 or 16; precision ieee, tf32 or tf32x3), and the
+    (tiles: powers of two of at least 16; warps 4, 8 or 16; precision ieee, tf32 or tf32x3; gates 1 or 4), and the
     precision NTM_FAST_DOT_PRECISION sets for both."""
     name = SETTINGS_ENV[kernel]
     settings = (FORWARD_SETTINGS if kernel == "forward" else BACKWARD_SETTINGS)._asdict()
@@ -144,7 +148,9 @@ def kernel_settings(kernel: str) -> KernelSettings:
             raise ValueError(f"{name}: precision must be one of {', '.join(DOT_PRECISIONS)}, got {value!r}")
         if key == "warps" and number not in (4, 8, 16):
             raise ValueError(f"{name}: warps must be 4, 8 or 16, got {value!r}")
-        if key not in ("warps", "precision") and (number is None or number < 16 or number & (number - 1)):
+        if key == "gates" and number not in (1, 4):
+            raise ValueError(f"{name}: gates must be 1 or 4, got {value!r}")
+        if key not in ("warps", "precision", "gates") and (number is None or number < 16 or number & (number - 1)):
             raise ValueError(f"{name}: {key} must be a power of two of at least 16, got {value!r}")
         settings[key] = value if key == "precision" else number
     if "NTM_FAST_DOT_PRECISION" in os.environ:
@@ -192,6 +198,13 @@ def _softplus_grad(x):
 # Matrix products and copies over a program's rows.
 
 @triton.jit
+def _dot_tile(acc, a, v_ptrs, v_mask, DTYPE: tl.constexpr, PRECISION: tl.constexpr):
+    """acc + a @ V for the operand block a and the weight tile V loaded from v_ptrs (zero where not v_mask)."""
+    v = tl.load(v_ptrs, mask=v_mask, other=0.0).to(DTYPE)
+    return tl.dot(a, v, acc, input_precision=PRECISION, out_dtype=DTYPE)
+
+
+@triton.jit
 def _dot_acc(acc, a_ptr, a_stride, rows, B, D, w_ptr, w_stride_d, w_stride_j, cols, col_ok, DTYPE: tl.constexpr,
              PRECISION: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_D: tl.constexpr):
     """acc [BLOCK_B, BLOCK_J] + A[rows, :D] @ V[:D, cols], where A is row-major with row stride a_stride and
@@ -201,9 +214,8 @@ def _dot_acc(acc, a_ptr, a_stride, rows, B, D, w_ptr, w_stride_d, w_stride_j, co
         ds = d0 + tl.arange(0, BLOCK_D)
         a = tl.load(a_ptr + rows[:, None] * a_stride + ds[None, :], mask=row_ok[:, None] & (ds < D)[None, :],
                     other=0.0).to(DTYPE)
-        v = tl.load(w_ptr + ds[:, None] * w_stride_d + cols[None, :] * w_stride_j,
-                    mask=(ds < D)[:, None] & col_ok[None, :], other=0.0).to(DTYPE)
-        acc = tl.dot(a, v, acc, input_precision=PRECISION, out_dtype=DTYPE)
+        acc = _dot_tile(acc, a, w_ptr + ds[:, None] * w_stride_d + cols[None, :] * w_stride_j,
+                        (ds < D)[:, None] & col_ok[None, :], DTYPE, PRECISION)
     return acc
 
 
@@ -240,9 +252,8 @@ def _dot_acc_pair(acc, a_ptr, DA, b_ptr, DB, rows, B, w_ptr, w_stride_d, w_strid
     for d0 in range(0, D, BLOCK_D):
         ds = d0 + tl.arange(0, BLOCK_D)
         a = _load_pair(a_ptr, DA, b_ptr, DB, rows, B, ds, DTYPE, True)
-        v = tl.load(w_ptr + ds[:, None] * w_stride_d + cols[None, :] * w_stride_j,
-                    mask=(ds < D)[:, None] & col_ok[None, :], other=0.0).to(DTYPE)
-        acc = tl.dot(a, v, acc, input_precision=PRECISION, out_dtype=DTYPE)
+        acc = _dot_tile(acc, a, w_ptr + ds[:, None] * w_stride_d + cols[None, :] * w_stride_j,
+                        (ds < D)[:, None] & col_ok[None, :], DTYPE, PRECISION)
     return acc
 
 
@@ -427,11 +438,51 @@ def _controller_preact(x_ptr, r_ptr, h_ptr, wih_ptr, bih_ptr, whh_ptr, bhh_ptr, 
     return acc
 
 
+@triton.jit
+def _lstm_preacts(x_ptr, r_ptr, h_ptr, wih_ptr, bih_ptr, whh_ptr, bhh_ptr, rows, B, X, RM, C, cols, col_ok,
+                  DTYPE: tl.constexpr, PRECISION: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_J: tl.constexpr,
+                  BLOCK_D: tl.constexpr):
+    """The LSTM's gate pre-activations i, f, g, o of columns cols: [x; r] W_ih[gate·C + cols]ᵀ + b_ih + h
+    W_hh[gate·C + cols]ᵀ + b_hh, each [BLOCK_B, BLOCK_J]. One walk over [x; r] and one over h: each operand
+    chunk is loaded once and feeds the four gates' products, whose weight tiles load side by side."""
+    U = X + RM
+    row_ok = rows < B
+    acc_i = _bias_tile(bih_ptr, cols, col_ok, DTYPE, BLOCK_B, BLOCK_J)
+    acc_f = _bias_tile(bih_ptr, C + cols, col_ok, DTYPE, BLOCK_B, BLOCK_J)
+    acc_g = _bias_tile(bih_ptr, 2 * C + cols, col_ok, DTYPE, BLOCK_B, BLOCK_J)
+    acc_o = _bias_tile(bih_ptr, 3 * C + cols, col_ok, DTYPE, BLOCK_B, BLOCK_J)
+    for d0 in range(0, U, BLOCK_D):
+        ds = d0 + tl.arange(0, BLOCK_D)
+        a = _load_pair(x_ptr, X, r_ptr, RM, rows, B, ds, DTYPE, True)
+        w = wih_ptr + ds[:, None] + cols[None, :] * U  # W_ih[cols, ds]ᵀ of gate i; the others C·U further
+        w_ok = (ds < U)[:, None] & col_ok[None, :]
+        acc_i = _dot_tile(acc_i, a, w, w_ok, DTYPE, PRECISION)
+        acc_f = _dot_tile(acc_f, a, w + C * U, w_ok, DTYPE, PRECISION)
+        acc_g = _dot_tile(acc_g, a, w + 2 * C * U, w_ok, DTYPE, PRECISION)
+        acc_o = _dot_tile(acc_o, a, w + 3 * C * U, w_ok, DTYPE, PRECISION)
+    acc_i += _bias_tile(bhh_ptr, cols, col_ok, DTYPE, BLOCK_B, BLOCK_J)
+    acc_f += _bias_tile(bhh_ptr, C + cols, col_ok, DTYPE, BLOCK_B, BLOCK_J)
+    acc_g += _bias_tile(bhh_ptr, 2 * C + cols, col_ok, DTYPE, BLOCK_B, BLOCK_J)
+    acc_o += _bias_tile(bhh_ptr, 3 * C + cols, col_ok, DTYPE, BLOCK_B, BLOCK_J)
+    for d0 in range(0, C, BLOCK_D):
+        ds = d0 + tl.arange(0, BLOCK_D)
+        a = tl.load(h_ptr + rows[:, None] * C + ds[None, :], mask=row_ok[:, None] & (ds < C)[None, :],
+                    other=0.0).to(DTYPE)
+        w = whh_ptr + ds[:, None] + cols[None, :] * C  # W_hh[cols, ds]ᵀ of gate i; the others C·C further
+        w_ok = (ds < C)[:, None] & col_ok[None, :]
+        acc_i = _dot_tile(acc_i, a, w, w_ok, DTYPE, PRECISION)
+        acc_f = _dot_tile(acc_f, a, w + C * C, w_ok, DTYPE, PRECISION)
+        acc_g = _dot_tile(acc_g, a, w + 2 * C * C, w_ok, DTYPE, PRECISION)
+        acc_o = _dot_tile(acc_o, a, w + 3 * C * C, w_ok, DTYPE, PRECISION)
+    return acc_i, acc_f, acc_g, acc_o
+
+
 @triton.jit(noinline=True)
 def _controller_fwd(x_ptr, r_ptr, h_prev_ptr, c_prev_ptr, h_ptr, c_ptr, gates_ptr, wih_ptr, bih_ptr, whh_ptr,
                     bhh_ptr, row0, B, X, RM, C, LSTM: tl.constexpr, DTYPE: tl.constexpr, PRECISION: tl.constexpr,
-                    BLOCK_B: tl.constexpr, BLOCK_J: tl.constexpr, BLOCK_D: tl.constexpr):
-    """One controller step over column tiles of C: h (and c, and the LSTM's 4 gate pre-activations) stored."""
+                    BLOCK_B: tl.constexpr, BLOCK_J: tl.constexpr, BLOCK_D: tl.constexpr, GATES: tl.constexpr):
+    """One controller step over column tiles of C: h (and c, and the LSTM's 4 gate pre-activations) stored.
+    An LSTM's gate products walk their operands once per gate (GATES = 1) or once for all four (GATES = 4)."""
     rows = row0 + tl.arange(0, BLOCK_B)
     for j0 in range(0, C, BLOCK_J):
         cols = j0 + tl.arange(0, BLOCK_J)
@@ -439,14 +490,21 @@ def _controller_fwd(x_ptr, r_ptr, h_prev_ptr, c_prev_ptr, h_ptr, c_ptr, gates_pt
         mask = (rows < B)[:, None] & col_ok[None, :]
         offs = rows[:, None] * C + cols[None, :]
         if LSTM:
-            pre_i = _controller_preact(x_ptr, r_ptr, h_prev_ptr, wih_ptr, bih_ptr, whh_ptr, bhh_ptr, rows, B, X, RM,
-                                       C, cols, col_ok, LSTM, DTYPE, PRECISION, BLOCK_B, BLOCK_J, BLOCK_D)
-            pre_f = _controller_preact(x_ptr, r_ptr, h_prev_ptr, wih_ptr, bih_ptr, whh_ptr, bhh_ptr, rows, B, X, RM,
-                                       C, C + cols, col_ok, LSTM, DTYPE, PRECISION, BLOCK_B, BLOCK_J, BLOCK_D)
-            pre_g = _controller_preact(x_ptr, r_ptr, h_prev_ptr, wih_ptr, bih_ptr, whh_ptr, bhh_ptr, rows, B, X, RM,
-                                       C, 2 * C + cols, col_ok, LSTM, DTYPE, PRECISION, BLOCK_B, BLOCK_J, BLOCK_D)
-            pre_o = _controller_preact(x_ptr, r_ptr, h_prev_ptr, wih_ptr, bih_ptr, whh_ptr, bhh_ptr, rows, B, X, RM,
-                                       C, 3 * C + cols, col_ok, LSTM, DTYPE, PRECISION, BLOCK_B, BLOCK_J, BLOCK_D)
+            if GATES == 4:
+                pre_i, pre_f, pre_g, pre_o = _lstm_preacts(x_ptr, r_ptr, h_prev_ptr, wih_ptr, bih_ptr, whh_ptr,
+                                                           bhh_ptr, rows, B, X, RM, C, cols, col_ok, DTYPE, PRECISION,
+                                                           BLOCK_B, BLOCK_J, BLOCK_D)
+            else:
+                pre_i = _controller_preact(x_ptr, r_ptr, h_prev_ptr, wih_ptr, bih_ptr, whh_ptr, bhh_ptr, rows, B, X,
+                                           RM, C, cols, col_ok, LSTM, DTYPE, PRECISION, BLOCK_B, BLOCK_J, BLOCK_D)
+                pre_f = _controller_preact(x_ptr, r_ptr, h_prev_ptr, wih_ptr, bih_ptr, whh_ptr, bhh_ptr, rows, B, X,
+                                           RM, C, C + cols, col_ok, LSTM, DTYPE, PRECISION, BLOCK_B, BLOCK_J, BLOCK_D)
+                pre_g = _controller_preact(x_ptr, r_ptr, h_prev_ptr, wih_ptr, bih_ptr, whh_ptr, bhh_ptr, rows, B, X,
+                                           RM, C, 2 * C + cols, col_ok, LSTM, DTYPE, PRECISION, BLOCK_B, BLOCK_J,
+                                           BLOCK_D)
+                pre_o = _controller_preact(x_ptr, r_ptr, h_prev_ptr, wih_ptr, bih_ptr, whh_ptr, bhh_ptr, rows, B, X,
+                                           RM, C, 3 * C + cols, col_ok, LSTM, DTYPE, PRECISION, BLOCK_B, BLOCK_J,
+                                           BLOCK_D)
             g_offs = rows[:, None] * (4 * C) + cols[None, :]
             tl.store(gates_ptr + g_offs, pre_i, mask=mask)
             tl.store(gates_ptr + g_offs + C, pre_f, mask=mask)
@@ -706,7 +764,7 @@ def _sequence_fwd_kernel(x_ptr, wih_ptr, bih_ptr, whh_ptr, bhh_ptr, whd_ptr, bhd
                          LSTM: tl.constexpr, TINY: tl.constexpr, EPS: tl.constexpr, DTYPE: tl.constexpr, PRECISION: tl.constexpr,
                          BLOCK_B: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_S: tl.constexpr,
                          BLOCK_R: tl.constexpr, BLOCK_J: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_K: tl.constexpr,
-                         BLOCK_HM: tl.constexpr, BLOCK_WM: tl.constexpr):
+                         BLOCK_HM: tl.constexpr, BLOCK_WM: tl.constexpr, GATES: tl.constexpr):
     row0 = tl.program_id(0).to(tl.int64) * BLOCK_B  # the program's first batch row
     rows = row0 + tl.arange(0, BLOCK_B)
     H = R + W
@@ -722,7 +780,7 @@ def _sequence_fwd_kernel(x_ptr, wih_ptr, bih_ptr, whh_ptr, bhh_ptr, whd_ptr, bhd
         r_ptr = reads_ptr + (step + 1) * B * RM
         _controller_fwd(x_ptr + step * B * X, r_ptr - B * RM, h_ptr - B * C, cs_ptr + step * B * C,
                         h_ptr, cs_ptr + (step + 1) * B * C, gates_ptr + step * B * G, wih_ptr, bih_ptr, whh_ptr,
-                        bhh_ptr, row0, B, X, RM, C, LSTM, DTYPE, PRECISION, BLOCK_B, BLOCK_J, BLOCK_D)
+                        bhh_ptr, row0, B, X, RM, C, LSTM, DTYPE, PRECISION, BLOCK_B, BLOCK_J, BLOCK_D, GATES)
         tl.debug_barrier()
         # Head parameters p = h W_headsᵀ + b_heads, then their activations.
         p_t = p_ptr + step * B * P
@@ -972,7 +1030,8 @@ def sequence_forward(x, h0, c0, reads0, w_read0, w_write0, memory0, weights, lay
     _sequence_fwd_kernel[(triton.cdiv(B, BLOCK_B),)](
         x.contiguous(), *weights, logits, hs, cs if lstm else dummy, gates if lstm else dummy, heads, reads, w_read,
         w_write, content_read, content_write, checkpoints, memory, scratch, scratch[B * P:], T, k, B, X, C, Y,
-        LSTM=lstm, BLOCK_R=pow2(R), **_launch_args(forward, B, N, M, R, W, S, x.dtype, eps, tiny))
+        LSTM=lstm, BLOCK_R=pow2(R), GATES=forward.gates, **_launch_args(forward, B, N, M, R, W, S, x.dtype, eps,
+                                                                        tiny))
     config = SequenceConfig(lstm, R, W, M, S, k, x.dtype, eps, tiny, backward)
     return logits, SequenceSaved(config, x, hs, cs, gates, heads, reads, w_read, w_write, content_read, content_write,
                                  checkpoints)

@@ -157,15 +157,18 @@ def test_float32_within_reference_error(seq, case):
                                    msg=lambda m: f"{name} (reference float32 error {ref_err:.2e}): {m}")
 
 
-def test_tiled_slots(seq, monkeypatch):
+@pytest.mark.parametrize("gates", [1, 4])
+def test_tiled_slots(seq, monkeypatch, gates):
     # An 8-slot memory tile and a 16-slot one for the [B, N] vectors: the addressing's running softmaxes, the
     # shift across tiles and the checkpoint copies and recomputed writes walk 5 (and 3) slot tiles; 16-wide
-    # matrix-product tiles walk the controller's columns and depth. The backward's tiles differ from the forward's.
-    monkeypatch.setenv("NTM_FAST_SEQUENCE_FORWARD", f"memory={16 * 8 * 8}, slot={16 * 16}, cols=16, depth=16")
+    # matrix-product tiles walk the controller's 33 columns (3 tiles, the last one short) and depth, the LSTM's
+    # gates one walk each or all four in one. The backward's tiles differ from the forward's.
+    monkeypatch.setenv("NTM_FAST_SEQUENCE_FORWARD",
+                       f"memory={16 * 8 * 8}, slot={16 * 16}, cols=16, depth=16, gates={gates}")
     monkeypatch.setenv("NTM_FAST_SEQUENCE_BACKWARD", f"memory={16 * 4 * 8},slot={16 * 32},cols=32,depth=16,warps=4")
-    assert seq.kernel_settings("forward") == (16 * 8 * 8, 16 * 16, 16, 16, 8, "ieee")
-    assert seq.kernel_settings("backward") == (16 * 4 * 8, 16 * 32, 32, 16, 4, "ieee")
-    model = make_model("lstm", 1, 1, 33, 5, 1, "learned", torch.float64)
+    assert seq.kernel_settings("forward") == (16 * 8 * 8, 16 * 16, 16, 16, 8, "ieee", gates)
+    assert seq.kernel_settings("backward")[:6] == (16 * 4 * 8, 16 * 32, 32, 16, 4, "ieee")
+    model = make_model("lstm", 1, 1, 33, 5, 1, "learned", torch.float64, controller_size=33)
     x, d_logits = inputs(3, 2, torch.float64)
     expected = flat(reference_run(model, x, d_logits, seed=7))
     got = flat(kernel_run(seq, model, x, d_logits, seed=7, checkpoint_every=2))
@@ -252,8 +255,9 @@ def test_bad_arguments_name_the_argument(seq):
             ("NTM_FAST_SEQUENCE_FORWARD", "depth=big", "depth must be a power of two of at least 16, got 'big'"),
             ("NTM_FAST_SEQUENCE_FORWARD", "warps=3", "warps must be 4, 8 or 16, got '3'"),
             ("NTM_FAST_SEQUENCE_BACKWARD", "precision=bf16", "precision must be one of ieee, tf32, tf32x3, got 'bf16'"),
+            ("NTM_FAST_SEQUENCE_FORWARD", "gates=2", "gates must be 1 or 4, got '2'"),
             ("NTM_FAST_SEQUENCE_FORWARD", "tile=64", "unknown field 'tile' in 'tile=64'; expected fields memory, "
-                                                     "slot, cols, depth, warps, precision")):
+                                                     "slot, cols, depth, warps, precision, gates")):
         with pytest.MonkeyPatch.context() as env:
             env.setenv(name, value)
             with pytest.raises(ValueError, match=f"{name}: {re.escape(message)}"):
