@@ -8,7 +8,8 @@ In this order, each part checking the time left and listing what it could not re
   2. the whole training step (copy task, L=20: 41 time steps; LSTM 100, N=128, M=20, one read and one write
      head; forward, loss, backward, gradient clipping, RMSprop) at B in {32, 256, 1024, 4096}: `triton` (the
      whole sequence as one autograd node), `triton-ieee` and `triton-tf32` (the same node with
-     NTM_FAST_DOT_PRECISION=ieee or tf32 for both kernels),
+     NTM_FAST_DOT_PRECISION=ieee or tf32 for both kernels), `triton-rows8` (the same node with programs of 8
+     batch rows, `rows=8` in both kernels' settings),
      `triton-per-step` (the same model with `fuse_sequence = False`: the per-op kernels, one time step at a
      time), the eager reference, `cuda` (its extension builds in a thread beside the first cases), then
      torch.compile(reference) with its compile time; sequences/s and ratios;
@@ -80,12 +81,14 @@ import_kernels()
 OP_ORDER = ("memory_step", "address", "read", "write")
 TF32 = "triton-tf32"  # the sequence node with NTM_FAST_DOT_PRECISION=tf32 (its float32 tl.dot on tensor cores)
 IEEE = "triton-ieee"  # the sequence node with NTM_FAST_DOT_PRECISION=ieee (both kernels' products in IEEE float32)
-# The sequence node under another precision, read from the environment when it launches (kernels/sequence.py);
-# its tiles and warps are benchmarks/sequence_sweep.py's to time.
-VARIANTS = {TF32: {"NTM_FAST_DOT_PRECISION": "tf32"}, IEEE: {"NTM_FAST_DOT_PRECISION": "ieee"}}
+ROWS8 = "triton-rows8"  # the sequence node with 8 batch rows per program (twice the programs)
+# The sequence node under other settings, read from the environment when it launches (kernels/sequence.py);
+# the rest of its tiles and warps are benchmarks/sequence_sweep.py's to time.
+VARIANTS = {TF32: {"NTM_FAST_DOT_PRECISION": "tf32"}, IEEE: {"NTM_FAST_DOT_PRECISION": "ieee"},
+            ROWS8: {"NTM_FAST_SEQUENCE_FORWARD": "rows=8", "NTM_FAST_SEQUENCE_BACKWARD": "rows=8"}}
 CUDA = []  # ["cuda"] once the extension has built (cuda_ready)
 OP_CONTENDERS = ["reference", "triton"]  # + CUDA
-STEP_CONTENDERS = ["triton", IEEE, TF32, "triton" + PER_STEP, "reference"]  # + CUDA, then COMPILE
+STEP_CONTENDERS = ["triton", IEEE, TF32, ROWS8, "triton" + PER_STEP, "reference"]  # + CUDA, then COMPILE
 
 
 class CudaBuild(threading.Thread):
@@ -441,16 +444,17 @@ def step_tables(rows):
         lines.append(f"| {r['batch']} | {r['contender']} | {r.get('runs_as', '-')} | {cell(r, '.2f')} | {seq} | "
                      f"{speedup} | {compile_s} |")
     lines += ["", "The sequence node (`triton`) against the others, same run (times faster):", "",
-              "| B | sequences/s | vs triton-ieee | vs triton-tf32 | vs triton-per-step | vs reference | "
-              "vs torch.compile(reference) |"
-              + (" vs cuda |" if CUDA else ""), "|---|---|---|---|---|---|" + ("---|" if CUDA else "") + "---|"]
+              "| B | sequences/s | vs triton-ieee | vs triton-tf32 | vs triton-rows8 | vs triton-per-step | "
+              "vs reference | vs torch.compile(reference) |"
+              + (" vs cuda |" if CUDA else ""), "|---|---|---|---|---|---|---|" + ("---|" if CUDA else "") + "---|"]
     for B, got in by_batch.items():
         node = got.get("triton")
         seq = per_s(node) if node else "-"
-        others = [IEEE, TF32, "triton" + PER_STEP, "reference", COMPILE, *CUDA]
+        others = [IEEE, TF32, ROWS8, "triton" + PER_STEP, "reference", COMPILE, *CUDA]
         lines.append(f"| {B} | {seq} | " + " | ".join(ratio(got, o, "triton") for o in others) + " |")
     lines += ["", f"`{IEEE}` and `{TF32}`: the sequence node with every float32 `tl.dot` in IEEE float32 or tf32 "
               "(NTM_FAST_DOT_PRECISION; by default the forward's are tf32x3 and the backward's IEEE); "
+              f"`{ROWS8}`: programs of 8 batch rows instead of 16 in both kernels (`rows=8`); "
               "`triton-per-step`: the same model with `fuse_sequence = False` (one time step at a time, the "
               "per-op kernels); compile s: the first call's seconds beyond the median (the compilation; dynamic "
               "shapes, so later sizes reuse it)."]

@@ -15,7 +15,7 @@ argument: no recompilation per sequence length). Each step, as NTMCell.forward c
 
 Shapes: T steps, B batch, X input, C controller units, G = 4C (LSTM) or C gate columns, Y outputs, N slots,
 M slot width, R read and W write heads (H = R + W), S shift range (K = 2S + 1), P = H·M + 3H + H·K + 2W·M.
-The matrix products are `tl.dot` over [BLOCK_B ≥ 16, BLOCK_D] × [BLOCK_D, BLOCK_J] tiles with the weights
+The matrix products are `tl.dot` over [BLOCK_B, BLOCK_D] × [BLOCK_D, BLOCK_J] tiles with the weights
 streamed from global memory (L2) each step: all gate tiles of W_hh do not fit in an SM's shared memory. Tiles,
 warps and the float32 product precision are each kernel's KernelSettings (below). The
 addressing, read and write are the per-op kernels' @triton.jit helpers (address.py, read_write.py). Every
@@ -89,7 +89,6 @@ from ._common import div, memory_offsets, pow2, shift_args, store_heads
 from .address import address_head_bwd, address_head_fwd
 from .read_write import read_bwd_tile, read_tile, write_bwd_tile, write_tile
 
-BLOCK_B = 16  # batch rows per program: tl.dot needs at least 16
 DOT_PRECISIONS = ("ieee", "tf32", "tf32x3")
 
 
@@ -103,7 +102,10 @@ class KernelSettings(NamedTuple):
     spills for sm_90 without a GPU; benchmarks/sequence_sweep.py times settings on one). `gates` (forward,
     LSTM controller): 1 walks [x; r] and h once per gate, 4 walks them once for all four gate products (each
     operand chunk loaded once, the four weight tiles side by side: a quarter of the dependent trips, more
-    registers)."""
+    registers). `rows`: batch rows per program (BLOCK_B; a power of two up to 64): the grid is ⌈B / rows⌉
+    programs, each a chain of time steps, so fewer rows put more SMs to work at small batches (an NVIDIA
+    tensor core pads a product's rows below 16; each program's own work shrinks only in its memory passes)
+    and more rows fewer waves of programs at large ones."""
     memory: int
     slot: int
     cols: int
@@ -111,6 +113,7 @@ class KernelSettings(NamedTuple):
     warps: int
     precision: str
     gates: int = 1
+    rows: int = 16
 
 
 # The defaults: the fastest settings of benchmarks/sequence_sweep.py on an H200 (benchmarks/RESULTS.md,
@@ -132,7 +135,8 @@ SETTINGS_ENV = {"forward": "NTM_FAST_SEQUENCE_FORWARD", "backward": "NTM_FAST_SE
 def kernel_settings(kernel: str) -> KernelSettings:
     """The settings of the "forward" or "backward" kernel: FORWARD_SETTINGS / BACKWARD_SETTINGS with the fields
     that NTM_FAST_SEQUENCE_FORWARD / NTM_FAST_SEQUENCE_BACKWARD set, e.g. "memory=4096,cols=64,warps=16"
-    (tiles: powers of two of at least 16; warps 4, 8 or 16; precision ieee, tf32 or tf32x3; gates 1 or 4), and the
+    (tiles: powers of two of at least 16; warps 4, 8 or 16; precision ieee, tf32 or tf32x3; gates 1 or 4; rows
+    a power of two up to 64), and the
     precision NTM_FAST_DOT_PRECISION sets for both."""
     name = SETTINGS_ENV[kernel]
     settings = (FORWARD_SETTINGS if kernel == "forward" else BACKWARD_SETTINGS)._asdict()
@@ -150,7 +154,9 @@ def kernel_settings(kernel: str) -> KernelSettings:
             raise ValueError(f"{name}: warps must be 4, 8 or 16, got {value!r}")
         if key == "gates" and number not in (1, 4):
             raise ValueError(f"{name}: gates must be 1 or 4, got {value!r}")
-        if key not in ("warps", "precision", "gates") and (number is None or number < 16 or number & (number - 1)):
+        if key == "rows" and (number is None or not 1 <= number <= 64 or number & (number - 1)):
+            raise ValueError(f"{name}: rows must be a power of two from 1 to 64, got {value!r}")
+        if key not in ("warps", "precision", "gates", "rows") and (number is None or number < 16 or number & (number - 1)):
             raise ValueError(f"{name}: {key} must be a power of two of at least 16, got {value!r}")
         settings[key] = value if key == "precision" else number
     if "NTM_FAST_DOT_PRECISION" in os.environ:
@@ -953,11 +959,11 @@ def _launch_args(settings: KernelSettings, B, N, M, R, W, S, dtype, eps, tiny):
     prologue buffers and addresses live besides, and spilled."""
     H, K = R + W, 2 * S + 1
     block_m = pow2(M)
-    block_n = min(pow2(N), max(1, settings.memory // (BLOCK_B * block_m)))
-    block_s = min(pow2(N), max(1, settings.slot // BLOCK_B))
+    block_n = min(pow2(N), max(1, settings.memory // (settings.rows * block_m)))
+    block_s = min(pow2(N), max(1, settings.slot // settings.rows))
     compute64 = dtype == torch.float64
     return dict(N=N, M=M, R=R, W=W, **shift_args(N, S, tiny, eps), DTYPE=tl.float64 if compute64 else tl.float32,
-                PRECISION="ieee" if compute64 else settings.precision, BLOCK_B=BLOCK_B, BLOCK_N=block_n,
+                PRECISION="ieee" if compute64 else settings.precision, BLOCK_B=settings.rows, BLOCK_N=block_n,
                 BLOCK_M=block_m, BLOCK_S=block_s, BLOCK_J=settings.cols, BLOCK_D=settings.depth, BLOCK_H=pow2(H),
                 BLOCK_K=pow2(K), BLOCK_HM=pow2(H * M), BLOCK_WM=pow2(W * M), num_warps=settings.warps, num_stages=1)
 
@@ -1027,7 +1033,7 @@ def sequence_forward(x, h0, c0, reads0, w_read0, w_write0, memory0, weights, lay
                                         b_heads, W_out, b_out)]
     dummy = hs  # stands for the LSTM-only buffers of a feedforward controller (never touched)
     scratch = torch.empty(B * P + 2 * B * N, dtype=cdt, device=x.device)  # activated heads; addressing's [2, B, N]
-    _sequence_fwd_kernel[(triton.cdiv(B, BLOCK_B),)](
+    _sequence_fwd_kernel[(triton.cdiv(B, forward.rows),)](
         x.contiguous(), *weights, logits, hs, cs if lstm else dummy, gates if lstm else dummy, heads, reads, w_read,
         w_write, content_read, content_write, checkpoints, memory, scratch, scratch[B * P:], T, k, B, X, C, Y,
         LSTM=lstm, BLOCK_R=pow2(R), GATES=forward.gates, **_launch_args(forward, B, N, M, R, W, S, x.dtype, eps,
@@ -1066,7 +1072,7 @@ def sequence_backward(saved: SequenceSaved, d_logits, weights):
     pieces = torch.split(scratch, [B * P, B * P, B * C, B * R * M, 2 * B * N])
     weights = [w.contiguous() for w in (W_ih, W_hh if cfg.lstm else W_ih, W_heads, W_out)]
     dummy = hs
-    _sequence_bwd_kernel[(triton.cdiv(B, BLOCK_B),)](
+    _sequence_bwd_kernel[(triton.cdiv(B, cfg.backward.rows),)](
         d_logits.to(cdt).contiguous(), *weights, hs, saved.cs if cfg.lstm else dummy,
         saved.gates if cfg.lstm else dummy, saved.heads, saved.w_read, saved.w_write, saved.content_read,
         saved.content_write, saved.checkpoints,

@@ -157,14 +157,15 @@ def test_gpu_suite_dry_run_writes_every_table(tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     text = (tmp_path / "results.md").read_text()
     assert "state: complete" in text and "commit: " in text
-    for title in ("## Whole training step", "vs triton-per-step", "## Tests", "### memory_step, fwd+bwd",
+    for title in ("## Whole training step", "vs triton-per-step", "vs triton-rows8", "## Tests", "### memory_step, fwd+bwd",
                   "### write, fwd", "## Launches per call", "## memory_step bandwidth"):
         assert title in text
     data = json.loads((tmp_path / "results.json").read_text())
     assert data["meta"]["commit"] and data["meta"]["dry_run"] is True
     step = {r["contender"]: r for r in data["results"] if r["op"] == "step"}
     assert step["triton"]["runs_as"] == "sequence node" and step["triton-per-step"]["runs_as"] == "per-op"
-    assert step["triton-ieee"]["runs_as"] == step["triton-tf32"]["runs_as"] == "sequence node"
+    assert step["triton-ieee"]["runs_as"] == step["triton-tf32"]["runs_as"] == step["triton-rows8"]["runs_as"] \
+        == "sequence node"
     assert {"reference", "compile"} <= set(step) and all(r["status"] == "ok" for r in step.values())
     assert "vs_per_step" in step["triton"]
     assert (tmp_path / "results.csv").read_text().count("\n") == len(data["results"]) + 1
@@ -174,18 +175,19 @@ def test_sequence_sweep_dry_run_checks_then_times_each_setting(tmp_path):
     script = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmarks",
                           "sequence_sweep.py")
     result = subprocess.run([sys.executable, script, str(tmp_path), "--dry-run", "--batch-sizes", "2",
-                             "--forward", "depth=16,precision=tf32x3", "memory=1000", "--backward", "warps=16"],
+                             "--forward", "depth=16,precision=tf32x3,gates=4,rows=8", "memory=1000", "--backward",
+                             "warps=16,rows=1"],
                             capture_output=True, text=True)
     assert result.returncode == 0, result.stderr[-3000:]
     data = json.loads((tmp_path / "sweep.json").read_text())
     rows = {(r["kernel"], r["setting"]): r for r in data["rows"]}
-    assert set(rows) == {("forward", ""), ("forward", "depth=16,precision=tf32x3"), ("forward", "memory=1000"),
-                         ("backward", ""), ("backward", "warps=16")}
+    assert set(rows) == {("forward", ""), ("forward", "depth=16,precision=tf32x3,gates=4,rows=8"),
+                         ("forward", "memory=1000"), ("backward", ""), ("backward", "warps=16,rows=1")}
     assert rows["forward", "memory=1000"]["status"].startswith("failed: ValueError")  # named, not timed
     timed = [r for key, r in rows.items() if key != ("forward", "memory=1000")]
     assert all(r["status"] == "ok" and r["ms"] > 0 and r["diff"] <= 1e-6 for r in timed)
     assert any("default against the eager reference" in note for note in data["notes"])
-    assert "| backward | warps=16 | 2 |" in (tmp_path / "sweep.md").read_text()
+    assert "| backward | warps=16,rows=1 | 2 |" in (tmp_path / "sweep.md").read_text()
     for flag, value, message in (("--jobs", "0", "--jobs must be at least 1, got 0"),
                                  ("--batch-sizes", "0", "--batch-sizes must be positive, got [0]")):
         bad = subprocess.run([sys.executable, script, str(tmp_path), "--dry-run", flag, value], capture_output=True,

@@ -11,8 +11,10 @@ grid below is a representative cover of the sizes (both controllers, R, W ∈ {1
 M ∈ {1, 5, 20}, S ∈ {0, 1, 2}, T ∈ {1, 2, 17}, B not a multiple of the 16-row batch block, every memory
 init, checkpoint intervals 1, inside T and beyond T) rather than their product.
 """
+import ast
 import copy
 import importlib
+import os
 
 import re
 
@@ -166,7 +168,7 @@ def test_tiled_slots(seq, monkeypatch, gates):
     monkeypatch.setenv("NTM_FAST_SEQUENCE_FORWARD",
                        f"memory={16 * 8 * 8}, slot={16 * 16}, cols=16, depth=16, gates={gates}")
     monkeypatch.setenv("NTM_FAST_SEQUENCE_BACKWARD", f"memory={16 * 4 * 8},slot={16 * 32},cols=32,depth=16,warps=4")
-    assert seq.kernel_settings("forward") == (16 * 8 * 8, 16 * 16, 16, 16, 8, "ieee", gates)
+    assert seq.kernel_settings("forward") == (16 * 8 * 8, 16 * 16, 16, 16, 8, "ieee", gates, 16)
     assert seq.kernel_settings("backward")[:6] == (16 * 4 * 8, 16 * 32, 32, 16, 4, "ieee")
     model = make_model("lstm", 1, 1, 33, 5, 1, "learned", torch.float64, controller_size=33)
     x, d_logits = inputs(3, 2, torch.float64)
@@ -174,6 +176,37 @@ def test_tiled_slots(seq, monkeypatch, gates):
     got = flat(kernel_run(seq, model, x, d_logits, seed=7, checkpoint_every=2))
     for name, value in expected.items():
         torch.testing.assert_close(got[name], value, rtol=1e-9, atol=1e-9, msg=lambda m: f"{name}: {m}")
+
+
+@pytest.mark.parametrize("forward_rows, backward_rows", [(1, 8), (8, 32), (32, 1)])
+def test_rows_per_program(seq, monkeypatch, forward_rows, backward_rows):
+    # 17 batch rows over programs of 1, 8 or 32 rows (17, 3 or 1 programs; the last one part empty), forward
+    # and backward each its own: the backward reads the forward's saved rows whatever its own programs.
+    monkeypatch.setenv("NTM_FAST_SEQUENCE_FORWARD", f"rows={forward_rows}")
+    monkeypatch.setenv("NTM_FAST_SEQUENCE_BACKWARD", f"rows={backward_rows}")
+    assert (seq.kernel_settings("forward").rows, seq.kernel_settings("backward").rows) == (forward_rows,
+                                                                                        backward_rows)
+    model = make_model("lstm", 1, 1, 7, 5, 1, "learned", torch.float64)
+    x, d_logits = inputs(3, 17, torch.float64)
+    expected = flat(reference_run(model, x, d_logits, seed=7))
+    got = flat(kernel_run(seq, model, x, d_logits, seed=7, checkpoint_every=2))
+    for name, value in expected.items():
+        torch.testing.assert_close(got[name], value, rtol=1e-9, atol=1e-9, msg=lambda m: f"{name}: {m}")
+
+
+def test_the_sweeps_settings_are_valid(seq, monkeypatch):
+    # benchmarks/sequence_sweep.py's default lists are read on a GPU lease only: a bad entry would waste it.
+    path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmarks",
+                        "sequence_sweep.py")
+    with open(path) as handle:
+        tree = ast.parse(handle.read())
+    lists = {node.targets[0].id: ast.literal_eval(node.value) for node in tree.body
+             if isinstance(node, ast.Assign) and getattr(node.targets[0], "id", None) in ("FORWARD", "BACKWARD")}
+    assert lists["FORWARD"][0] == lists["BACKWARD"][0] == ""
+    for kernel, settings in (("forward", lists["FORWARD"]), ("backward", lists["BACKWARD"])):
+        for setting in settings:
+            monkeypatch.setenv(seq.SETTINGS_ENV[kernel], setting)
+            assert isinstance(seq.kernel_settings(kernel), seq.KernelSettings), setting
 
 
 class AtenOps(TorchDispatchMode):
@@ -256,8 +289,10 @@ def test_bad_arguments_name_the_argument(seq):
             ("NTM_FAST_SEQUENCE_FORWARD", "warps=3", "warps must be 4, 8 or 16, got '3'"),
             ("NTM_FAST_SEQUENCE_BACKWARD", "precision=bf16", "precision must be one of ieee, tf32, tf32x3, got 'bf16'"),
             ("NTM_FAST_SEQUENCE_FORWARD", "gates=2", "gates must be 1 or 4, got '2'"),
+            ("NTM_FAST_SEQUENCE_BACKWARD", "rows=12", "rows must be a power of two from 1 to 64, got '12'"),
+            ("NTM_FAST_SEQUENCE_FORWARD", "rows=128", "rows must be a power of two from 1 to 64, got '128'"),
             ("NTM_FAST_SEQUENCE_FORWARD", "tile=64", "unknown field 'tile' in 'tile=64'; expected fields memory, "
-                                                     "slot, cols, depth, warps, precision, gates")):
+                                                     "slot, cols, depth, warps, precision, gates, rows")):
         with pytest.MonkeyPatch.context() as env:
             env.setenv(name, value)
             with pytest.raises(ValueError, match=f"{name}: {re.escape(message)}"):
