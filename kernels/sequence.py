@@ -156,7 +156,8 @@ def kernel_settings(kernel: str) -> KernelSettings:
             raise ValueError(f"{name}: gates must be 1 or 4, got {value!r}")
         if key == "rows" and (number is None or not 1 <= number <= 64 or number & (number - 1)):
             raise ValueError(f"{name}: rows must be a power of two from 1 to 64, got {value!r}")
-        if key not in ("warps", "precision", "gates", "rows") and (number is None or number < 16 or number & (number - 1)):
+        if key not in ("warps", "precision", "gates", "rows") and (number is None or number < 16
+                                                                   or number & (number - 1)):
             raise ValueError(f"{name}: {key} must be a power of two of at least 16, got {value!r}")
         settings[key] = value if key == "precision" else number
     if "NTM_FAST_DOT_PRECISION" in os.environ:
@@ -445,41 +446,48 @@ def _controller_preact(x_ptr, r_ptr, h_ptr, wih_ptr, bih_ptr, whh_ptr, bhh_ptr, 
 
 
 @triton.jit
+def _gate_bias(bih_ptr, bhh_ptr, gate, C, cols, col_ok, DTYPE: tl.constexpr, BLOCK_B: tl.constexpr,
+               BLOCK_J: tl.constexpr):
+    """b_ih + b_hh of one LSTM gate's columns cols, in every row: [BLOCK_B, BLOCK_J]."""
+    return (_bias_tile(bih_ptr, gate * C + cols, col_ok, DTYPE, BLOCK_B, BLOCK_J)
+            + _bias_tile(bhh_ptr, gate * C + cols, col_ok, DTYPE, BLOCK_B, BLOCK_J))
+
+
+@triton.jit
+def _gate_dots(acc_i, acc_f, acc_g, acc_o, a, w, w_ok, gate_stride, DTYPE: tl.constexpr, PRECISION: tl.constexpr):
+    """The four gates' accumulators plus a @ (their weight tiles, gate i's at w, each next gate_stride on)."""
+    return (_dot_tile(acc_i, a, w, w_ok, DTYPE, PRECISION),
+            _dot_tile(acc_f, a, w + gate_stride, w_ok, DTYPE, PRECISION),
+            _dot_tile(acc_g, a, w + 2 * gate_stride, w_ok, DTYPE, PRECISION),
+            _dot_tile(acc_o, a, w + 3 * gate_stride, w_ok, DTYPE, PRECISION))
+
+
+@triton.jit
 def _lstm_preacts(x_ptr, r_ptr, h_ptr, wih_ptr, bih_ptr, whh_ptr, bhh_ptr, rows, B, X, RM, C, cols, col_ok,
                   DTYPE: tl.constexpr, PRECISION: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_J: tl.constexpr,
                   BLOCK_D: tl.constexpr):
-    """The LSTM's gate pre-activations i, f, g, o of columns cols: [x; r] W_ih[gate·C + cols]ᵀ + b_ih + h
-    W_hh[gate·C + cols]ᵀ + b_hh, each [BLOCK_B, BLOCK_J]. One walk over [x; r] and one over h: each operand
-    chunk is loaded once and feeds the four gates' products, whose weight tiles load side by side."""
+    """The LSTM's gate pre-activations i, f, g, o of columns cols: b_ih + b_hh + [x; r] W_ih[gate·C + cols]ᵀ +
+    h W_hh[gate·C + cols]ᵀ, each [BLOCK_B, BLOCK_J]. One walk over [x; r] and one over h: each operand chunk
+    is loaded once and feeds the four gates' products, whose weight tiles load side by side."""
     U = X + RM
     row_ok = rows < B
-    acc_i = _bias_tile(bih_ptr, cols, col_ok, DTYPE, BLOCK_B, BLOCK_J)
-    acc_f = _bias_tile(bih_ptr, C + cols, col_ok, DTYPE, BLOCK_B, BLOCK_J)
-    acc_g = _bias_tile(bih_ptr, 2 * C + cols, col_ok, DTYPE, BLOCK_B, BLOCK_J)
-    acc_o = _bias_tile(bih_ptr, 3 * C + cols, col_ok, DTYPE, BLOCK_B, BLOCK_J)
+    acc_i = _gate_bias(bih_ptr, bhh_ptr, 0, C, cols, col_ok, DTYPE, BLOCK_B, BLOCK_J)
+    acc_f = _gate_bias(bih_ptr, bhh_ptr, 1, C, cols, col_ok, DTYPE, BLOCK_B, BLOCK_J)
+    acc_g = _gate_bias(bih_ptr, bhh_ptr, 2, C, cols, col_ok, DTYPE, BLOCK_B, BLOCK_J)
+    acc_o = _gate_bias(bih_ptr, bhh_ptr, 3, C, cols, col_ok, DTYPE, BLOCK_B, BLOCK_J)
     for d0 in range(0, U, BLOCK_D):
         ds = d0 + tl.arange(0, BLOCK_D)
         a = _load_pair(x_ptr, X, r_ptr, RM, rows, B, ds, DTYPE, True)
-        w = wih_ptr + ds[:, None] + cols[None, :] * U  # W_ih[cols, ds]ᵀ of gate i; the others C·U further
-        w_ok = (ds < U)[:, None] & col_ok[None, :]
-        acc_i = _dot_tile(acc_i, a, w, w_ok, DTYPE, PRECISION)
-        acc_f = _dot_tile(acc_f, a, w + C * U, w_ok, DTYPE, PRECISION)
-        acc_g = _dot_tile(acc_g, a, w + 2 * C * U, w_ok, DTYPE, PRECISION)
-        acc_o = _dot_tile(acc_o, a, w + 3 * C * U, w_ok, DTYPE, PRECISION)
-    acc_i += _bias_tile(bhh_ptr, cols, col_ok, DTYPE, BLOCK_B, BLOCK_J)
-    acc_f += _bias_tile(bhh_ptr, C + cols, col_ok, DTYPE, BLOCK_B, BLOCK_J)
-    acc_g += _bias_tile(bhh_ptr, 2 * C + cols, col_ok, DTYPE, BLOCK_B, BLOCK_J)
-    acc_o += _bias_tile(bhh_ptr, 3 * C + cols, col_ok, DTYPE, BLOCK_B, BLOCK_J)
+        w = wih_ptr + ds[:, None] + cols[None, :] * U  # W_ih[cols, ds]ᵀ of gate i
+        acc_i, acc_f, acc_g, acc_o = _gate_dots(acc_i, acc_f, acc_g, acc_o, a, w,
+                                                (ds < U)[:, None] & col_ok[None, :], C * U, DTYPE, PRECISION)
     for d0 in range(0, C, BLOCK_D):
         ds = d0 + tl.arange(0, BLOCK_D)
         a = tl.load(h_ptr + rows[:, None] * C + ds[None, :], mask=row_ok[:, None] & (ds < C)[None, :],
                     other=0.0).to(DTYPE)
-        w = whh_ptr + ds[:, None] + cols[None, :] * C  # W_hh[cols, ds]ᵀ of gate i; the others C·C further
-        w_ok = (ds < C)[:, None] & col_ok[None, :]
-        acc_i = _dot_tile(acc_i, a, w, w_ok, DTYPE, PRECISION)
-        acc_f = _dot_tile(acc_f, a, w + C * C, w_ok, DTYPE, PRECISION)
-        acc_g = _dot_tile(acc_g, a, w + 2 * C * C, w_ok, DTYPE, PRECISION)
-        acc_o = _dot_tile(acc_o, a, w + 3 * C * C, w_ok, DTYPE, PRECISION)
+        w = whh_ptr + ds[:, None] + cols[None, :] * C  # W_hh[cols, ds]ᵀ of gate i
+        acc_i, acc_f, acc_g, acc_o = _gate_dots(acc_i, acc_f, acc_g, acc_o, a, w,
+                                                (ds < C)[:, None] & col_ok[None, :], C * C, DTYPE, PRECISION)
     return acc_i, acc_f, acc_g, acc_o
 
 
