@@ -105,7 +105,8 @@ class KernelSettings(NamedTuple):
     registers). `rows`: batch rows per program (BLOCK_B; a power of two up to 64): the grid is ⌈B / rows⌉
     programs, each a chain of time steps, so fewer rows put more SMs to work at small batches (an NVIDIA
     tensor core pads a product's rows below 16; each program's own work shrinks only in its memory passes)
-    and more rows fewer waves of programs at large ones."""
+    and more rows fewer waves of programs at large ones. `stages`: Triton's software pipelining of the loops
+    (num_stages; 1 is none; at 2 or 3 Triton prefetches a product loop's next loads into shared memory)."""
     memory: int
     slot: int
     cols: int
@@ -114,6 +115,7 @@ class KernelSettings(NamedTuple):
     precision: str
     gates: int = 1
     rows: int = 16
+    stages: int = 1
 
 
 # The defaults: the fastest settings of benchmarks/sequence_sweep.py on an H200 (benchmarks/RESULTS.md,
@@ -136,7 +138,7 @@ def kernel_settings(kernel: str) -> KernelSettings:
     """The settings of the "forward" or "backward" kernel: FORWARD_SETTINGS / BACKWARD_SETTINGS with the fields
     that NTM_FAST_SEQUENCE_FORWARD / NTM_FAST_SEQUENCE_BACKWARD set, e.g. "memory=4096,cols=64,warps=16"
     (tiles: powers of two of at least 16; warps 4, 8 or 16; precision ieee, tf32 or tf32x3; gates 1 or 4; rows
-    a power of two up to 64), and the
+    a power of two up to 64; stages 1, 2 or 3), and the
     precision NTM_FAST_DOT_PRECISION sets for both."""
     name = SETTINGS_ENV[kernel]
     settings = (FORWARD_SETTINGS if kernel == "forward" else BACKWARD_SETTINGS)._asdict()
@@ -156,7 +158,9 @@ def kernel_settings(kernel: str) -> KernelSettings:
             raise ValueError(f"{name}: gates must be 1 or 4, got {value!r}")
         if key == "rows" and (number is None or not 1 <= number <= 64 or number & (number - 1)):
             raise ValueError(f"{name}: rows must be a power of two from 1 to 64, got {value!r}")
-        if key not in ("warps", "precision", "gates", "rows") and (number is None or number < 16
+        if key == "stages" and number not in (1, 2, 3):
+            raise ValueError(f"{name}: stages must be 1, 2 or 3, got {value!r}")
+        if key not in ("warps", "precision", "gates", "rows", "stages") and (number is None or number < 16
                                                                    or number & (number - 1)):
             raise ValueError(f"{name}: {key} must be a power of two of at least 16, got {value!r}")
         settings[key] = value if key == "precision" else number
@@ -963,8 +967,8 @@ def _expect(name, tensor, shape, like):
 def _launch_args(settings: KernelSettings, B, N, M, R, W, S, dtype, eps, tiny):
     """Sizes, the compute DTYPE, the dot precision, the tile sizes (constexprs) and warps of one kernel.
 
-    No software pipelining (num_stages=1): pipelining the short dot loops (1-4 trips) kept each loop's
-    prologue buffers and addresses live besides, and spilled."""
+    No software pipelining by default (stages=1, num_stages): pipelining the short dot loops (1-4 trips, as
+    they were then) kept each loop's prologue buffers and addresses live besides, and spilled."""
     H, K = R + W, 2 * S + 1
     block_m = pow2(M)
     block_n = min(pow2(N), max(1, settings.memory // (settings.rows * block_m)))
@@ -973,7 +977,8 @@ def _launch_args(settings: KernelSettings, B, N, M, R, W, S, dtype, eps, tiny):
     return dict(N=N, M=M, R=R, W=W, **shift_args(N, S, tiny, eps), DTYPE=tl.float64 if compute64 else tl.float32,
                 PRECISION="ieee" if compute64 else settings.precision, BLOCK_B=settings.rows, BLOCK_N=block_n,
                 BLOCK_M=block_m, BLOCK_S=block_s, BLOCK_J=settings.cols, BLOCK_D=settings.depth, BLOCK_H=pow2(H),
-                BLOCK_K=pow2(K), BLOCK_HM=pow2(H * M), BLOCK_WM=pow2(W * M), num_warps=settings.warps, num_stages=1)
+                BLOCK_K=pow2(K), BLOCK_HM=pow2(H * M), BLOCK_WM=pow2(W * M), num_warps=settings.warps,
+                num_stages=settings.stages)
 
 
 def sequence_forward(x, h0, c0, reads0, w_read0, w_write0, memory0, weights, layout, keep_tape=True, *, eps, tiny,

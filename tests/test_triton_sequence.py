@@ -168,7 +168,7 @@ def test_tiled_slots(seq, monkeypatch, gates):
     monkeypatch.setenv("NTM_FAST_SEQUENCE_FORWARD",
                        f"memory={16 * 8 * 8}, slot={16 * 16}, cols=16, depth=16, gates={gates}")
     monkeypatch.setenv("NTM_FAST_SEQUENCE_BACKWARD", f"memory={16 * 4 * 8},slot={16 * 32},cols=32,depth=16,warps=4")
-    assert seq.kernel_settings("forward") == (16 * 8 * 8, 16 * 16, 16, 16, 8, "ieee", gates, 16)
+    assert seq.kernel_settings("forward") == (16 * 8 * 8, 16 * 16, 16, 16, 8, "ieee", gates, 16, 1)
     assert seq.kernel_settings("backward")[:6] == (16 * 4 * 8, 16 * 32, 32, 16, 4, "ieee")
     model = make_model("lstm", 1, 1, 33, 5, 1, "learned", torch.float64, controller_size=33)
     x, d_logits = inputs(3, 2, torch.float64)
@@ -291,8 +291,9 @@ def test_bad_arguments_name_the_argument(seq):
             ("NTM_FAST_SEQUENCE_FORWARD", "gates=2", "gates must be 1 or 4, got '2'"),
             ("NTM_FAST_SEQUENCE_BACKWARD", "rows=12", "rows must be a power of two from 1 to 64, got '12'"),
             ("NTM_FAST_SEQUENCE_FORWARD", "rows=128", "rows must be a power of two from 1 to 64, got '128'"),
+            ("NTM_FAST_SEQUENCE_BACKWARD", "stages=0", "stages must be 1, 2 or 3, got '0'"),
             ("NTM_FAST_SEQUENCE_FORWARD", "tile=64", "unknown field 'tile' in 'tile=64'; expected fields memory, "
-                                                     "slot, cols, depth, warps, precision, gates, rows")):
+                                                     "slot, cols, depth, warps, precision, gates, rows, stages")):
         with pytest.MonkeyPatch.context() as env:
             env.setenv(name, value)
             with pytest.raises(ValueError, match=f"{name}: {re.escape(message)}"):
