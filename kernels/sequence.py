@@ -134,12 +134,16 @@ else:
 SETTINGS_ENV = {"forward": "NTM_FAST_SEQUENCE_FORWARD", "backward": "NTM_FAST_SEQUENCE_BACKWARD"}
 
 
+# The values each field of a KernelSettings takes (tiles: any power of two of at least 16).
+SETTING_CHOICES = {"warps": (4, 8, 16), "precision": DOT_PRECISIONS, "gates": (1, 4),
+                   "rows": (1, 2, 4, 8, 16, 32, 64), "stages": (1, 2, 3)}
+
+
 def kernel_settings(kernel: str) -> KernelSettings:
     """The settings of the "forward" or "backward" kernel: FORWARD_SETTINGS / BACKWARD_SETTINGS with the fields
     that NTM_FAST_SEQUENCE_FORWARD / NTM_FAST_SEQUENCE_BACKWARD set, e.g. "memory=4096,cols=64,warps=16"
-    (tiles: powers of two of at least 16; warps 4, 8 or 16; precision ieee, tf32 or tf32x3; gates 1 or 4; rows
-    a power of two up to 64; stages 1, 2 or 3), and the
-    precision NTM_FAST_DOT_PRECISION sets for both."""
+    (each field's values: SETTING_CHOICES, tiles powers of two of at least 16), and the precision
+    NTM_FAST_DOT_PRECISION sets for both."""
     name = SETTINGS_ENV[kernel]
     settings = (FORWARD_SETTINGS if kernel == "forward" else BACKWARD_SETTINGS)._asdict()
     text = os.environ.get(name, "").strip()
@@ -149,21 +153,13 @@ def kernel_settings(kernel: str) -> KernelSettings:
         if key not in settings:
             raise ValueError(f"{name}: unknown field {key!r} in {text!r}; expected fields "
                              f"{', '.join(settings)} (e.g. 'memory=2048,depth=64')")
-        number = int(value) if value.isdigit() else None
-        if key == "precision" and value not in DOT_PRECISIONS:
-            raise ValueError(f"{name}: precision must be one of {', '.join(DOT_PRECISIONS)}, got {value!r}")
-        if key == "warps" and number not in (4, 8, 16):
-            raise ValueError(f"{name}: warps must be 4, 8 or 16, got {value!r}")
-        if key == "gates" and number not in (1, 4):
-            raise ValueError(f"{name}: gates must be 1 or 4, got {value!r}")
-        if key == "rows" and (number is None or not 1 <= number <= 64 or number & (number - 1)):
-            raise ValueError(f"{name}: rows must be a power of two from 1 to 64, got {value!r}")
-        if key == "stages" and number not in (1, 2, 3):
-            raise ValueError(f"{name}: stages must be 1, 2 or 3, got {value!r}")
-        if key not in ("warps", "precision", "gates", "rows", "stages") and (number is None or number < 16
-                                                                   or number & (number - 1)):
+        choice = value if key == "precision" else int(value) if value.isdigit() else None
+        if key in SETTING_CHOICES and choice not in SETTING_CHOICES[key]:
+            raise ValueError(f"{name}: {key} must be one of {', '.join(map(str, SETTING_CHOICES[key]))}, "
+                             f"got {value!r}")
+        if key not in SETTING_CHOICES and (choice is None or choice < 16 or choice & (choice - 1)):
             raise ValueError(f"{name}: {key} must be a power of two of at least 16, got {value!r}")
-        settings[key] = value if key == "precision" else number
+        settings[key] = choice
     if "NTM_FAST_DOT_PRECISION" in os.environ:
         choice = os.environ["NTM_FAST_DOT_PRECISION"]
         if choice not in DOT_PRECISIONS:

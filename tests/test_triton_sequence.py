@@ -286,12 +286,12 @@ def test_bad_arguments_name_the_argument(seq):
             ("NTM_FAST_SEQUENCE_FORWARD", "memory=1000", "memory must be a power of two of at least 16, got '1000'"),
             ("NTM_FAST_SEQUENCE_BACKWARD", "slot=8", "slot must be a power of two of at least 16, got '8'"),
             ("NTM_FAST_SEQUENCE_FORWARD", "depth=big", "depth must be a power of two of at least 16, got 'big'"),
-            ("NTM_FAST_SEQUENCE_FORWARD", "warps=3", "warps must be 4, 8 or 16, got '3'"),
+            ("NTM_FAST_SEQUENCE_FORWARD", "warps=3", "warps must be one of 4, 8, 16, got '3'"),
             ("NTM_FAST_SEQUENCE_BACKWARD", "precision=bf16", "precision must be one of ieee, tf32, tf32x3, got 'bf16'"),
-            ("NTM_FAST_SEQUENCE_FORWARD", "gates=2", "gates must be 1 or 4, got '2'"),
-            ("NTM_FAST_SEQUENCE_BACKWARD", "rows=12", "rows must be a power of two from 1 to 64, got '12'"),
-            ("NTM_FAST_SEQUENCE_FORWARD", "rows=128", "rows must be a power of two from 1 to 64, got '128'"),
-            ("NTM_FAST_SEQUENCE_BACKWARD", "stages=0", "stages must be 1, 2 or 3, got '0'"),
+            ("NTM_FAST_SEQUENCE_FORWARD", "gates=2", "gates must be one of 1, 4, got '2'"),
+            ("NTM_FAST_SEQUENCE_BACKWARD", "rows=12", "rows must be one of 1, 2, 4, 8, 16, 32, 64, got '12'"),
+            ("NTM_FAST_SEQUENCE_FORWARD", "rows=128", "rows must be one of 1, 2, 4, 8, 16, 32, 64, got '128'"),
+            ("NTM_FAST_SEQUENCE_BACKWARD", "stages=0", "stages must be one of 1, 2, 3, got '0'"),
             ("NTM_FAST_SEQUENCE_FORWARD", "tile=64", "unknown field 'tile' in 'tile=64'; expected fields memory, "
                                                      "slot, cols, depth, warps, precision, gates, rows, stages")):
         with pytest.MonkeyPatch.context() as env:
