@@ -328,11 +328,15 @@ def workload(contender: str, case: Case, s: Settings) -> tuple:
                else _CompiledReference(s.compile_backend))
     else:
         ops = resolved_ops(contender, torch.device(s.device).type)
-    call = OP_CALLS[case.op]
-    inputs = op_inputs(case.op, case.batch, case.slots, s)
-    wrap = forward_only if case.mode == "fwd" else forward_backward
-    check = wrap(lambda *a: call(ops, *a), inputs)
+    check = _op_run(ops, case, op_inputs(case.op, case.batch, case.slots, s))
     return check, check
+
+
+def _op_run(ops, case: Case, inputs) -> Callable:
+    """A callable running `case`'s op on `ops` (a backend module or the compiled reference) with `inputs`:
+    forward only, or forward and backward, as `case.mode` says."""
+    wrap = forward_only if case.mode == "fwd" else forward_backward
+    return wrap(lambda *a: OP_CALLS[case.op](ops, *a), inputs)
 
 
 def _max_error(got, want, rtol, atol) -> tuple:
@@ -366,9 +370,7 @@ def as_exact_as_reference(got, want, oracle, rtol, atol) -> bool:
 
 def _float64_reference(case: Case, s: Settings) -> tuple:
     """The reference's outputs (and gradients) on `case`'s inputs in float64: the oracle of the op cases."""
-    inputs = [x.double() for x in op_inputs(case.op, case.batch, case.slots, s)]
-    wrap = forward_only if case.mode == "fwd" else forward_backward
-    return wrap(lambda *a: OP_CALLS[case.op](reference, *a), inputs)()
+    return _op_run(reference, case, [x.double() for x in op_inputs(case.op, case.batch, case.slots, s)])()
 
 
 def prepare(contender: str, case: Case, s: Settings) -> tuple:
